@@ -1,0 +1,55 @@
+# Two commands matter on a fresh clone: `make demo` (the main job) and `make test` (every check).
+# Both bootstrap what they need: the .venv, the pinned Python packages and the pinned npm CDK CLI.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.snapset-installed
+NPM_STAMP := node_modules/.snapset-installed
+CODE := lambdas infra localaws tests app.py
+
+.PHONY: test lint typecheck unit demo synth diff deploy bench clean install
+
+install: $(STAMP) $(NPM_STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt lambdas/requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
+
+typecheck: $(STAMP)
+	$(BIN)/mypy lambdas/snapset infra app.py
+
+unit: $(STAMP) $(NPM_STAMP)
+	$(BIN)/pytest -n 2 -q
+
+test: lint typecheck unit
+
+demo: $(STAMP) $(NPM_STAMP)
+	$(BIN)/snapset demo
+
+synth: $(STAMP) $(NPM_STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" npx --no-install cdk synth --quiet
+
+diff: $(STAMP) $(NPM_STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" npx --no-install cdk diff
+
+deploy: $(STAMP) $(NPM_STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" npx --no-install cdk deploy
+
+bench: $(STAMP)
+	$(PY) benchmarks/throttle_throughput.py
+
+clean:
+	rm -rf $(VENV) node_modules cdk.out .mypy_cache .ruff_cache .pytest_cache .hypothesis
