@@ -1,0 +1,70 @@
+"""Per-instance results as values: what happened to each instance of a run."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+
+class InstanceStatus(StrEnum):
+    STARTED = "started"
+    DRY_RUN_OK = "dry_run_ok"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class SnapshotInfo(BaseModel):
+    """One snapshot of a set, as CreateSnapshots returned it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    snapshot_id: str
+    volume_id: str
+    state: str | None = None
+    volume_size: int | None = None
+    encrypted: bool | None = None
+
+
+class ErrorInfo(BaseModel):
+    """An AWS error code (or one of Snapset's own) and a message that names the instance."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    message: str
+
+
+class InstanceOutcome(BaseModel):
+    """The result for one instance: started with its snapshots, dry-run ok, skipped or failed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    instance_id: str
+    status: InstanceStatus
+    snapshots: tuple[SnapshotInfo, ...] = ()
+    excluded_volume_ids: tuple[str, ...] = ()
+    error: ErrorInfo | None = None
+    reason: str | None = None
+
+    @classmethod
+    def failed(
+        cls, instance_id: str, code: str, message: str, excluded: tuple[str, ...] = ()
+    ) -> InstanceOutcome:
+        return cls(
+            instance_id=instance_id,
+            status=InstanceStatus.FAILED,
+            error=ErrorInfo(code=code, message=message),
+            excluded_volume_ids=excluded,
+        )
+
+    @classmethod
+    def skipped(
+        cls, instance_id: str, reason: str, excluded: tuple[str, ...] = ()
+    ) -> InstanceOutcome:
+        return cls(
+            instance_id=instance_id,
+            status=InstanceStatus.SKIPPED,
+            reason=reason,
+            excluded_volume_ids=excluded,
+        )

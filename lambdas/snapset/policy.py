@@ -1,0 +1,259 @@
+"""The snapshot policy: the one request model every trigger is parsed into.
+
+A policy says which instances to snapshot and how. The same model validates the policies in
+`cdk.json` at synth time (infra imports it), the schedule and rule inputs, manual
+`aws lambda invoke` payloads and the CLI's payload files, so a mistake reads the same everywhere.
+"""
+
+from __future__ import annotations
+
+import string
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+MANAGED_TAG_PREFIX = "snapset:"
+TAG_POLICY = "snapset:policy"
+TAG_TRIGGER_ID = "snapset:trigger-id"
+TAG_INSTANCE_ID = "snapset:instance-id"
+MANAGED_TAG_KEYS = (TAG_POLICY, TAG_TRIGGER_ID, TAG_INSTANCE_ID)
+
+MAX_TAGS_PER_RESOURCE = 50
+MAX_USER_TAGS = MAX_TAGS_PER_RESOURCE - len(MANAGED_TAG_KEYS)
+MAX_TAG_KEY_LEN = 127
+MAX_TAG_VALUE_LEN = 256
+MAX_DESCRIPTION_LEN = 255
+MAX_EXCLUDED_DATA_VOLUMES = 40
+MAX_INSTANCE_IDS = 1000
+
+PLACEHOLDERS = ("instance_id", "policy", "trigger", "timestamp")
+# Longest value each placeholder can take, so a template is checked once, before any instance runs.
+_PLACEHOLDER_MAX_LEN = {
+    "instance_id": len("i-") + 17,
+    "trigger": len("instance_event"),
+    "timestamp": len("2026-11-27T03:15:00Z"),
+}
+
+# AWS issues 8 or 17 lowercase hex digits; AWS's own documentation examples (and our event
+# fixtures) use other lowercase letters, so the shape is checked, not the alphabet.
+InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-z]{8,17}$", strict=True)]
+VolumeId = Annotated[str, StringConstraints(pattern=r"^vol-[0-9a-z]{8,17}$", strict=True)]
+PolicyName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,39}$", strict=True),
+]
+TagKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TAG_KEY_LEN, strict=True)]
+TagValue = Annotated[str, StringConstraints(max_length=MAX_TAG_VALUE_LEN, strict=True)]
+OutpostArn = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^arn:aws[a-z-]*:outposts:[a-z0-9-]+:\d{12}:outpost/op-[0-9a-f]{17}$",
+        strict=True,
+    ),
+]
+RequestId = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", strict=True)
+]
+
+
+class TriggerType(StrEnum):
+    """What started a run; also the value of the `{trigger}` placeholder."""
+
+    SCHEDULE = "schedule"
+    INSTANCE_EVENT = "instance_event"
+    MANUAL = "manual"
+
+
+def _unique(values: list[str]) -> list[str]:
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate values: {', '.join(duplicates)}")
+    return values
+
+
+def _tag_filter(tags: dict[str, list[str]]) -> dict[str, list[str]]:
+    for key, values in tags.items():
+        if not values:
+            raise ValueError(f"tag {key!r}: give at least one value (use '*' for any value)")
+    return tags
+
+
+TagFilter = Annotated[
+    dict[TagKey, Annotated[list[TagValue], Field(max_length=200)]],
+    Field(max_length=50),
+    AfterValidator(_tag_filter),
+]
+
+
+def template_fields(template: str) -> list[str]:
+    """Return the placeholder names used in a tag value or description template.
+
+    Raises ValueError for malformed braces, unknown placeholders, or format specs and attribute
+    access, which could otherwise grow a value past its limit or read object internals.
+    """
+    fields: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(
+            f"malformed placeholder ({exc}); write literal braces as {{{{ }}}}"
+        ) from exc
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in PLACEHOLDERS:
+            raise ValueError(
+                f"unknown placeholder {{{name}}}; allowed: "
+                + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
+            )
+        if spec or conversion:
+            raise ValueError(f"placeholder {{{name}}} takes no format spec or conversion")
+        fields.append(name)
+    return fields
+
+
+def expand_template(template: str, values: dict[str, str]) -> str:
+    """Fill a validated template's placeholders."""
+    return template.format_map(values)
+
+
+def _worst_case_length(template: str, policy: str) -> int:
+    longest = {**_PLACEHOLDER_MAX_LEN, "policy": len(policy)}
+    return len(expand_template(template, {k: "x" * n for k, n in longest.items()}))
+
+
+class Retention(BaseModel):
+    """How many snapshot sets of a policy to keep per instance (sets are kept or deleted whole)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: Annotated[int, Field(ge=1, le=1000, strict=True)] | None = None
+    max_age_days: Annotated[int, Field(ge=1, le=36500, strict=True)] | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Retention:
+        if self.count is None and self.max_age_days is None:
+            raise ValueError("retention needs count and/or max_age_days")
+        return self
+
+
+class SnapshotPolicy(BaseModel):
+    """Which instances to snapshot and with which CreateSnapshots options.
+
+    Targets are the union of `instance_ids` and the instances matching `target_tags` (every key must
+    match one of its values, as EC2 tag filters do).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: PolicyName
+    instance_ids: Annotated[
+        list[InstanceId], Field(max_length=MAX_INSTANCE_IDS), AfterValidator(_unique)
+    ] = []
+    target_tags: TagFilter = {}
+    exclude_boot_volume: StrictBool = False
+    exclude_data_volume_ids: Annotated[list[VolumeId], AfterValidator(_unique)] = []
+    exclude_data_volume_tags: TagFilter = {}
+    copy_tags_from_source: Literal["volume"] | None = "volume"
+    tags: dict[TagKey, TagValue] = {}
+    description: Annotated[str, StringConstraints(strict=True)] | None = None
+    outpost_arn: OutpostArn | None = None
+    dry_run: StrictBool = False
+    retention: Retention | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SnapshotPolicy:
+        if not self.instance_ids and not self.target_tags:
+            raise ValueError("give instance_ids and/or target_tags: a policy needs targets")
+        if len(self.exclude_data_volume_ids) > MAX_EXCLUDED_DATA_VOLUMES:
+            raise ValueError(
+                f"exclude_data_volume_ids: at most {MAX_EXCLUDED_DATA_VOLUMES} volume IDs "
+                f"(got {len(self.exclude_data_volume_ids)})"
+            )
+        if len(self.tags) > MAX_USER_TAGS:
+            raise ValueError(
+                f"tags: at most {MAX_USER_TAGS} tags ({MAX_TAGS_PER_RESOURCE} per snapshot, "
+                f"{len(MANAGED_TAG_KEYS)} are Snapset's own) (got {len(self.tags)})"
+            )
+        for key, value in self.tags.items():
+            if key.lower().startswith("aws:") or key.startswith(MANAGED_TAG_PREFIX):
+                raise ValueError(
+                    f"tags: key {key!r} uses a reserved prefix ('aws:' and '{MANAGED_TAG_PREFIX}' "
+                    "are reserved)"
+                )
+            try:
+                template_fields(value)
+            except ValueError as exc:
+                raise ValueError(f"tags[{key!r}]: {exc}") from None
+            if (n := _worst_case_length(value, self.policy)) > MAX_TAG_VALUE_LEN:
+                raise ValueError(
+                    f"tags[{key!r}]: value can reach {n} characters once placeholders are "
+                    f"filled (at most {MAX_TAG_VALUE_LEN})"
+                )
+        if self.description is not None:
+            try:
+                template_fields(self.description)
+            except ValueError as exc:
+                raise ValueError(f"description: {exc}") from None
+            if (n := _worst_case_length(self.description, self.policy)) > MAX_DESCRIPTION_LEN:
+                raise ValueError(
+                    f"description: can reach {n} characters once placeholders are filled "
+                    f"(at most {MAX_DESCRIPTION_LEN})"
+                )
+        return self
+
+
+class ManualRequest(SnapshotPolicy):
+    """The payload of a manual `aws lambda invoke` or `snapset run`: a policy plus an optional id.
+
+    Re-sending the same `request_id` never makes a second snapshot set.
+    """
+
+    request_id: RequestId | None = None
+
+
+class Trigger(BaseModel):
+    """What started a run: its type, an id unique per delivery-independent trigger, and its time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: TriggerType
+    id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    time: datetime
+
+    @property
+    def timestamp(self) -> str:
+        """Trigger time in UTC ISO-8601 with a Z suffix (the `{timestamp}` placeholder)."""
+        return self.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class SnapshotRequest(BaseModel):
+    """One run: a policy, the trigger that started it and, for an instance event, its instance."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: SnapshotPolicy
+    trigger: Trigger
+    event_instance_id: InstanceId | None = None
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """Render a pydantic error as `field.path: message; ...`, naming every bad field."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        where = f"{prefix}{loc}" if loc else prefix.rstrip(".")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)

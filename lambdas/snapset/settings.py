@@ -1,0 +1,60 @@
+"""The Lambda's configuration, read once from its environment.
+
+The variable names are the contract with the CDK stack (infra/ sets them; tests on both sides pin
+them), so they live here as constants and infra imports them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+ENV_TOPIC_ARN = "SNAPSET_TOPIC_ARN"
+ENV_MAX_WORKERS = "SNAPSET_MAX_WORKERS"
+ENV_IDEMPOTENCY_TABLE = "SNAPSET_IDEMPOTENCY_TABLE"
+ENV_SAFETY_MARGIN_MS = "SNAPSET_SAFETY_MARGIN_MS"
+
+DEFAULT_MAX_WORKERS = 8
+DEFAULT_SAFETY_MARGIN_MS = 10_000
+
+
+class ConfigError(RuntimeError):
+    """A required environment variable is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the handler needs from its environment."""
+
+    topic_arn: str
+    max_workers: int = DEFAULT_MAX_WORKERS
+    idempotency_table: str | None = None
+    safety_margin_ms: int = DEFAULT_SAFETY_MARGIN_MS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every variable; the error names the variable."""
+        env = os.environ if env is None else env
+        topic_arn = env.get(ENV_TOPIC_ARN, "").strip()
+        if not topic_arn.startswith("arn:") or ":sns:" not in topic_arn:
+            raise ConfigError(f"{ENV_TOPIC_ARN} must be an SNS topic ARN (got {topic_arn!r})")
+        return cls(
+            topic_arn=topic_arn,
+            max_workers=_int(env, ENV_MAX_WORKERS, DEFAULT_MAX_WORKERS, 1, 64),
+            idempotency_table=env.get(ENV_IDEMPOTENCY_TABLE) or None,
+            safety_margin_ms=_int(env, ENV_SAFETY_MARGIN_MS, DEFAULT_SAFETY_MARGIN_MS, 0, 600_000),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer (got {raw!r})") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high} (got {value})")
+    return value

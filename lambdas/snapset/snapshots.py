@@ -1,0 +1,361 @@
+"""The snapshot engine: find target instances, resolve exclusions, call CreateSnapshots.
+
+Every function takes its boto3 client as an argument. Failures are returned as values
+(`InstanceOutcome`), never raised, so one instance never stops the others.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from snapset.outcomes import InstanceOutcome, InstanceStatus, SnapshotInfo
+from snapset.policy import (
+    MAX_EXCLUDED_DATA_VOLUMES,
+    TAG_INSTANCE_ID,
+    TAG_POLICY,
+    TAG_TRIGGER_ID,
+    SnapshotPolicy,
+    SnapshotRequest,
+    expand_template,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_ec2.type_defs import (
+        CreateSnapshotsRequestTypeDef,
+        FilterTypeDef,
+        TagTypeDef,
+    )
+
+logger = logging.getLogger(__name__)
+
+# EC2 accepts at most 200 values in one filter.
+_FILTER_VALUES_PER_CALL = 200
+_UNSNAPSHOTTABLE_STATES = {"terminated", "shutting-down"}
+# Our own codes for failures found before calling AWS; AWS codes pass through unchanged.
+ROOT_VOLUME_EXCLUDED = "RootVolumeInDataExclusions"
+TOO_MANY_EXCLUSIONS = "TooManyExcludedVolumes"
+INSTANCE_NOT_FOUND = "InvalidInstanceID.NotFound"
+UNEXPECTED_ERROR = "UnexpectedError"
+
+
+@dataclass(frozen=True)
+class AttachedVolume:
+    volume_id: str
+    device_name: str
+    is_root: bool
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What the engine needs to know of an instance, from DescribeInstances."""
+
+    instance_id: str
+    state: str
+    tags: dict[str, str]
+    volumes: tuple[AttachedVolume, ...]
+    outpost_arn: str | None = None
+
+    @classmethod
+    def from_api(cls, raw: Any) -> Instance:
+        root_device = raw.get("RootDeviceName")
+        volumes = tuple(
+            AttachedVolume(
+                volume_id=m["Ebs"]["VolumeId"],
+                device_name=m["DeviceName"],
+                is_root=m["DeviceName"] == root_device,
+            )
+            for m in raw.get("BlockDeviceMappings", [])
+            if "Ebs" in m and "VolumeId" in m["Ebs"]
+        )
+        return cls(
+            instance_id=raw["InstanceId"],
+            state=raw.get("State", {}).get("Name", "unknown"),
+            tags={t["Key"]: t["Value"] for t in raw.get("Tags", [])},
+            volumes=volumes,
+            outpost_arn=raw.get("OutpostArn"),
+        )
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Instances found for a policy, and failures for requested IDs that do not exist."""
+
+    instances: list[Instance]
+    missing: list[InstanceOutcome] = field(default_factory=list)
+
+
+def _describe(ec2: EC2Client, filters: Sequence[FilterTypeDef]) -> Iterable[Instance]:
+    paginator = ec2.get_paginator("describe_instances")
+    for page in paginator.paginate(Filters=list(filters), PaginationConfig={"PageSize": 1000}):
+        for reservation in page.get("Reservations", []):
+            for raw in reservation.get("Instances", []):
+                yield Instance.from_api(raw)
+
+
+def _tag_filters(tags: dict[str, list[str]]) -> list[FilterTypeDef]:
+    return [{"Name": f"tag:{key}", "Values": list(values)} for key, values in tags.items()]
+
+
+def find_targets(ec2: EC2Client, policy: SnapshotPolicy) -> Targets:
+    """Resolve a policy's targets with DescribeInstances, one call per page.
+
+    Targets are the union of `instance_ids` and instances matching every `target_tags` key. An ID
+    that does not exist becomes a failed outcome (InvalidInstanceID.NotFound); filtering by
+    `instance-id` instead of passing InstanceIds keeps one unknown ID from failing the whole call.
+    """
+    found: dict[str, Instance] = {}
+    ids = list(policy.instance_ids)
+    for start in range(0, len(ids), _FILTER_VALUES_PER_CALL):
+        chunk = ids[start : start + _FILTER_VALUES_PER_CALL]
+        for inst in _describe(ec2, [{"Name": "instance-id", "Values": chunk}]):
+            found[inst.instance_id] = inst
+    if policy.target_tags:
+        for inst in _describe(ec2, _tag_filters(policy.target_tags)):
+            found[inst.instance_id] = inst
+    missing = [
+        InstanceOutcome.failed(
+            i, INSTANCE_NOT_FOUND, f"{i}: no such instance in this account and region"
+        )
+        for i in ids
+        if i not in found
+    ]
+    return Targets(instances=sorted(found.values(), key=lambda i: i.instance_id), missing=missing)
+
+
+def describe_instance(ec2: EC2Client, instance_id: str) -> Instance | None:
+    """Describe one instance (for an instance event); None when it does not exist."""
+    for inst in _describe(ec2, [{"Name": "instance-id", "Values": [instance_id]}]):
+        return inst
+    return None
+
+
+def _tags_match(tags: dict[str, str], wanted: dict[str, list[str]]) -> bool:
+    # EC2 tag filters allow * and ? wildcards; match locally with the same rules.
+    return all(
+        key in tags and any(fnmatch.fnmatchcase(tags[key], pattern) for pattern in patterns)
+        for key, patterns in wanted.items()
+    )
+
+
+def matches_policy(instance: Instance, policy: SnapshotPolicy) -> bool:
+    """Whether a policy targets this instance (by ID, or by carrying all its target tags)."""
+    if instance.instance_id in policy.instance_ids:
+        return True
+    return bool(policy.target_tags) and _tags_match(instance.tags, policy.target_tags)
+
+
+@dataclass(frozen=True)
+class SnapshotPlan:
+    """The volumes of one instance to snapshot and the data volumes to exclude."""
+
+    snapshot_volume_ids: tuple[str, ...]
+    excluded_volume_ids: tuple[str, ...]
+
+
+def _tag_excluded_volumes(ec2: EC2Client, policy: SnapshotPolicy, instance_id: str) -> set[str]:
+    if not policy.exclude_data_volume_tags:
+        return set()
+    paginator = ec2.get_paginator("describe_volumes")
+    filters: list[FilterTypeDef] = [
+        {"Name": "attachment.instance-id", "Values": [instance_id]},
+        *_tag_filters(policy.exclude_data_volume_tags),
+    ]
+    return {
+        volume["VolumeId"]
+        for page in paginator.paginate(Filters=filters)
+        for volume in page.get("Volumes", [])
+    }
+
+
+def plan_instance(
+    ec2: EC2Client, policy: SnapshotPolicy, instance: Instance
+) -> SnapshotPlan | InstanceOutcome:
+    """Decide which volumes of an instance to snapshot, or why it is skipped or failed.
+
+    Volume-tag exclusions are resolved with one DescribeVolumes call filtered by attachment and
+    merged with `exclude_data_volume_ids`, keeping only volumes attached to this instance.
+    """
+    iid = instance.instance_id
+    if instance.state in _UNSNAPSHOTTABLE_STATES:
+        return InstanceOutcome.skipped(iid, f"instance is {instance.state}")
+    if not instance.volumes:
+        return InstanceOutcome.skipped(iid, "nothing to snapshot: no EBS volumes attached")
+    attached = {v.volume_id: v for v in instance.volumes}
+    by_id = {v for v in policy.exclude_data_volume_ids if v in attached}
+    root_by_id = sorted(v for v in by_id if attached[v].is_root)
+    if root_by_id:
+        return InstanceOutcome.failed(
+            iid,
+            ROOT_VOLUME_EXCLUDED,
+            f"{iid}: {root_by_id[0]} is the root volume ({attached[root_by_id[0]].device_name}); "
+            "exclude_data_volume_ids may only name data volumes, set exclude_boot_volume to "
+            "leave the root volume out",
+        )
+    by_tag = _tag_excluded_volumes(ec2, policy, iid) & attached.keys()
+    root_by_tag = sorted(v for v in by_tag if attached[v].is_root)
+    if root_by_tag and not policy.exclude_boot_volume:
+        return InstanceOutcome.failed(
+            iid,
+            ROOT_VOLUME_EXCLUDED,
+            f"{iid}: root volume {root_by_tag[0]} matches exclude_data_volume_tags; only data "
+            "volumes can be excluded that way, set exclude_boot_volume to leave it out",
+        )
+    excluded = tuple(sorted((by_id | by_tag) - set(root_by_tag)))
+    if len(excluded) > MAX_EXCLUDED_DATA_VOLUMES:
+        return InstanceOutcome.failed(
+            iid,
+            TOO_MANY_EXCLUSIONS,
+            f"{iid}: {len(excluded)} data volumes to exclude after merging IDs and tags; "
+            f"CreateSnapshots accepts at most {MAX_EXCLUDED_DATA_VOLUMES}",
+            excluded,
+        )
+    to_snapshot = tuple(
+        v.volume_id
+        for v in instance.volumes
+        if v.volume_id not in excluded and not (v.is_root and policy.exclude_boot_volume)
+    )
+    if not to_snapshot:
+        return InstanceOutcome.skipped(
+            iid,
+            f"nothing to snapshot: all {len(instance.volumes)} attached volumes are excluded",
+            excluded,
+        )
+    return SnapshotPlan(snapshot_volume_ids=to_snapshot, excluded_volume_ids=excluded)
+
+
+def snapshot_tags(request: SnapshotRequest, instance_id: str) -> list[TagTypeDef]:
+    """User tags with placeholders filled, then Snapset's managed tags (which win)."""
+    values = _placeholder_values(request, instance_id)
+    tags = {k: expand_template(v, values) for k, v in request.policy.tags.items()}
+    tags[TAG_POLICY] = request.policy.policy
+    tags[TAG_TRIGGER_ID] = request.trigger.id
+    tags[TAG_INSTANCE_ID] = instance_id
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+def _placeholder_values(request: SnapshotRequest, instance_id: str) -> dict[str, str]:
+    return {
+        "instance_id": instance_id,
+        "policy": request.policy.policy,
+        "trigger": request.trigger.type.value,
+        "timestamp": request.trigger.timestamp,
+    }
+
+
+def build_create_snapshots_request(
+    request: SnapshotRequest, instance_id: str, plan: SnapshotPlan
+) -> CreateSnapshotsRequestTypeDef:
+    """The exact CreateSnapshots parameters for one instance."""
+    policy = request.policy
+    params: CreateSnapshotsRequestTypeDef = {
+        "InstanceSpecification": {
+            "InstanceId": instance_id,
+            "ExcludeBootVolume": policy.exclude_boot_volume,
+        },
+        "TagSpecifications": [
+            {"ResourceType": "snapshot", "Tags": snapshot_tags(request, instance_id)}
+        ],
+        "DryRun": policy.dry_run,
+    }
+    if plan.excluded_volume_ids:
+        params["InstanceSpecification"]["ExcludeDataVolumeIds"] = list(plan.excluded_volume_ids)
+    if policy.description is not None:
+        params["Description"] = expand_template(
+            policy.description, _placeholder_values(request, instance_id)
+        )
+    if policy.outpost_arn is not None:
+        params["OutpostArn"] = policy.outpost_arn
+    if policy.copy_tags_from_source is not None:
+        params["CopyTagsFromSource"] = policy.copy_tags_from_source
+    return params
+
+
+def _error_outcome(instance_id: str, exc: Exception, excluded: tuple[str, ...]) -> InstanceOutcome:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = err.get("Code", "Unknown")
+        message = err.get("Message", str(exc))
+        return InstanceOutcome.failed(instance_id, code, f"{instance_id}: {message}", excluded)
+    return InstanceOutcome.failed(
+        instance_id, type(exc).__name__, f"{instance_id}: {exc}", excluded
+    )
+
+
+def create_snapshot_set(
+    ec2: EC2Client, request: SnapshotRequest, instance_id: str, plan: SnapshotPlan
+) -> InstanceOutcome:
+    """Call CreateSnapshots for one planned instance and return its outcome.
+
+    With DryRun, AWS answers DryRunOperation when the call would succeed (`dry_run_ok`) and
+    UnauthorizedOperation when it would not (`failed`).
+    """
+    params = build_create_snapshots_request(request, instance_id, plan)
+    try:
+        response = ec2.create_snapshots(**params)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "DryRunOperation":
+            return InstanceOutcome(
+                instance_id=instance_id,
+                status=InstanceStatus.DRY_RUN_OK,
+                excluded_volume_ids=plan.excluded_volume_ids,
+                reason=f"would snapshot {', '.join(plan.snapshot_volume_ids)}",
+            )
+        return _error_outcome(instance_id, exc, plan.excluded_volume_ids)
+    except BotoCoreError as exc:
+        return _error_outcome(instance_id, exc, plan.excluded_volume_ids)
+    snapshots = tuple(
+        SnapshotInfo(
+            snapshot_id=s["SnapshotId"],
+            volume_id=s.get("VolumeId", ""),
+            state=s.get("State"),
+            volume_size=s.get("VolumeSize"),
+            encrypted=s.get("Encrypted"),
+        )
+        for s in response.get("Snapshots", [])
+    )
+    return InstanceOutcome(
+        instance_id=instance_id,
+        status=InstanceStatus.STARTED,
+        snapshots=snapshots,
+        excluded_volume_ids=plan.excluded_volume_ids,
+    )
+
+
+def snapshot_instance(
+    ec2: EC2Client, request: SnapshotRequest, instance: Instance
+) -> InstanceOutcome:
+    """Plan and snapshot one instance; every error becomes a failed outcome for it."""
+    try:
+        plan = plan_instance(ec2, request.policy, instance)
+        if isinstance(plan, InstanceOutcome):
+            return plan
+        return create_snapshot_set(ec2, request, instance.instance_id, plan)
+    except (ClientError, BotoCoreError) as exc:
+        return _error_outcome(instance.instance_id, exc, ())
+    except Exception as exc:
+        # A bug must not cost the other instances their backups; it is logged with its traceback.
+        logger.exception("unexpected error snapshotting %s", instance.instance_id)
+        return InstanceOutcome.failed(
+            instance.instance_id, UNEXPECTED_ERROR, f"{instance.instance_id}: {exc!r}"
+        )
+
+
+SnapshotFn = Callable[[Instance], InstanceOutcome]
+
+
+def snapshot_all(
+    instances: Sequence[Instance], snapshot_fn: SnapshotFn, max_workers: int
+) -> list[InstanceOutcome]:
+    """Run `snapshot_fn` over instances with bounded concurrency, keeping their order."""
+    if not instances:
+        return []
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(instances))) as pool:
+        return list(pool.map(snapshot_fn, instances))
