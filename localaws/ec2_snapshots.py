@@ -1,0 +1,380 @@
+"""A faithful EC2 ``CreateSnapshots`` on top of moto's EBS backend.
+
+`install(completer)` replaces moto's ``ElasticBlockStore.create_snapshots`` response handler
+with `create_snapshots` below (validation, exclusions, CopyTagsFromSource, ``pending`` state)
+and patches ``Snapshot.progress`` so that a pending snapshot does not claim ``100%``.
+The snapshots are registered with a `SnapshotCompleter`, which later moves them to
+``completed`` (or ``error`` for volumes named in the ``snapshot_error_volumes`` fault) and
+emits the EventBridge events AWS emits.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from moto.core.responses import ActionResult
+from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models.elastic_block_store import Snapshot
+from moto.ec2.responses.elastic_block_store import ElasticBlockStore
+
+from localaws.events import EventSink, iso_millis
+
+log = logging.getLogger("localaws.ec2")
+
+MAX_EXCLUDED_VOLUMES = 40
+MULTI_VOLUME_DETAIL_TYPE = "EBS Multi-Volume Snapshots Completion Status"
+SNAPSHOT_DETAIL_TYPE = "EBS Snapshot Notification"
+_INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+_VOLUME_ID = re.compile(r"^vol-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+_NOT_SNAPSHOTTABLE_STATES = {"shutting-down", "terminated"}
+
+
+def snapshot_arn(region: str, snapshot_id: str) -> str:
+    # As in AWS's documented examples of these events: the region sits in the account field.
+    return f"arn:aws:ec2::{region}:snapshot/{snapshot_id}"
+
+
+def volume_arn(region: str, volume_id: str) -> str:
+    return f"arn:aws:ec2::{region}:volume/{volume_id}"
+
+
+# --- completion ------------------------------------------------------------------------------
+
+
+@dataclass(order=True)
+class _Batch:
+    due: float  # time.monotonic() deadline, or +inf when completion is manual
+    seq: int
+    account: str = field(compare=False)
+    region: str = field(compare=False)
+    start_time: datetime = field(compare=False)
+    snapshots: list[Any] = field(compare=False)  # moto Snapshot objects
+    generation: int = field(compare=False, default=0)
+
+
+class SnapshotCompleter:
+    """Completes pending ``CreateSnapshots`` batches after ``delay`` seconds (``None``: only
+    when asked through `complete_all`), in a background thread and lazily on `complete_due`."""
+
+    def __init__(
+        self,
+        events: EventSink,
+        error_volumes: Callable[[], Collection[str]],
+        delay: float | None = 0.5,
+    ) -> None:
+        self.events = events
+        self._error_volumes = error_volumes
+        self.delay = delay
+        self._cond = threading.Condition()
+        self._heap: list[_Batch] = []
+        self._seq = itertools.count()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._generation = 0  # bumped by reset(): batches of an older generation are dropped
+
+    # scheduling
+    def add(self, account: str, region: str, start_time: datetime, snapshots: list[Any]) -> None:
+        due = float("inf") if self.delay is None else time.monotonic() + max(self.delay, 0.0)
+        with self._cond:
+            batch = _Batch(
+                due, next(self._seq), account, region, start_time, snapshots, self._generation
+            )
+            heapq.heappush(self._heap, batch)
+            self._cond.notify()
+
+    def _pop(self, *, everything: bool) -> list[_Batch]:
+        now = time.monotonic()
+        with self._cond:
+            taken = []
+            while self._heap and (everything or self._heap[0].due <= now):
+                taken.append(heapq.heappop(self._heap))
+        return taken
+
+    def complete_due(self) -> list[str]:
+        return self._complete(self._pop(everything=False))
+
+    def complete_all(self) -> list[str]:
+        return self._complete(self._pop(everything=True))
+
+    def pending_count(self) -> int:
+        with self._cond:
+            return sum(len(b.snapshots) for b in self._heap)
+
+    def reset(self) -> None:
+        with self._cond:
+            self._heap.clear()
+            self._generation += 1
+
+    # background thread
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="localaws-completer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopped:
+                    return
+                timeout = 1.0
+                if self._heap:
+                    timeout = min(timeout, max(self._heap[0].due - time.monotonic(), 0.0))
+                if timeout > 0:
+                    self._cond.wait(timeout)
+                if self._stopped:
+                    return
+            try:
+                self.complete_due()
+            except Exception:
+                log.exception("completing snapshots failed")
+
+    # completion proper
+    def _complete(self, batches: Iterable[_Batch]) -> list[str]:
+        done: list[str] = []
+        for batch in batches:
+            if batch.generation != self._generation:
+                continue  # created before a reset: its backend and snapshots are gone
+            self._complete_batch(batch)
+            done.extend(s.id for s in batch.snapshots)
+        return done
+
+    def _complete_batch(self, batch: _Batch) -> None:
+        failing = set(self._error_volumes())
+        end = datetime.now(UTC)
+        region, start = batch.region, iso_millis(batch.start_time)
+        entries, causes = [], []
+        for snap in batch.snapshots:
+            failed = snap.volume.id in failing
+            snap.status = "error" if failed else "completed"
+            snap.localaws_progress = "0%" if failed else "100%"
+            entries.append(
+                {
+                    "snapshot_id": snapshot_arn(region, snap.id),
+                    "source": volume_arn(region, snap.volume.id),
+                    "status": snap.status,
+                }
+            )
+            if failed:
+                causes.append(f"Snapshot {snap.id} is in status error")
+                self.events.emit(
+                    account=batch.account,
+                    region=region,
+                    detail_type=SNAPSHOT_DETAIL_TYPE,
+                    resources=[snapshot_arn(region, snap.id)],
+                    when=end,
+                    detail={
+                        "event": "createSnapshot",
+                        "result": "failed",
+                        "cause": f"Source volume {snap.volume.id} is in status error",
+                        "request-id": "",
+                        "snapshot_id": snapshot_arn(region, snap.id),
+                        "source": volume_arn(region, snap.volume.id),
+                        "startTime": start,
+                        "endTime": iso_millis(end),
+                    },
+                )
+        self.events.emit(
+            account=batch.account,
+            region=region,
+            detail_type=MULTI_VOLUME_DETAIL_TYPE,
+            resources=[snapshot_arn(region, s.id) for s in batch.snapshots],
+            when=end,
+            detail={
+                "event": "createSnapshots",
+                "result": "failed" if causes else "succeeded",
+                "cause": "; ".join(causes),
+                "request-id": "",
+                "startTime": start,
+                "endTime": iso_millis(end),
+                "snapshots": entries,
+            },
+        )
+
+
+# --- the request handler ---------------------------------------------------------------------
+
+
+def _ec2_error(code: str, message: str) -> Exception:
+    return EC2ClientError(code, message)
+
+
+def _invalid(message: str) -> Exception:
+    return _ec2_error("InvalidParameterValue", message)
+
+
+def _as_bool(value: Any) -> bool:
+    return str(value).strip().lower() == "true"
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, dict):  # tolerate {"VolumeId": [...]} / {"member": [...]} shapes
+        value = next(iter(value.values()), [])
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def _check_tag(key: str, value: str) -> None:
+    if key.lower().startswith("aws:"):
+        raise _invalid(
+            f"Value ( {key} ) for parameter key is invalid. "
+            "Tag keys starting with 'aws:' are reserved for internal use"
+        )
+    if not key or len(key) > 127:
+        raise _invalid(f"Tag key '{key}' must be between 1 and 127 characters long")
+    if len(value) > 256:
+        raise _invalid(f"Tag value for key '{key}' exceeds 256 characters")
+
+
+def _parse_tag_specifications(raw: Any) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    specs = raw if isinstance(raw, list) else ([raw] if raw else [])
+    for spec in specs:
+        resource_type = spec.get("ResourceType")
+        if not resource_type:
+            raise _invalid("Tag specification resource type must have a value")
+        if resource_type != "snapshot":
+            raise _invalid(
+                f"'{resource_type}' is not a valid taggable resource type for this operation."
+            )
+        for tag in spec.get("Tags") or spec.get("Tag") or []:
+            key, value = str(tag.get("Key", "")), str(tag.get("Value", ""))
+            _check_tag(key, value)
+            tags[key] = value
+    return tags
+
+
+def _resolve_volumes(backend: Any, spec: dict[str, Any]) -> list[Any]:
+    """Validate the InstanceSpecification; return the volumes to snapshot (device order)."""
+    instance_id = str(spec.get("InstanceId") or "")
+    excluded = _as_list(spec.get("ExcludeDataVolumeIds"))
+    if len(excluded) > MAX_EXCLUDED_VOLUMES:
+        raise _invalid(
+            f"The maximum number of volume IDs in ExcludeDataVolumeIds is "
+            f"{MAX_EXCLUDED_VOLUMES}; {len(excluded)} were given."
+        )
+    if not _INSTANCE_ID.match(instance_id):
+        raise _ec2_error("InvalidInstanceID.Malformed", f'Invalid id: "{instance_id}"')
+    instance = next((i for i in backend.all_instances() if i.id == instance_id), None)
+    if instance is None:
+        raise _ec2_error(
+            "InvalidInstanceID.NotFound", f"The instance ID '{instance_id}' does not exist"
+        )
+    if instance.state in _NOT_SNAPSHOTTABLE_STATES:
+        raise _ec2_error(
+            "IncorrectState",
+            f"The instance '{instance_id}' is not in a state from which snapshots can be "
+            f"created (current state: {instance.state}).",
+        )
+
+    root_device = instance.root_device_name
+    attached = [(dev, m.volume_id) for dev, m in instance.get_block_device_mapping if m.volume_id]
+    root_ids = {vid for dev, vid in attached if dev == root_device}
+    data_ids = {vid for dev, vid in attached if dev != root_device}
+    for volume_id in excluded:
+        if not _VOLUME_ID.match(volume_id):
+            raise _ec2_error("InvalidVolumeID.Malformed", f'Invalid id: "{volume_id}"')
+        if volume_id not in backend.volumes:
+            raise _ec2_error("InvalidVolume.NotFound", f"The volume '{volume_id}' does not exist.")
+        if volume_id in root_ids:
+            raise _invalid(
+                f"The root volume {volume_id} of instance {instance_id} cannot be excluded "
+                "with ExcludeDataVolumeIds. To exclude the root volume, use ExcludeBootVolume."
+            )
+        if volume_id not in data_ids:
+            raise _invalid(
+                f"The volume {volume_id} is not attached to instance {instance_id} as a data "
+                "volume; ExcludeDataVolumeIds accepts only data volumes attached to the instance."
+            )
+
+    exclude_boot = _as_bool(spec.get("ExcludeBootVolume", False))
+    skip = set(excluded) | (root_ids if exclude_boot else set())
+    return [backend.volumes[vid] for _, vid in attached if vid not in skip]
+
+
+def _volume_tags(volume: Any) -> dict[str, str]:
+    return {
+        t["key"]: t["value"] for t in volume.get_tags() if not t["key"].lower().startswith("aws:")
+    }
+
+
+def make_handler(completer: SnapshotCompleter) -> Callable[[Any], Any]:
+    def create_snapshots(self: Any) -> Any:
+        backend = self.ec2_backend
+        spec = self._get_param("InstanceSpecification") or {}
+        description = str(self._get_param("Description") or "")
+        copy_tags = self._get_param("CopyTagsFromSource")
+        if copy_tags is not None and copy_tags != "volume":
+            raise _invalid(
+                f"Value ({copy_tags}) for parameter CopyTagsFromSource is invalid. "
+                "Valid values: volume"
+            )
+        tags = _parse_tag_specifications(
+            self._get_param("TagSpecifications") or self._get_param("TagSpecification")
+        )
+        volumes = _resolve_volumes(backend, spec)
+        self.error_on_dryrun()  # DryRunOperation (HTTP 412) only after validation passed
+
+        start = datetime.now(UTC)
+        snapshots = []
+        for volume in volumes:
+            snap = backend.create_snapshot(volume.id, description)
+            snap.start_time = start  # "the same for all snapshots initiated by the same request"
+            snap.status = "pending"
+            snap.localaws_progress = "0%"
+            merged = _volume_tags(volume) if copy_tags == "volume" else {}
+            merged.update(tags)  # explicit TagSpecifications win over copied volume tags
+            if merged:
+                snap.add_tags(merged)
+            snapshots.append(snap)
+        if snapshots:
+            completer.add(backend.account_id, backend.region_name, start, snapshots)
+        return ActionResult(
+            {
+                "Snapshots": [
+                    {
+                        "SnapshotId": s.id,
+                        "VolumeId": s.volume.id,
+                        "State": s.status,
+                        "Progress": s.progress,
+                        "StartTime": s.start_time,
+                        "VolumeSize": s.volume.size,
+                        "Encrypted": bool(s.encrypted),
+                        "OwnerId": s.owner_id,
+                        "Description": s.description,
+                        "Tags": [{"Key": t["key"], "Value": t["value"]} for t in s.get_tags()],
+                    }
+                    for s in snapshots
+                ]
+            }
+        )
+
+    return create_snapshots
+
+
+def install(completer: SnapshotCompleter) -> None:
+    """Patch moto (idempotent for one server process)."""
+    handler = make_handler(completer)
+    handler.__name__ = "create_snapshots"
+    ElasticBlockStore.create_snapshots = handler  # type: ignore[method-assign,assignment]
+    # moto's Snapshot.progress is a constant "100%"; ours follows the state.
+    Snapshot.progress = property(  # type: ignore[method-assign,assignment]
+        lambda self: getattr(self, "localaws_progress", "100%")
+    )

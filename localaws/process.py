@@ -1,0 +1,265 @@
+"""`LocalAws`: run the local AWS server in its own process, for tests, the demo and benchmarks.
+
+    with LocalAws() as aws:
+        ec2 = aws.client("ec2")
+        ...
+
+The server runs as ``sys.executable -m localaws.server`` in its own session (process group).
+It is stopped (SIGTERM to the group, then SIGKILL after a timeout) on ``__exit__`` whatever
+ended the ``with`` block (an exception, a failed assertion, Ctrl-C), by an ``atexit`` guard if
+``stop()`` was never reached, and by the server itself if this process dies (it watches its
+parent pid).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import boto3
+from botocore.config import Config
+
+from localaws.faults import FaultConfig, FaultRule, rules_from
+
+__all__ = ["LocalAws", "LocalAwsError"]
+
+_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+
+
+class LocalAwsError(RuntimeError):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalAws:
+    def __init__(
+        self,
+        *,
+        region: str = "us-east-1",
+        snapshot_delay: float | None = 0.5,
+        startup_timeout: float = 30.0,
+        stop_timeout: float = 5.0,
+        verbose: bool = False,
+    ) -> None:
+        self.region = region
+        self.snapshot_delay = snapshot_delay
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.verbose = verbose
+        self.port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+        self.log_path: str | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def endpoint_url(self) -> str:
+        if self.port is None:
+            raise LocalAwsError("LocalAws is not started")
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> Self:
+        if self._proc is not None:
+            raise LocalAwsError("already started")
+        deadline = time.monotonic() + self.startup_timeout
+        last_error = "not started"
+        for _ in range(3):  # a free port can be taken between probing and binding: retry
+            try:
+                self._spawn(_free_port(), deadline)
+                return self
+            except LocalAwsError as exc:
+                last_error = str(exc)
+                self.stop()
+                if time.monotonic() >= deadline:
+                    break
+        raise LocalAwsError(f"local AWS server did not start: {last_error}")
+
+    def _spawn(self, port: int, deadline: float) -> None:
+        fd, self.log_path = tempfile.mkstemp(prefix="localaws-", suffix=".log")
+        self._log = os.fdopen(fd, "wb")
+        delay = -1.0 if self.snapshot_delay is None else self.snapshot_delay
+        cmd = [
+            sys.executable,
+            "-m",
+            "localaws.server",
+            "--port",
+            str(port),
+            "--snapshot-delay",
+            str(delay),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+        if self.verbose:
+            cmd.append("--verbose")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p
+        )
+        self.port = port
+        self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # own process group: Ctrl-C in a terminal doesn't hit it
+        )
+        atexit.register(self.stop)
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise LocalAwsError(
+                    f"server exited with {self._proc.returncode}: {self._log_tail()}"
+                )
+            with contextlib.suppress(OSError, LocalAwsError):
+                if self._control("GET", "health", timeout=1.0).get("status") == "ok":
+                    return
+            time.sleep(0.05)
+        raise LocalAwsError(f"server not healthy in {self.startup_timeout}s: {self._log_tail()}")
+
+    def _log_tail(self, limit: int = 2000) -> str:
+        if not self.log_path:
+            return ""
+        with contextlib.suppress(OSError):
+            return Path(self.log_path).read_text(errors="replace")[-limit:]
+        return ""
+
+    def stop(self) -> None:
+        """Terminate the server's process group, then kill it after ``stop_timeout``."""
+        atexit.unregister(self.stop)
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=self.stop_timeout)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=self.stop_timeout)
+            # anything the server may have left in its group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self.log_path:
+            with contextlib.suppress(OSError):
+                os.unlink(self.log_path)
+            self.log_path = None
+        self.port = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- AWS clients -------------------------------------------------------------------------
+
+    def client(self, service: str, *, max_attempts: int = 3, **kwargs: Any) -> Any:
+        """A boto3 client pointed at the server (dummy credentials, standard retry mode)."""
+        config = Config(retries={"mode": "standard", "max_attempts": max_attempts})
+        return boto3.client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=self.endpoint_url,
+            region_name=kwargs.pop("region_name", self.region),
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",  # noqa: S106 - moto's dummy credentials
+            config=kwargs.pop("config", config),
+            **kwargs,
+        )
+
+    # --- control API -------------------------------------------------------------------------
+
+    def _control(
+        self, method: str, route: str, payload: Any = None, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        data = None if payload is None else json.dumps(payload).encode("utf-8")
+        request = urllib.request.Request(  # noqa: S310 - always http://127.0.0.1
+            f"{self.endpoint_url}/{route}"
+            if route.startswith("moto-api")
+            else f"{self.endpoint_url}/_localaws/{route}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise LocalAwsError(f"{method} {route}: {exc.code} {exc.read()!r}") from exc
+        result: dict[str, Any] = json.loads(raw) if raw.strip().startswith(b"{") else {}
+        return result
+
+    def health(self) -> dict[str, Any]:
+        return self._control("GET", "health")
+
+    def set_faults(
+        self,
+        *rules: FaultRule | Mapping[str, Any],
+        seed: int | None = None,
+        snapshot_error_volumes: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Replace the fault configuration (no arguments: no faults)."""
+        config = FaultConfig(rules_from(rules), seed, tuple(snapshot_error_volumes))
+        return self._control("POST", "faults", config.to_dict())
+
+    def clear_faults(self) -> None:
+        self._control("DELETE", "faults")
+
+    def faults(self) -> dict[str, Any]:
+        """Current fault configuration plus per-rule counters (calls, throttled, errors)."""
+        return self._control("GET", "faults")
+
+    def events(self, *, drain: bool = False) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = self._control(
+            "GET", "events?drain=1" if drain else "events"
+        )["events"]
+        return events
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        return self.events(drain=True)
+
+    def complete_snapshots(self) -> list[str]:
+        """Complete every pending CreateSnapshots snapshot now; returns their ids."""
+        completed: list[str] = self._control("POST", "complete")["completed"]
+        return completed
+
+    def set_snapshot_delay(self, seconds: float | None) -> None:
+        """Delay for snapshots created from now on; None: only on `complete_snapshots`."""
+        self._control("POST", "config", {"snapshot_delay_seconds": seconds})
+
+    def reset(self) -> None:
+        """moto's ``/moto-api/reset``: every backend, plus faults, events, pending snapshots
+        and the snapshot delay."""
+        self._control("POST", "moto-api/reset")

@@ -1,0 +1,282 @@
+"""The local AWS server: moto's WSGI app + faithful CreateSnapshots + faults + control API.
+
+Run: ``python -m localaws.server --port N`` (binds 127.0.0.1).  See README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+
+from localaws import ec2_snapshots
+from localaws.ec2_snapshots import SnapshotCompleter
+from localaws.events import EventSink
+from localaws.faults import FaultConfig, FaultInjector, error_response, throttling_error
+
+log = logging.getLogger("localaws.server")
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+StartResponse = Callable[..., Any]
+
+CONTROL_PREFIX = "/_localaws/"
+_CREDENTIAL = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
+
+
+@dataclass
+class ServerState:
+    default_delay: float | None = 0.5
+    faults: FaultInjector = field(default_factory=FaultInjector)
+    events: EventSink = field(default_factory=EventSink)
+    completer: SnapshotCompleter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.completer = SnapshotCompleter(
+            self.events,
+            error_volumes=lambda: self.faults.config.snapshot_error_volumes,
+            delay=self.default_delay,
+        )
+
+    def reset(self) -> None:
+        self.completer.reset()
+        self.completer.delay = self.default_delay
+        self.faults.reset()
+        self.events.reset()
+
+
+@dataclass
+class AwsRequest:
+    service: str
+    region: str | None
+    action: str | None
+    protocol: str  # ec2 | query | json | rest-json | rest-xml
+
+
+def _form_body(environ: dict[str, Any]) -> dict[str, list[str]]:
+    """Parse (and put back) a form-encoded request body."""
+    if not str(environ.get("CONTENT_TYPE", "")).startswith("application/x-www-form-urlencoded"):
+        return {}
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return {}
+    if length <= 0:
+        return {}
+    body = environ["wsgi.input"].read(length)
+    environ["wsgi.input"] = io.BytesIO(body)
+    return parse_qs(body.decode("utf-8", "replace"))
+
+
+def identify(environ: dict[str, Any]) -> AwsRequest:
+    """Service/region from the SigV4 credential scope; action from ``X-Amz-Target`` (JSON
+    protocols) or the ``Action`` parameter (query protocols).  REST calls have no action."""
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    scope = environ.get("HTTP_AUTHORIZATION", "") or " ".join(
+        f"Credential={c}" for c in query.get("X-Amz-Credential", [])
+    )
+    match = _CREDENTIAL.search(scope)
+    service, region = (match.group(2).lower(), match.group(1)) if match else ("unknown", None)
+
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return AwsRequest(service, region, target.rsplit(".", 1)[-1], "json")
+    action = (query.get("Action") or _form_body(environ).get("Action") or [None])[0]
+    if action:
+        return AwsRequest(service, region, action, "ec2" if service == "ec2" else "query")
+    return AwsRequest(service, region, None, "rest-xml" if service == "s3" else "rest-json")
+
+
+def _json(start_response: StartResponse, status: int, payload: Any) -> list[bytes]:
+    body = json.dumps(payload, default=str).encode("utf-8")
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+    start_response(
+        f"{status} {reason.get(status, 'Error')}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+class LocalAwsApp:
+    """WSGI middleware around moto's app."""
+
+    def __init__(self, moto_app: WSGIApp, state: ServerState) -> None:
+        self.moto_app = moto_app
+        self.state = state
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(CONTROL_PREFIX):
+            return self._control(environ, start_response, path[len(CONTROL_PREFIX) :])
+        if path.startswith("/moto-api"):
+            if path.rstrip("/") == "/moto-api/reset":
+                self.state.reset()  # our state too, so that tests start from scratch
+            return self.moto_app(environ, start_response)
+
+        self.state.completer.complete_due()  # lazy completion, in addition to the timer
+        request = identify(environ)
+        decision = self.state.faults.decide(request.service, request.action)
+        if decision.latency_s > 0:
+            time.sleep(decision.latency_s)
+        if decision.throttled:
+            code, status, message = throttling_error(request.service, request.protocol)
+            return self._error(start_response, request, code, status, message)
+        if decision.error is not None:
+            err = decision.error
+            return self._error(start_response, request, err.code, err.status, err.message)
+        return self.moto_app(environ, start_response)
+
+    @staticmethod
+    def _error(
+        start_response: StartResponse, request: AwsRequest, code: str, status: int, message: str
+    ) -> list[bytes]:
+        status, headers, body = error_response(
+            request.protocol,
+            request.service,
+            code=code,
+            status=status,
+            message=message,
+            request_id=str(uuid.uuid4()),
+        )
+        headers.append(("Content-Length", str(len(body))))
+        start_response(f"{status} {code}", headers)
+        return [body]
+
+    def _control(
+        self, environ: dict[str, Any], start_response: StartResponse, route: str
+    ) -> list[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        try:
+            body = self._read_json(environ)
+            status, payload = self._route(method, route.strip("/"), query, body)
+        except (ValueError, TypeError) as exc:
+            status, payload = 400, {"error": str(exc)}
+        return _json(start_response, status, payload)
+
+    @staticmethod
+    def _read_json(environ: dict[str, Any]) -> Any:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length > 0 else b""
+        return json.loads(raw) if raw.strip() else None
+
+    def _route(
+        self, method: str, route: str, query: dict[str, list[str]], body: Any
+    ) -> tuple[int, Any]:
+        state = self.state
+        if route == "health" and method == "GET":
+            return 200, {"status": "ok", "pid": os.getpid()}
+        if route == "faults":
+            if method == "POST":
+                state.faults.configure(FaultConfig.from_dict(body or {}))
+            elif method == "DELETE":
+                state.faults.reset()
+            elif method != "GET":
+                return 405, {"error": f"{method} not allowed"}
+            return 200, {**state.faults.config.to_dict(), "stats": state.faults.stats()}
+        if route == "events" and method == "GET":
+            drain = query.get("drain", ["0"])[0].lower() in ("1", "true", "yes")
+            return 200, {"events": state.events.read(drain=drain)}
+        if route == "complete" and method == "POST":
+            return 200, {"completed": state.completer.complete_all()}
+        if route == "config":
+            if method == "POST":
+                body = body or {}
+                if "snapshot_delay_seconds" in body:
+                    delay = body["snapshot_delay_seconds"]
+                    state.completer.delay = None if delay is None else float(delay)
+            elif method != "GET":
+                return 405, {"error": f"{method} not allowed"}
+            return 200, {
+                "snapshot_delay_seconds": state.completer.delay,
+                "pending_snapshots": state.completer.pending_count(),
+            }
+        if route == "reset" and method == "POST":
+            state.reset()
+            return 200, {"reset": True}
+        return 404, {"error": f"no control endpoint {method} {CONTROL_PREFIX}{route}"}
+
+
+def build_app(state: ServerState) -> LocalAwsApp:
+    """Import moto, install the patches and wrap moto's WSGI app."""
+    ec2_snapshots.install(state.completer)
+    return LocalAwsApp(DomainDispatcherApplication(create_backend_app), state)
+
+
+def _watch_parent(parent_pid: int, stop: Callable[[], None]) -> None:
+    """Shut down when the process that started us is gone (even if it was SIGKILLed)."""
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    log.warning("parent process %d is gone; shutting down", parent_pid)
+    stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localaws.server", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000, help="0 picks a free port")
+    parser.add_argument(
+        "--snapshot-delay",
+        type=float,
+        default=0.5,
+        help="seconds until CreateSnapshots snapshots complete; negative: only on "
+        "POST /_localaws/complete",
+    )
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when it dies")
+    parser.add_argument("--verbose", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
+    )
+    logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.WARNING)
+
+    if args.port:
+        os.environ["MOTO_PORT"] = str(args.port)  # moto builds e.g. SQS queue URLs with it
+    state = ServerState(default_delay=None if args.snapshot_delay < 0 else args.snapshot_delay)
+    app = build_app(state)
+    server = make_server(
+        args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler
+    )
+    port = server.server_address[1]
+    os.environ["MOTO_PORT"] = str(port)
+
+    def stop(*_: Any) -> None:
+        # shutdown() waits for serve_forever() to return: never call it on that thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if args.parent_pid is not None:
+        threading.Thread(target=_watch_parent, args=(args.parent_pid, stop), daemon=True).start()
+
+    state.completer.start()
+    print(f"localaws listening on http://{args.host}:{port} (pid {os.getpid()})", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        state.completer.stop()
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
