@@ -55,12 +55,17 @@ class InvalidTrigger(ValueError):
     """
 
     def __init__(
-        self, message: str, policy: str | None = None, trigger: Trigger | None = None
+        self,
+        message: str,
+        policy: str | None = None,
+        trigger: Trigger | None = None,
+        trigger_type: TriggerType | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.policy = policy
         self.trigger = trigger
+        self.trigger_type = trigger.type if trigger else trigger_type
 
 
 class _ScheduleContext(BaseModel):
@@ -124,7 +129,9 @@ def parse_schedule(payload: dict[str, Any]) -> SnapshotRequest:
         _ScheduleContext,
         context_raw,
         "schedule.",
-        lambda m: InvalidTrigger(f"invalid schedule input: {m}", policy=name),
+        lambda m: InvalidTrigger(
+            f"invalid schedule input: {m}", policy=name, trigger_type=TriggerType.SCHEDULE
+        ),
     )
     scheduled = context.scheduled_time.astimezone(UTC)
     trigger = Trigger(
@@ -149,12 +156,17 @@ def parse_instance_event(payload: dict[str, Any]) -> SnapshotRequest:
         raise InvalidTrigger(
             f"invalid instance-event input: unexpected keys {extra}; expected 'policy' and 'event'",
             policy=name,
+            trigger_type=TriggerType.INSTANCE_EVENT,
         )
     event = _validate(
         _StateChangeEvent,
         payload["event"],
         "event.",
-        lambda m: InvalidTrigger(f"invalid instance-event input: {m}", policy=name),
+        lambda m: InvalidTrigger(
+            f"invalid instance-event input: {m}",
+            policy=name,
+            trigger_type=TriggerType.INSTANCE_EVENT,
+        ),
     )
     trigger = Trigger(type=TriggerType.INSTANCE_EVENT, id=event.id, time=event.time)
     policy = _validate(
@@ -182,6 +194,7 @@ def parse_manual(payload: dict[str, Any], now: datetime) -> SnapshotRequest:
             Trigger(type=TriggerType.MANUAL, id=raw_id, time=now)
             if isinstance(raw_id, str) and 0 < len(raw_id) <= 128
             else None,
+            TriggerType.MANUAL,
         ),
     )
     trigger = Trigger(

@@ -1,0 +1,42 @@
+"""boto3 clients with botocore's own retry modes, built once per invocation or CLI run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import boto3
+from botocore.config import Config
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_sns import SNSClient
+
+# Adaptive mode adds client-side rate limiting on throttling, which matters when many worker
+# threads share one EC2 client; SNS gets the standard mode.
+EC2_CONFIG = Config(
+    retries={"mode": "adaptive", "max_attempts": 8},
+    connect_timeout=5,
+    read_timeout=30,
+    max_pool_connections=64,
+)
+SNS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5)
+
+
+@dataclass(frozen=True)
+class Clients:
+    ec2: EC2Client
+    sns: SNSClient
+
+
+def make_clients(
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    session: boto3.Session | None = None,
+) -> Clients:
+    """EC2 and SNS clients from the standard AWS configuration (env, profile, role)."""
+    session = session or boto3.Session()
+    return Clients(
+        ec2=session.client("ec2", region_name=region, endpoint_url=endpoint_url, config=EC2_CONFIG),
+        sns=session.client("sns", region_name=region, endpoint_url=endpoint_url, config=SNS_CONFIG),
+    )

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from localaws.ec2_snapshots import SnapshotCompleter, install
+from localaws.events import EventSink
+from snapset import handler as handler_module
+from snapset.settings import ENV_TOPIC_ARN
+
+# Plain moto ignores ExcludeDataVolumeIds and CopyTagsFromSource; the local AWS's faithful
+# CreateSnapshots fixes that in-process too. Snapshots stay pending (completed on request only).
+COMPLETER = SnapshotCompleter(EventSink(), lambda: (), delay=None)
+install(COMPLETER)
+
+
+@dataclass
+class LambdaContext:
+    """The attributes of Lambda's context object that Powertools and the handler read."""
+
+    function_name: str = "snapset"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:snapset"
+    aws_request_id: str = "00000000-0000-0000-0000-000000000000"
+    remaining_ms: int = 300_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+@dataclass
+class Aws:
+    ec2: Any
+    sns: Any
+    sqs: Any
+    topic_arn: str
+    queue_url: str
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Every SNS notification delivered to the subscribed queue so far (drained)."""
+        out: list[dict[str, Any]] = []
+        while True:
+            got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10)
+            batch = got.get("Messages", [])
+            if not batch:
+                return out
+            for m in batch:
+                out.append(json.loads(m["Body"]))
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    with mock_aws():
+        sns = boto3.client("sns", region_name="us-east-1")
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        topic_arn = sns.create_topic(Name="snapset-reports")["TopicArn"]
+        queue_url = sqs.create_queue(QueueName="reports")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+        monkeypatch.setenv(ENV_TOPIC_ARN, topic_arn)
+        handler_module.settings.cache_clear()
+        COMPLETER.reset()
+        yield Aws(boto3.client("ec2", region_name="us-east-1"), sns, sqs, topic_arn, queue_url)
+        handler_module.settings.cache_clear()
+
+
+@pytest.fixture
+def context() -> LambdaContext:
+    return LambdaContext()
