@@ -6,20 +6,33 @@ import functools
 from datetime import UTC, datetime
 from typing import Any
 
+import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from snapset.clients import make_clients
+from snapset.completion import (
+    COMPLETION_DETAIL_TYPES,
+    completion_reports,
+    parse_completion_event,
+    publish_completion,
+)
+from snapset.idempotency import DDB_CONFIG, idempotent_snapshots
 from snapset.policy import Trigger
 from snapset.report import RunReport, invalid_input_report, publish_report
 from snapset.run import Ignored, run_request
 from snapset.settings import Settings
+from snapset.snapshots import RetryBudget, SnapshotFn, snapshot_instance
 from snapset.triggers import InvalidTrigger, parse_request
 
 logger = Logger()
 metrics = Metrics()
 tracer = Tracer(patch_modules=("botocore",))
+
+
+class IncompleteRun(RuntimeError):
+    """Raised after the report is published when instances must be retried on redelivery."""
 
 
 @functools.cache
@@ -40,7 +53,7 @@ def record_metrics(report: RunReport) -> None:
         metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
 
 
-def _reject(exc: InvalidTrigger) -> dict[str, Any]:
+def _reject(exc: InvalidTrigger, config: Settings) -> dict[str, Any]:
     logger.error("invalid input", extra={"error": exc.message, "policy": exc.policy})
     if exc.policy is None or exc.trigger_type is None:
         # Nothing names a policy to report to: fail, so the async retry and the DLQ keep it.
@@ -49,25 +62,57 @@ def _reject(exc: InvalidTrigger) -> dict[str, Any]:
         type=exc.trigger_type, id="unidentified", time=datetime.now(UTC)
     )
     report = invalid_input_report(exc.policy, trigger, exc.message)
-    publish_report(make_clients().sns, settings().topic_arn, report)
+    publish_report(make_clients().sns, config.topic_arn, report)
     record_metrics(report)
     return report.model_dump(mode="json")
+
+
+def _completion(event: dict[str, Any], config: Settings) -> dict[str, Any]:
+    parsed = parse_completion_event(event)
+    logger.set_correlation_id(parsed.event_id)
+    clients = make_clients()
+    reports = completion_reports(clients.ec2, parsed)
+    for report in reports:
+        publish_completion(clients.sns, config.topic_arn, report)
+        metrics.add_dimension(name="policy", value=report.policy)
+        name = "SetsCompleted" if report.result == "succeeded" else "SetsFailed"
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+    return {"kind": "completion", "reports": [r.model_dump(mode="json") for r in reports]}
 
 
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
-def handler(event: Any, context: LambdaContext) -> dict[str, Any]:  # noqa: ARG001
-    """Entry point for schedules, instance events and manual invokes; returns the report."""
+def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    """Entry point for schedules, instance events, completion events and manual invokes."""
     config = settings()
+    if isinstance(event, dict) and event.get("detail-type") in COMPLETION_DETAIL_TYPES:
+        return _completion(event, config)
     try:
         request = parse_request(event)
     except InvalidTrigger as exc:
-        return _reject(exc)
+        return _reject(exc, config)
     logger.set_correlation_id(request.trigger.id)
     logger.append_keys(policy=request.policy.policy, trigger_type=request.trigger.type.value)
     clients = make_clients()
-    result = run_request(clients.ec2, request, max_workers=config.max_workers)
+    budget = RetryBudget.for_invocation(
+        context.get_remaining_time_in_millis(), config.safety_margin_ms
+    )
+    snapshot_fn: SnapshotFn = functools.partial(
+        snapshot_instance, clients.ec2, request, budget=budget
+    )
+    if config.idempotency_table:
+        snapshot_fn = idempotent_snapshots(
+            snapshot_fn,
+            table_name=config.idempotency_table,
+            policy=request.policy.policy,
+            trigger_id=request.trigger.id,
+            context=context,
+            dynamodb_client=boto3.client("dynamodb", config=DDB_CONFIG),
+        )
+    result = run_request(
+        clients.ec2, request, max_workers=config.max_workers, snapshot_fn=snapshot_fn
+    )
     if isinstance(result, Ignored):
         logger.info(
             "instance event ignored",
@@ -84,4 +129,9 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:  # noqa: ARG0
             "message_id": message_id,
         },
     )
+    retry = [o.instance_id for o in result.instances if o.error and o.error.retry_on_redelivery]
+    if retry:
+        raise IncompleteRun(
+            f"{len(retry)} instance(s) to retry on the next delivery: {', '.join(retry[:20])}"
+        )
     return result.model_dump(mode="json")

@@ -26,6 +26,11 @@ class SnapshotInfo(BaseModel):
     encrypted: bool | None = None
 
 
+# Failures that a later delivery of the same trigger can fix: the invocation fails after
+# reporting them, so Lambda's async retry (and idempotency) redoes just those instances.
+RETRY_ON_REDELIVERY_CODES = frozenset({"Timeout", "IdempotencyStoreError"})
+
+
 class ErrorInfo(BaseModel):
     """An AWS error code (or one of Snapset's own) and a message that names the instance."""
 
@@ -33,6 +38,37 @@ class ErrorInfo(BaseModel):
 
     code: str
     message: str
+
+    @property
+    def retry_on_redelivery(self) -> bool:
+        return self.code in RETRY_ON_REDELIVERY_CODES
+
+
+class RetentionError(BaseModel):
+    """A retention step that failed: a deletion (`snapshot_id` set) or a lookup (`None`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    snapshot_id: str | None = None
+    code: str
+    message: str
+
+
+class RetentionResult(BaseModel):
+    """What retention did for one instance: snapshots deleted, sets kept, errors.
+
+    With `dry_run`, `deleted` lists what would have been deleted and nothing was. `kept` counts
+    the instance's older sets of the policy that were kept (the set this run started is not
+    counted). Errors never fail the snapshot part of the report; failed deletions are retried on
+    the next run.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    deleted: tuple[str, ...] = ()
+    kept: int = 0
+    errors: tuple[RetentionError, ...] = ()
+    dry_run: bool = False
 
 
 class InstanceOutcome(BaseModel):
@@ -46,6 +82,7 @@ class InstanceOutcome(BaseModel):
     excluded_volume_ids: tuple[str, ...] = ()
     error: ErrorInfo | None = None
     reason: str | None = None
+    retention: RetentionResult | None = None
 
     @classmethod
     def failed(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import random
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +46,65 @@ ROOT_VOLUME_EXCLUDED = "RootVolumeInDataExclusions"
 TOO_MANY_EXCLUSIONS = "TooManyExcludedVolumes"
 INSTANCE_NOT_FOUND = "InvalidInstanceID.NotFound"
 UNEXPECTED_ERROR = "UnexpectedError"
+TIMEOUT = "Timeout"
+# Worth another try later in the same invocation. botocore's retry modes already retry
+# throttling and 5xx a few times; these outlast them or are EBS's own rate limits.
+TRANSIENT_CODES = frozenset(
+    {
+        "RequestLimitExceeded",
+        "SnapshotCreationPerVolumeRateExceeded",
+        "ConcurrentSnapshotLimitExceeded",
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "Unavailable",
+    }
+)
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    """Retries with exponential backoff and full jitter until `deadline` (a monotonic time).
+
+    The deadline is the invocation's end less a safety margin; what cannot start before it is
+    reported as `Timeout` and retried on the trigger's next delivery.
+    """
+
+    deadline: float = float("inf")
+    max_retries: int = 50
+    base_delay: float = 1.0
+    max_delay: float = 20.0
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+    @classmethod
+    def for_invocation(cls, remaining_ms: int, safety_margin_ms: int) -> RetryBudget:
+        return cls(deadline=time.monotonic() + max(remaining_ms - safety_margin_ms, 0) / 1000)
+
+    def expired(self) -> bool:
+        return self.clock() >= self.deadline
+
+    def wait(self, attempt: int) -> bool:
+        """Sleep before retry `attempt` (0-based); False when that would pass the deadline."""
+        if attempt >= self.max_retries:
+            return False
+        delay = random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))  # noqa: S311
+        if self.clock() + delay >= self.deadline:
+            return False
+        self.sleep(delay)
+        return True
+
+
+NO_RETRY = RetryBudget(max_retries=0)
+
+
+def is_transient(exc: Exception) -> bool:
+    """Whether an error may pass if the same call is made again a little later."""
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code in TRANSIENT_CODES or status >= 500
+    return isinstance(exc, BotoCoreError)
 
 
 @dataclass(frozen=True)
@@ -289,55 +350,121 @@ def _error_outcome(instance_id: str, exc: Exception, excluded: tuple[str, ...]) 
     )
 
 
+def _snapshot_info(raw: Any) -> SnapshotInfo:
+    return SnapshotInfo(
+        snapshot_id=raw["SnapshotId"],
+        volume_id=raw.get("VolumeId", ""),
+        state=raw.get("State"),
+        volume_size=raw.get("VolumeSize"),
+        encrypted=raw.get("Encrypted"),
+    )
+
+
+def find_existing_set(
+    ec2: EC2Client, policy: str, trigger_id: str, instance_id: str
+) -> tuple[SnapshotInfo, ...]:
+    """Snapshots an earlier delivery of this trigger already made for this instance.
+
+    The managed tags are applied atomically by CreateSnapshots, so a set that exists carries
+    them; this covers a crash between CreateSnapshots and recording its outcome.
+    """
+    paginator = ec2.get_paginator("describe_snapshots")
+    filters: list[FilterTypeDef] = [
+        {"Name": f"tag:{TAG_TRIGGER_ID}", "Values": [trigger_id]},
+        {"Name": f"tag:{TAG_INSTANCE_ID}", "Values": [instance_id]},
+        {"Name": f"tag:{TAG_POLICY}", "Values": [policy]},
+    ]
+    return tuple(
+        _snapshot_info(snap)
+        for page in paginator.paginate(OwnerIds=["self"], Filters=filters)
+        for snap in page.get("Snapshots", [])
+    )
+
+
 def create_snapshot_set(
-    ec2: EC2Client, request: SnapshotRequest, instance_id: str, plan: SnapshotPlan
+    ec2: EC2Client,
+    request: SnapshotRequest,
+    instance_id: str,
+    plan: SnapshotPlan,
+    budget: RetryBudget = NO_RETRY,
 ) -> InstanceOutcome:
     """Call CreateSnapshots for one planned instance and return its outcome.
 
     With DryRun, AWS answers DryRunOperation when the call would succeed (`dry_run_ok`) and
-    UnauthorizedOperation when it would not (`failed`).
+    UnauthorizedOperation when it would not (`failed`). Transient errors are retried within
+    `budget`; before each real call, a set this trigger already made is looked up and reported
+    instead, so neither a redelivery nor a retry after an ambiguous error makes a second set.
     """
     params = build_create_snapshots_request(request, instance_id, plan)
-    try:
-        response = ec2.create_snapshots(**params)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "DryRunOperation":
-            return InstanceOutcome(
-                instance_id=instance_id,
-                status=InstanceStatus.DRY_RUN_OK,
-                excluded_volume_ids=plan.excluded_volume_ids,
-                reason=f"would snapshot {', '.join(plan.snapshot_volume_ids)}",
-            )
-        return _error_outcome(instance_id, exc, plan.excluded_volume_ids)
-    except BotoCoreError as exc:
-        return _error_outcome(instance_id, exc, plan.excluded_volume_ids)
-    snapshots = tuple(
-        SnapshotInfo(
-            snapshot_id=s["SnapshotId"],
-            volume_id=s.get("VolumeId", ""),
-            state=s.get("State"),
-            volume_size=s.get("VolumeSize"),
-            encrypted=s.get("Encrypted"),
+    excluded = plan.excluded_volume_ids
+    attempt = 0
+    while True:
+        try:
+            if not request.policy.dry_run:
+                existing = find_existing_set(
+                    ec2, request.policy.policy, request.trigger.id, instance_id
+                )
+                if existing:
+                    return InstanceOutcome(
+                        instance_id=instance_id,
+                        status=InstanceStatus.STARTED,
+                        snapshots=existing,
+                        excluded_volume_ids=excluded,
+                        reason="set already created by an earlier delivery of this trigger",
+                    )
+            response = ec2.create_snapshots(**params)
+        except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and (
+                exc.response.get("Error", {}).get("Code") == "DryRunOperation"
+            ):
+                return InstanceOutcome(
+                    instance_id=instance_id,
+                    status=InstanceStatus.DRY_RUN_OK,
+                    excluded_volume_ids=excluded,
+                    reason=f"would snapshot {', '.join(plan.snapshot_volume_ids)}",
+                )
+            if not is_transient(exc):
+                return _error_outcome(instance_id, exc, excluded)
+            if not budget.wait(attempt):
+                if budget is NO_RETRY:
+                    return _error_outcome(instance_id, exc, excluded)
+                last = _error_outcome(instance_id, exc, excluded).error
+                return InstanceOutcome.failed(
+                    instance_id,
+                    TIMEOUT,
+                    f"{instance_id}: no time left to retry after {attempt + 1} attempts "
+                    f"(last: {last.code if last else exc}); the next delivery retries it",
+                    excluded,
+                )
+            attempt += 1
+            continue
+        return InstanceOutcome(
+            instance_id=instance_id,
+            status=InstanceStatus.STARTED,
+            snapshots=tuple(_snapshot_info(s) for s in response.get("Snapshots", [])),
+            excluded_volume_ids=excluded,
         )
-        for s in response.get("Snapshots", [])
-    )
-    return InstanceOutcome(
-        instance_id=instance_id,
-        status=InstanceStatus.STARTED,
-        snapshots=snapshots,
-        excluded_volume_ids=plan.excluded_volume_ids,
-    )
 
 
 def snapshot_instance(
-    ec2: EC2Client, request: SnapshotRequest, instance: Instance
+    ec2: EC2Client,
+    request: SnapshotRequest,
+    instance: Instance,
+    budget: RetryBudget = NO_RETRY,
 ) -> InstanceOutcome:
     """Plan and snapshot one instance; every error becomes a failed outcome for it."""
+    if budget.expired():
+        return InstanceOutcome.failed(
+            instance.instance_id,
+            TIMEOUT,
+            f"{instance.instance_id}: not started, the invocation ran out of time; "
+            "the next delivery retries it",
+        )
     try:
         plan = plan_instance(ec2, request.policy, instance)
         if isinstance(plan, InstanceOutcome):
             return plan
-        return create_snapshot_set(ec2, request, instance.instance_id, plan)
+        return create_snapshot_set(ec2, request, instance.instance_id, plan, budget)
     except (ClientError, BotoCoreError) as exc:
         return _error_outcome(instance.instance_id, exc, ())
     except Exception as exc:

@@ -80,6 +80,20 @@ def run(
         if describe_volumes is not None:
             stub.add_response("describe_volumes", describe_volumes[1], describe_volumes[0])
         if expected is not None:
+            if not req.policy.dry_run:
+                # A set an earlier delivery of this trigger made is looked up first.
+                stub.add_response(
+                    "describe_snapshots",
+                    {"Snapshots": []},
+                    {
+                        "OwnerIds": ["self"],
+                        "Filters": [
+                            {"Name": "tag:snapset:trigger-id", "Values": [req.trigger.id]},
+                            {"Name": "tag:snapset:instance-id", "Values": [IID]},
+                            {"Name": "tag:snapset:policy", "Values": [req.policy.policy]},
+                        ],
+                    },
+                )
             if error is not None:
                 stub.add_client_error(
                     "create_snapshots",

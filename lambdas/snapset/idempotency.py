@@ -1,0 +1,118 @@
+"""At most one snapshot set per (trigger id, instance id), across redeliveries and retries.
+
+EventBridge, Scheduler and Lambda's async retries all deliver at least once, and CreateSnapshots
+has no client token. Powertools idempotency on DynamoDB records each instance's *started*
+outcome under its trigger id; a redelivery gets the original outcome (same snapshot IDs) back,
+and a concurrent duplicate finds the in-progress record and stands down.
+Outcomes other than `started` are not recorded, so a retry redoes exactly those instances.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyPersistenceLayerError,
+)
+from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
+from botocore.config import Config
+from pydantic import BaseModel, ConfigDict
+
+from snapset.outcomes import InstanceOutcome, InstanceStatus
+from snapset.snapshots import Instance, SnapshotFn
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+logger = logging.getLogger(__name__)
+
+# Longer than Lambda's longest async retry window (6 h) and any Scheduler retry.
+RECORD_TTL_SECONDS = 48 * 3600
+IDEMPOTENCY_STORE_ERROR = "IdempotencyStoreError"
+DDB_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5)
+
+
+class SnapshotKey(BaseModel):
+    """What makes a snapshot set unique: the policy, the trigger and the instance."""
+
+    model_config = ConfigDict(frozen=True)
+
+    policy: str
+    trigger_id: str
+    instance_id: str
+
+
+class _NotRecorded(Exception):
+    """Carries an outcome that must not be recorded (so the next delivery redoes it)."""
+
+    def __init__(self, outcome: InstanceOutcome) -> None:
+        super().__init__(outcome.instance_id)
+        self.outcome = outcome
+
+
+def idempotent_snapshots(
+    snapshot_fn: SnapshotFn,
+    *,
+    table_name: str,
+    policy: str,
+    trigger_id: str,
+    context: LambdaContext | None = None,
+    dynamodb_client: Any = None,
+) -> SnapshotFn:
+    """Wrap a per-instance snapshot function so each instance is snapshotted once per trigger."""
+    config = IdempotencyConfig(expires_after_seconds=RECORD_TTL_SECONDS)
+    if context is not None:
+        # In-progress records then expire with this invocation, so a crash frees them for a retry.
+        config.register_lambda_context(context)
+    store = DynamoDBPersistenceLayer(
+        table_name=table_name, boto_config=DDB_CONFIG, boto3_client=dynamodb_client
+    )
+
+    # `key` is what Powertools hashes into the record's id; the body does not need it.
+    def snapshot(instance: Instance, *, key: SnapshotKey) -> InstanceOutcome:  # noqa: ARG001
+        outcome = snapshot_fn(instance)
+        if outcome.status is not InstanceStatus.STARTED:
+            raise _NotRecorded(outcome)
+        return outcome
+
+    snapshot_once = cast(
+        "Callable[..., InstanceOutcome]",
+        idempotent_function(
+            snapshot,
+            data_keyword_argument="key",
+            persistence_store=store,
+            config=config,
+            output_serializer=PydanticSerializer(InstanceOutcome),
+        ),
+    )
+
+    def run(instance: Instance) -> InstanceOutcome:
+        key = SnapshotKey(policy=policy, trigger_id=trigger_id, instance_id=instance.instance_id)
+        try:
+            return snapshot_once(instance, key=key)
+        except _NotRecorded as not_recorded:
+            return not_recorded.outcome
+        except IdempotencyAlreadyInProgressError:
+            return InstanceOutcome.skipped(
+                instance.instance_id,
+                "another delivery of this trigger is snapshotting this instance right now",
+            )
+        except IdempotencyPersistenceLayerError as exc:
+            # Without the record a retry could make a second set: fail, and retry the trigger.
+            logger.exception("idempotency store failed for %s", instance.instance_id)
+            return InstanceOutcome.failed(
+                instance.instance_id,
+                IDEMPOTENCY_STORE_ERROR,
+                f"{instance.instance_id}: idempotency table {table_name} unavailable, not "
+                f"snapshotted ({exc})",
+            )
+
+    return run
