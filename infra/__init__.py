@@ -1,0 +1,1 @@
+"""Snapset's CDK app: configuration model, the `SnapshotPolicies` construct and its stack."""
