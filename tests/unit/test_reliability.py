@@ -1,0 +1,265 @@
+"""Idempotent triggers, deadline-bound retries and completion reports (in-process moto)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from localaws.fleet import DataVolume, launch_instance, snapshots_by_volume
+from snapset.handler import IncompleteRun, handler, settings
+from snapset.outcomes import InstanceStatus
+from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
+from snapset.settings import ENV_IDEMPOTENCY_TABLE
+from snapset.snapshots import (
+    TIMEOUT,
+    AttachedVolume,
+    Instance,
+    RetryBudget,
+    snapshot_instance,
+)
+from tests.conftest import load_event
+from tests.unit.conftest import Aws, LambdaContext
+
+
+@pytest.fixture
+def table(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> str:
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    ddb.create_table(
+        TableName="snapset-idempotency",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    monkeypatch.setenv(ENV_IDEMPOTENCY_TABLE, "snapset-idempotency")
+    settings.cache_clear()
+    return "snapset-idempotency"
+
+
+def set_count(aws: Aws) -> int:
+    return sum(len(v) for v in snapshots_by_volume(aws.ec2).values())
+
+
+def test_redelivered_schedule_trigger_makes_one_set_and_reports_the_same_ids(
+    aws: Aws, table: str, context: LambdaContext
+) -> None:
+    fleet = [
+        launch_instance(aws.ec2, tags={"Backup": "nightly"}, data_volumes=[DataVolume()])
+        for _ in range(3)
+    ]
+    payload = {
+        "policy": "nightly",
+        "target_tags": {"Backup": ["nightly"]},
+        "schedule": {"scheduled_time": "2026-11-27T03:00:00Z", "schedule_arn": "arn:x"},
+    }
+    first = handler(payload, context)
+    for _ in range(9):
+        again = handler(payload, context)
+        assert again["instances"] == first["instances"]
+    assert set_count(aws) == 2 * len(fleet)
+    assert first["trigger"]["id"] == "nightly@2026-11-27T03:00:00Z"
+
+
+def test_retry_redoes_only_instances_that_did_not_start(
+    aws: Aws, table: str, context: LambdaContext
+) -> None:
+    good = launch_instance(aws.ec2, tags={"Backup": "x"})
+    bad = launch_instance(aws.ec2, tags={"Backup": "x"}, data_volumes=[DataVolume()])
+    payload = {
+        "policy": "p",
+        "target_tags": {"Backup": ["x"]},
+        "exclude_data_volume_ids": [bad.root_volume_id],  # root: fails for `bad` only
+        "request_id": "retry-1",
+    }
+    first = handler(payload, context)
+    assert {i["instance_id"]: i["status"] for i in first["instances"]} == {
+        good.instance_id: "started",
+        bad.instance_id: "failed",
+    }
+    second = handler(payload, context)
+    assert second["instances"] == first["instances"]
+    # good was not snapshotted twice; bad was tried again (and failed again, as it must)
+    assert set_count(aws) == 1
+
+
+def test_concurrent_duplicate_deliveries_make_one_set(
+    aws: Aws, table: str, context: LambdaContext
+) -> None:
+    inst = launch_instance(aws.ec2, tags={"Backup": "x"}, data_volumes=[DataVolume()])
+    event = load_event("ec2-instance-state-change")
+    event["detail"]["instance-id"] = inst.instance_id
+    payload = {"policy": {"policy": "on-stop", "instance_ids": [inst.instance_id]}, "event": event}
+    results: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            results.append(handler(payload, context))
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert set_count(aws) == 2
+    statuses = [r["instances"][0]["status"] for r in results]
+    assert "started" in statuses
+    assert set(statuses) <= {"started", "skipped"}
+
+
+def test_without_the_table_a_redelivery_still_finds_its_set_by_tags(
+    aws: Aws, context: LambdaContext
+) -> None:
+    inst = launch_instance(aws.ec2, tags={"Backup": "x"})
+    payload = {"policy": "p", "instance_ids": [inst.instance_id], "request_id": "same"}
+    first = handler(payload, context)
+    second = handler(payload, context)
+    assert set_count(aws) == 1
+    assert (
+        second["instances"][0]["snapshots"][0]["snapshot_id"]
+        == (first["instances"][0]["snapshots"][0]["snapshot_id"])
+    )
+    assert "earlier delivery" in second["instances"][0]["reason"]
+
+
+def test_out_of_time_instances_fail_with_timeout_and_the_invocation_fails(
+    aws: Aws, context: LambdaContext
+) -> None:
+    inst = launch_instance(aws.ec2, tags={"Backup": "x"})
+    context.remaining_ms = 1_000  # below the 10 s safety margin
+    with pytest.raises(IncompleteRun, match=inst.instance_id):
+        handler({"policy": "p", "instance_ids": [inst.instance_id]}, context)
+    (note,) = aws.messages()
+    report = json.loads(note["Message"])
+    assert report["instances"][0]["error"]["code"] == TIMEOUT
+    assert set_count(aws) == 0
+
+
+def _one_instance_request() -> tuple[SnapshotRequest, Instance]:
+    iid = "i-0123456789abcdef0"
+    policy = SnapshotPolicy(policy="p", instance_ids=[iid])
+    trigger = Trigger(type=TriggerType.MANUAL, id="t-1", time=datetime(2026, 1, 1, tzinfo=UTC))
+    inst = Instance(
+        iid, "running", {}, (AttachedVolume("vol-0123456789abcdef0", "/dev/xvda", True),)
+    )
+    return SnapshotRequest(policy=policy, trigger=trigger), inst
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["RequestLimitExceeded", "SnapshotCreationPerVolumeRateExceeded", "InternalError"],
+)
+def test_transient_errors_are_retried_within_the_budget(code: str) -> None:
+    request, inst = _one_instance_request()
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    sleeps: list[float] = []
+    budget = RetryBudget(deadline=float("inf"), sleep=sleeps.append)
+    with Stubber(ec2) as stub:
+        for _ in range(3):
+            stub.add_response("describe_snapshots", {"Snapshots": []})
+            stub.add_client_error("create_snapshots", code, http_status_code=400)
+        stub.add_response("describe_snapshots", {"Snapshots": []})
+        stub.add_response(
+            "create_snapshots",
+            {
+                "Snapshots": [
+                    {"SnapshotId": "snap-0123456789abcdef0", "VolumeId": "vol-0123456789abcdef0"}
+                ]
+            },
+        )
+        outcome = snapshot_instance(ec2, request, inst, budget)
+        stub.assert_no_pending_responses()
+    assert outcome.status is InstanceStatus.STARTED
+    assert len(sleeps) == 3
+    assert all(0 <= s <= 20 for s in sleeps)
+
+
+def test_transient_error_past_the_deadline_is_a_timeout() -> None:
+    request, inst = _one_instance_request()
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    now = [100.0]
+    budget = RetryBudget(deadline=100.5, base_delay=1.0, clock=lambda: now[0], sleep=lambda s: None)
+    with Stubber(ec2) as stub:
+        for _ in range(20):
+            stub.add_response("describe_snapshots", {"Snapshots": []})
+            stub.add_client_error("create_snapshots", "ConcurrentSnapshotLimitExceeded")
+        outcome = snapshot_instance(ec2, request, inst, budget)
+    assert outcome.status is InstanceStatus.FAILED
+    assert outcome.error is not None
+    assert outcome.error.code == TIMEOUT
+    assert "ConcurrentSnapshotLimitExceeded" in outcome.error.message
+
+
+def test_permanent_errors_are_not_retried() -> None:
+    request, inst = _one_instance_request()
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_snapshots", {"Snapshots": []})
+        stub.add_client_error("create_snapshots", "UnauthorizedOperation", http_status_code=403)
+        outcome = snapshot_instance(ec2, request, inst, RetryBudget(sleep=lambda s: None))
+        stub.assert_no_pending_responses()
+    assert outcome.error is not None
+    assert outcome.error.code == "UnauthorizedOperation"
+
+
+def test_completion_event_reports_snapset_sets_and_ignores_foreign_ones(
+    aws: Aws, context: LambdaContext
+) -> None:
+    inst = launch_instance(aws.ec2, tags={"Backup": "x"}, data_volumes=[DataVolume()])
+    run = handler({"policy": "p", "instance_ids": [inst.instance_id], "request_id": "r1"}, context)
+    aws.messages()
+    ours = [s["snapshot_id"] for s in run["instances"][0]["snapshots"]]
+    foreign = aws.ec2.create_snapshot(VolumeId=inst.root_volume_id)["SnapshotId"]
+    event = load_event("ebs-multi-volume-completion-succeeded")
+    event["detail"]["snapshots"] = [
+        {
+            "snapshot_id": f"arn:aws:ec2::us-east-1:snapshot/{sid}",
+            "source": "arn:aws:ec2::us-east-1:volume/vol-0123456789abcdef0",
+            "status": "completed",
+        }
+        for sid in [*ours, foreign]
+    ]
+    result = handler(event, context)
+    (note,) = aws.messages()
+    body = json.loads(note["Message"])
+    assert body["kind"] == "completion"
+    assert body["policy"] == "p"
+    assert body["instance_id"] == inst.instance_id
+    assert body["trigger"] == {"id": "r1"}
+    assert body["result"] == "succeeded"
+    assert sorted(s["snapshot_id"] for s in body["snapshots"]) == sorted(ours)
+    assert note["MessageAttributes"]["kind"]["Value"] == "completion"
+    assert len(result["reports"]) == 1
+
+    foreign_only = load_event("ebs-snapshot-notification-failed")
+    foreign_only["detail"]["snapshot_id"] = f"arn:aws:ec2::us-east-1:snapshot/{foreign}"
+    assert handler(foreign_only, context)["reports"] == []
+    assert aws.messages() == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda e: e["detail"].pop("snapshots"), "snapshots"),
+        (lambda e: e["detail"].update(result="maybe"), "result"),
+        (
+            lambda e: e["detail"]["snapshots"][0].update(snapshot_id="arn:aws:ec2::x:volume/vol-1"),
+            "snap",
+        ),
+    ],
+)
+def test_malformed_completion_event_is_rejected_naming_the_field(
+    aws: Aws, context: LambdaContext, mutate: Any, needle: str
+) -> None:
+    event = load_event("ebs-multi-volume-completion-failed")
+    mutate(event)
+    with pytest.raises(ValueError, match=needle):
+        handler(event, context)
