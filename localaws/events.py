@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from moto.events.models import events_backends
+from moto.events.utils import EventTemplateParser
 
 log = logging.getLogger("localaws.events")
 
@@ -23,6 +24,16 @@ def iso_millis(when: datetime) -> str:
     """EBS detail ``startTime``/``endTime``: ``2026-11-27T03:15:01.000Z``."""
     utc = when.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def install() -> None:
+    """moto delivers events to rule targets without the envelope's ``account`` field (its
+    default input template omits it); real EventBridge delivers the whole envelope."""
+    template = EventTemplateParser.DEFAULT_EVENT_INPUT_TEMPLATE
+    if '"account"' not in template:
+        EventTemplateParser.DEFAULT_EVENT_INPUT_TEMPLATE = template.replace(
+            '"version": "0", ', '"version": "0", "account": "<account>", ', 1
+        )
 
 
 class EventSink:
@@ -57,11 +68,11 @@ class EventSink:
         }
         with self._lock:
             self._events.append(event)
-        self._put_on_default_bus(event)
+        self._put_on_default_bus(event, when)
         return event
 
     @staticmethod
-    def _put_on_default_bus(event: dict[str, Any]) -> None:
+    def _put_on_default_bus(event: dict[str, Any], when: datetime) -> None:
         try:
             backend = events_backends[event["account"]][event["region"]]
             backend.put_events(
@@ -71,7 +82,8 @@ class EventSink:
                         "DetailType": event["detail-type"],
                         "Detail": json.dumps(event["detail"]),
                         "Resources": event["resources"],
-                        "Time": event["time"],
+                        # moto wants a unix timestamp here (it renders it to ISO itself)
+                        "Time": when.timestamp(),
                     }
                 ]
             )

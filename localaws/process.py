@@ -187,8 +187,11 @@ class LocalAws:
     # --- AWS clients -------------------------------------------------------------------------
 
     def client(self, service: str, *, max_attempts: int = 3, **kwargs: Any) -> Any:
-        """A boto3 client pointed at the server (dummy credentials, standard retry mode)."""
-        config = Config(retries={"mode": "standard", "max_attempts": max_attempts})
+        """A boto3 client pointed at the server (dummy credentials, standard retry mode).
+
+        ``max_attempts`` counts every attempt, the first included: 1 means no retries.
+        """
+        config = Config(retries={"mode": "standard", "total_max_attempts": max_attempts})
         return boto3.client(
             service,  # type: ignore[call-overload]
             endpoint_url=self.endpoint_url,

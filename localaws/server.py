@@ -29,6 +29,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 
 from localaws import ec2_snapshots
+from localaws import events as event_patches
 from localaws.ec2_snapshots import SnapshotCompleter
 from localaws.events import EventSink
 from localaws.faults import FaultConfig, FaultInjector, error_response, throttling_error
@@ -218,6 +219,7 @@ class LocalAwsApp:
 def build_app(state: ServerState) -> LocalAwsApp:
     """Import moto, install the patches and wrap moto's WSGI app."""
     ec2_snapshots.install(state.completer)
+    event_patches.install()
     return LocalAwsApp(DomainDispatcherApplication(create_backend_app), state)
 
 
@@ -229,7 +231,7 @@ def _watch_parent(parent_pid: int, stop: Callable[[], None]) -> None:
     stop()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m localaws.server", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000, help="0 picks a free port")
@@ -271,12 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     state.completer.start()
     print(f"localaws listening on http://{args.host}:{port} (pid {os.getpid()})", flush=True)
     try:
-        server.serve_forever()
+        server.serve_forever(poll_interval=0.1)
     finally:
         state.completer.stop()
         server.server_close()
-    return 0
+        log.info("stopped")
+        logging.shutdown()
+        sys.stdout.flush()
+    # Nothing left to flush; skip the slow interpreter teardown of moto's loaded backends.
+    os._exit(0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
