@@ -64,11 +64,14 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 MAX_WORKERS_LIMIT = 64
+RETRY_WINDOW_SECONDS = 15 * 60
 CONFIG_FILE = "cdk.json"
 CONTEXT_POLICIES = "snapset.policies"
 # Keys of a cdk.json policy entry that configure its triggers, not the request model.
 TRIGGER_ONLY_KEYS = ("schedules", "on_instance_states")
 DEMO_MODULE = "localaws.demo"
+# States in which the engine skips an instance before looking at its volumes.
+UNSNAPSHOTTABLE_STATES = frozenset({"terminated", "shutting-down"})
 
 NO_REGION = (
     "no AWS region configured: pass --region, or set AWS_REGION or AWS_DEFAULT_REGION, "
@@ -134,6 +137,10 @@ class Progress:
         self.done = 0
         self.failed = 0
         self.running = 0
+
+    def set_total(self, total: int) -> None:
+        with self._lock:
+            self._total = total
 
     def wrap(self, fn: Callable[[T], R], is_failure: Callable[[R], bool]) -> Callable[[T], R]:
         """`fn`, counting each call as in flight, then done (and failed when `is_failure`)."""
@@ -272,7 +279,7 @@ def policy_from_config(name: str, config: str | None) -> SnapshotPolicy:
 
 
 def load_policy(ref: str, config: str | None, stdin: IO[str]) -> SnapshotPolicy:
-    """FILE (an existing file, or `-`) wins over NAME; a .json or path that is missing is an error."""
+    """FILE (an existing file, or `-`) wins over NAME; a missing .json or path is an error."""
     if ref == "-" or Path(ref).is_file():
         return policy_from_payload(read_json(ref, stdin, "policy"), "stdin" if ref == "-" else ref)
     if ref.endswith(".json") or os.sep in ref or "/" in ref:
@@ -396,16 +403,18 @@ def dry_run_request(policy: SnapshotPolicy, now: datetime) -> SnapshotRequest:
     )
 
 
-def plan_one(
-    ec2: EC2Client, request: SnapshotRequest, instance: snapshots.Instance
-) -> PlanEntry:
+def plan_one(ec2: EC2Client, request: SnapshotRequest, instance: snapshots.Instance) -> PlanEntry:
     """Plan one instance as the engine does, then ask CreateSnapshots with DryRun=True."""
     iid = instance.instance_id
+    boot = None
+    if request.policy.exclude_boot_volume and instance.state not in UNSNAPSHOTTABLE_STATES:
+        boot = next((v.volume_id for v in instance.volumes if v.is_root), None)
     base = PlanEntry(
         instance_id=iid,
         state=instance.state,
         status=InstanceStatus.FAILED,
         volume_ids=tuple(v.volume_id for v in instance.volumes),
+        excluded_boot_volume_id=boot,
     )
     try:
         planned = snapshots.plan_instance(ec2, request.policy, instance)
@@ -425,12 +434,8 @@ def plan_one(
         # Only an endpoint that ignores DryRun gets here; say so loudly rather than hide it.
         made = ", ".join(s.snapshot_id for s in outcome.snapshots)
         logger.warning("%s: the endpoint ignored DryRun=True and created snapshots: %s", iid, made)
-    boot = next(
-        (v.volume_id for v in instance.volumes if v.is_root and request.policy.exclude_boot_volume),
-        None,
-    )
     return _with_outcome(base, outcome).model_copy(
-        update={"snapshot_volume_ids": planned.snapshot_volume_ids, "excluded_boot_volume_id": boot}
+        update={"snapshot_volume_ids": planned.snapshot_volume_ids}
     )
 
 
@@ -460,12 +465,16 @@ def _with_outcome(entry: PlanEntry, outcome: InstanceOutcome) -> PlanEntry:
 PlanFn = Callable[[snapshots.Instance], PlanEntry]
 
 
+def _plan_failed(entry: PlanEntry) -> bool:
+    return entry.status is InstanceStatus.FAILED
+
+
 def make_plan(
     ec2: EC2Client,
     policy: SnapshotPolicy,
     *,
     workers: int,
-    wrap: Callable[[PlanFn], PlanFn] | None = None,
+    progress: Progress | None = None,
     now: datetime | None = None,
 ) -> Plan:
     """Resolve targets with `find_targets`, plan each with `plan_instance` and a dry run."""
@@ -486,8 +495,9 @@ def make_plan(
         for o in targets.missing
     ]
     fn: PlanFn = functools.partial(plan_one, ec2, request)
-    if wrap is not None:
-        fn = wrap(fn)
+    if progress is not None:
+        progress.set_total(len(targets.instances))
+        fn = progress.wrap(fn, _plan_failed)
     entries: list[PlanEntry] = []
     if targets.instances:
         with ThreadPoolExecutor(max_workers=min(workers, len(targets.instances))) as pool:
@@ -502,9 +512,7 @@ def make_plan(
             skipped=sum(e.status is InstanceStatus.SKIPPED for e in ordered),
             failed=sum(e.status is InstanceStatus.FAILED for e in ordered),
             volumes=sum(
-                len(e.snapshot_volume_ids)
-                for e in ordered
-                if e.status is InstanceStatus.DRY_RUN_OK
+                len(e.snapshot_volume_ids) for e in ordered if e.status is InstanceStatus.DRY_RUN_OK
             ),
         ),
         instances=ordered,
@@ -558,19 +566,12 @@ def render_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _plan_failed(entry: PlanEntry) -> bool:
-    return entry.status is InstanceStatus.FAILED
-
-
 def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     policy = load_policy(args.policy, args.config, console.stdin)
     clients = build_clients(args)
     workers = max_workers(args)
     with progress_bar(args, console, f"planning {policy.policy}") as bar:
-        wrap: Callable[[PlanFn], PlanFn] | None = None
-        if bar is not None:
-            wrap = functools.partial(bar.wrap, is_failure=_plan_failed)
-        plan = make_plan(clients.ec2, policy, workers=workers, wrap=wrap)
+        plan = make_plan(clients.ec2, policy, workers=workers, progress=bar)
     if args.json:
         console.stdout.write(json.dumps(plan.model_dump(mode="json"), indent=2) + "\n")
     else:
@@ -592,10 +593,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     topic = topic_arn(args)
     clients = build_clients(args)
     workers = max_workers(args)
-    snapshot_fn = functools.partial(snapshots.snapshot_instance, clients.ec2, request)
+    # Transient EC2 errors are retried with backoff as in the Lambda, within Lambda's longest
+    # invocation; an instance that cannot start by then is reported as failed (Timeout).
+    budget = snapshots.RetryBudget(deadline=time.monotonic() + RETRY_WINDOW_SECONDS)
+    snapshot_fn = functools.partial(
+        snapshots.snapshot_instance, clients.ec2, request, budget=budget
+    )
     label = f"snapshotting {request.policy.policy}"
     with progress_bar(args, console, label) as bar:
-        fn = snapshot_fn
+        fn: snapshots.SnapshotFn = snapshot_fn
         if bar is not None:
             fn = bar.wrap(snapshot_fn, lambda o: o.status is InstanceStatus.FAILED)
         result = run_request(clients.ec2, request, max_workers=workers, snapshot_fn=fn)
@@ -732,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
         "plan",
         parents=[common],
         help="show what a policy would snapshot; calls CreateSnapshots with DryRun only",
-        description="Resolve a policy's instances and volume exclusions as the engine does and "
+        description="Resolve a policy's instances and volume exclusions as the engine does, and\n"
         "check with DryRun=True that each CreateSnapshots call would be authorized.",
         epilog=PLAN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -750,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         parents=[common],
         help="run a payload through the Lambda's code path and print the report",
-        description="Parse a payload as the Lambda does, snapshot, print the report JSON and "
+        description="Parse a payload as the Lambda does, snapshot, print the report JSON and\n"
         "publish it to SNS.",
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -771,11 +777,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def split_demo(argv: list[str]) -> tuple[list[str], list[str] | None]:
     """Everything after the `demo` subcommand goes to the demo untouched (`--` is dropped)."""
-    for i, token in enumerate(argv):
-        if token == "demo":
+    for i, arg in enumerate(argv):
+        if arg == "demo":
             rest = argv[i + 1 :]
             return argv[: i + 1], rest[1:] if rest[:1] == ["--"] else rest
-        if not token.startswith("-"):
+        if not arg.startswith("-"):
             break
     return argv, None
 
