@@ -96,6 +96,9 @@ class LocalAws:
                 self.stop()
                 if time.monotonic() >= deadline:
                     break
+            except BaseException:  # Ctrl-C while waiting for the server: leave nothing behind
+                self.stop()
+                raise
         raise LocalAwsError(f"local AWS server did not start: {last_error}")
 
     def _spawn(self, port: int, deadline: float) -> None:
