@@ -40,6 +40,7 @@ from aws_cdk.interfaces.aws_events import IRuleRef  # noqa: TID251
 from constructs import Construct, IConstruct  # noqa: TID251
 
 from infra.config import PolicyConfig, SnapsetConfig
+from snapset.completion import MULTI_VOLUME_DETAIL_TYPE, SNAPSHOT_DETAIL_TYPE
 from snapset.policy import TAG_POLICY
 from snapset.settings import (
     ENV_IDEMPOTENCY_TABLE,
@@ -73,8 +74,6 @@ METRICS_NAMESPACE = "Snapset"
 POWERTOOLS_LAYER_ACCOUNT = "017000801446"
 POWERTOOLS_LAYER_NAME = "AWSLambdaPowertoolsPythonV3-python314-arm64"
 
-COMPLETION_DETAIL_TYPE = "EBS Multi-Volume Snapshots Completion Status"
-SNAPSHOT_NOTIFICATION_DETAIL_TYPE = "EBS Snapshot Notification"
 
 # Statement ids (Sid) of the Lambda role's policies; tests and reviewers find grants by them.
 SID_CREATE_SNAPSHOTS = "CreateSnapshots"
@@ -712,11 +711,11 @@ def completion_event_pattern() -> dict[str, Any]:
         "source": ["aws.ec2"],
         "$or": [
             {
-                "detail-type": [COMPLETION_DETAIL_TYPE],
+                "detail-type": [MULTI_VOLUME_DETAIL_TYPE],
                 "detail": {"event": ["createSnapshots"]},
             },
             {
-                "detail-type": [SNAPSHOT_NOTIFICATION_DETAIL_TYPE],
+                "detail-type": [SNAPSHOT_DETAIL_TYPE],
                 "detail": {"event": ["createSnapshot"], "result": ["failed"]},
             },
         ],
