@@ -41,6 +41,13 @@ def settings() -> Settings:
     return Settings.from_env()
 
 
+@functools.cache
+def session() -> boto3.Session:
+    """One session per execution environment: its loader caches the parsed service models,
+    which otherwise cost a few hundred milliseconds per invocation for EC2 alone."""
+    return boto3.Session()
+
+
 def record_metrics(report: RunReport) -> None:
     """EMF metrics per policy: sets started, instances failed, volumes snapshotted."""
     metrics.add_dimension(name="policy", value=report.policy)
@@ -62,7 +69,7 @@ def _reject(exc: InvalidTrigger, config: Settings) -> dict[str, Any]:
         type=exc.trigger_type, id="unidentified", time=datetime.now(UTC)
     )
     report = invalid_input_report(exc.policy, trigger, exc.message)
-    publish_report(make_clients().sns, config.topic_arn, report)
+    publish_report(make_clients(session=session()).sns, config.topic_arn, report)
     record_metrics(report)
     return report.model_dump(mode="json")
 
@@ -70,7 +77,7 @@ def _reject(exc: InvalidTrigger, config: Settings) -> dict[str, Any]:
 def _completion(event: dict[str, Any], config: Settings) -> dict[str, Any]:
     parsed = parse_completion_event(event)
     logger.set_correlation_id(parsed.event_id)
-    clients = make_clients()
+    clients = make_clients(session=session())
     reports = completion_reports(clients.ec2, parsed)
     for report in reports:
         publish_completion(clients.sns, config.topic_arn, report)
@@ -94,7 +101,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         return _reject(exc, config)
     logger.set_correlation_id(request.trigger.id)
     logger.append_keys(policy=request.policy.policy, trigger_type=request.trigger.type.value)
-    clients = make_clients()
+    clients = make_clients(session=session())
     budget = RetryBudget.for_invocation(
         context.get_remaining_time_in_millis(), config.safety_margin_ms
     )
@@ -108,7 +115,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
             policy=request.policy.policy,
             trigger_id=request.trigger.id,
             context=context,
-            dynamodb_client=boto3.client("dynamodb", config=DDB_CONFIG),
+            dynamodb_client=session().client("dynamodb", config=DDB_CONFIG),
         )
     result = run_request(
         clients.ec2, request, max_workers=config.max_workers, snapshot_fn=snapshot_fn

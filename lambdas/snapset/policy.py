@@ -49,12 +49,22 @@ _PLACEHOLDER_MAX_LEN = {
 # fixtures) use other lowercase letters, so the shape is checked, not the alphabet.
 InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-z]{8,17}$", strict=True)]
 VolumeId = Annotated[str, StringConstraints(pattern=r"^vol-[0-9a-z]{8,17}$", strict=True)]
-PolicyName = Annotated[
-    str,
-    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,39}$", strict=True),
-]
-TagKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TAG_KEY_LEN, strict=True)]
-TagValue = Annotated[str, StringConstraints(max_length=MAX_TAG_VALUE_LEN, strict=True)]
+POLICY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,39}$"
+PolicyName = Annotated[str, StringConstraints(pattern=POLICY_NAME_PATTERN, strict=True)]
+
+
+def _utf8(value: str) -> str:
+    # JSON can carry lone surrogates ("\ud800"), which are not text and which AWS rejects.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid UTF-8 text (found a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, StringConstraints(strict=True), AfterValidator(_utf8)]
+TagKey = Annotated[Text, StringConstraints(min_length=1, max_length=MAX_TAG_KEY_LEN)]
+TagValue = Annotated[Text, StringConstraints(max_length=MAX_TAG_VALUE_LEN)]
 OutpostArn = Annotated[
     str,
     StringConstraints(
@@ -167,7 +177,7 @@ class SnapshotPolicy(BaseModel):
     exclude_data_volume_tags: TagFilter = {}
     copy_tags_from_source: Literal["volume"] | None = "volume"
     tags: dict[TagKey, TagValue] = {}
-    description: Annotated[str, StringConstraints(strict=True)] | None = None
+    description: Text | None = None
     outpost_arn: OutpostArn | None = None
     dry_run: StrictBool = False
     retention: Retention | None = None
@@ -248,12 +258,21 @@ class SnapshotRequest(BaseModel):
     event_instance_id: InstanceId | None = None
 
 
+MAX_ERRORS_SHOWN = 10
+
+
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """Render a pydantic error as `field.path: message; ...`, naming every bad field."""
+    """Render a pydantic error as `field.path: message; ...`, naming the bad fields.
+
+    Huge inputs can fail in thousands of places; the first few are named and the rest counted.
+    """
     parts = []
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    for err in errors[:MAX_ERRORS_SHOWN]:
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         where = f"{prefix}{loc}" if loc else prefix.rstrip(".")
         parts.append(f"{where}: {msg}" if where else msg)
+    if len(errors) > MAX_ERRORS_SHOWN:
+        parts.append(f"and {len(errors) - MAX_ERRORS_SHOWN} more errors")
     return "; ".join(parts)

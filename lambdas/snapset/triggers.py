@@ -15,6 +15,7 @@ The shapes here are the contract with the CDK stack, which builds its targets' i
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from snapset.policy import (
+    POLICY_NAME_PATTERN,
     InstanceId,
     ManualRequest,
     SnapshotPolicy,
@@ -39,6 +41,7 @@ SCHEDULE_ARN_ATTR = "<aws.scheduler.schedule-arn>"
 EVENT_JSON_ATTR = "<aws.events.event.json>"
 
 M = TypeVar("M", bound=BaseModel)
+_POLICY_NAME = re.compile(POLICY_NAME_PATTERN)
 
 _EXPECTED = (
     "expected a manual payload (a policy: {'policy': NAME, 'instance_ids' or 'target_tags', ...}), "
@@ -108,7 +111,7 @@ def instance_event_input_template(policy: SnapshotPolicy) -> str:
 
 def _policy_name(data: Any) -> str | None:
     name = data.get("policy") if isinstance(data, dict) else None
-    return name if isinstance(name, str) and len(name) <= 40 else None
+    return name if isinstance(name, str) and _POLICY_NAME.fullmatch(name) else None
 
 
 def _validate(
