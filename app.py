@@ -15,7 +15,7 @@ from pathlib import Path
 # `python3 app.py` from another interpreter working too.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lambdas"))
 
-import aws_cdk as cdk  # noqa: TID251 - the CDK ban is meant for lambdas/ only
+import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks
 
 from infra.config import CONTEXT_KEY, ConfigError, load_config

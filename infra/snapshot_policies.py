@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jsii
-from aws_cdk import (  # noqa: TID251 - the CDK ban is meant for lambdas/ only
+from aws_cdk import (
     Acknowledgment,
     ArnFormat,
     CfnElement,
@@ -23,21 +23,21 @@ from aws_cdk import (  # noqa: TID251 - the CDK ban is meant for lambdas/ only
     Stack,
     Validations,
 )
-from aws_cdk import aws_cloudwatch as cloudwatch  # noqa: TID251
-from aws_cdk import aws_cloudwatch_actions as cw_actions  # noqa: TID251
-from aws_cdk import aws_dynamodb as dynamodb  # noqa: TID251
-from aws_cdk import aws_events as events  # noqa: TID251
-from aws_cdk import aws_events_targets as targets  # noqa: TID251
-from aws_cdk import aws_iam as iam  # noqa: TID251
-from aws_cdk import aws_kms as kms  # noqa: TID251
-from aws_cdk import aws_lambda as lambda_  # noqa: TID251
-from aws_cdk import aws_logs as logs  # noqa: TID251
-from aws_cdk import aws_scheduler as scheduler  # noqa: TID251
-from aws_cdk import aws_sns as sns  # noqa: TID251
-from aws_cdk import aws_sns_subscriptions as subs  # noqa: TID251
-from aws_cdk import aws_sqs as sqs  # noqa: TID251
-from aws_cdk.interfaces.aws_events import IRuleRef  # noqa: TID251
-from constructs import Construct, IConstruct  # noqa: TID251
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_scheduler as scheduler
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subs
+from aws_cdk import aws_sqs as sqs
+from aws_cdk.interfaces.aws_events import IRuleRef
+from constructs import Construct, IConstruct
 
 from infra.config import PolicyConfig, SnapsetConfig
 from snapset.completion import MULTI_VOLUME_DETAIL_TYPE, SNAPSHOT_DETAIL_TYPE
@@ -47,6 +47,8 @@ from snapset.settings import (
     ENV_MAX_WORKERS,
     ENV_SAFETY_MARGIN_MS,
     ENV_TOPIC_ARN,
+    METRICS_NAMESPACE,
+    SERVICE_NAME,
 )
 from snapset.triggers import (
     STATE_CHANGE_DETAIL_TYPE,
@@ -66,8 +68,6 @@ CODE_EXCLUDE = [
 ]
 # Newest Python runtime in aws-cdk-lib 2.275; the Powertools layer name must match it.
 RUNTIME = lambda_.Runtime.PYTHON_3_14
-SERVICE_NAME = "snapset"
-METRICS_NAMESPACE = "Snapset"
 # Powertools for AWS Lambda (Python) v3, published by AWS in account 017000801446 in every
 # commercial region. The layer is built with `aws-lambda-powertools[all]`, so it carries pydantic
 # and aws-xray-sdk as well.

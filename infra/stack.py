@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import CfnOutput, Stack  # noqa: TID251 - the CDK ban is meant for lambdas/ only
-from constructs import Construct  # noqa: TID251
+from aws_cdk import CfnOutput, Stack
+from constructs import Construct
 
 from infra.config import SnapsetConfig
 from infra.snapshot_policies import SnapshotPolicies

@@ -10,6 +10,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+# Powertools reads POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE; the stack sets them to
+# these, and its alarms select the metrics by the same values.
+SERVICE_NAME = "snapset"
+METRICS_NAMESPACE = "Snapset"
+
 ENV_TOPIC_ARN = "SNAPSET_TOPIC_ARN"
 ENV_MAX_WORKERS = "SNAPSET_MAX_WORKERS"
 ENV_IDEMPOTENCY_TABLE = "SNAPSET_IDEMPOTENCY_TABLE"

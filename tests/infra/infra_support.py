@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aws_cdk as cdk  # noqa: TID251 - the CDK ban is meant for lambdas/ only
-from aws_cdk.assertions import Template  # noqa: TID251
+import aws_cdk as cdk
+from aws_cdk.assertions import Template
 
 from app import build_app
 

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from aws_cdk import Validations  # noqa: TID251 - the CDK ban is meant for lambdas/ only
-from aws_cdk.assertions import Match  # noqa: TID251
+from aws_cdk import Validations
+from aws_cdk.assertions import Match
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from cfnlint.api import lint
