@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
+from localaws_testlib import Instance
 
 from localaws import LocalAws
 
-FIXTURES = Path(__file__).parent / "fixtures"
 DATA_DEVICES = [f"/dev/sd{c}" for c in "fghijklmnop"]
-
-
-def load_event_fixture(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((FIXTURES / "events" / f"{name}.json").read_text())
-    return data
-
-
-@dataclass(frozen=True)
-class Instance:
-    instance_id: str
-    root_volume_id: str
-    data_volume_ids: tuple[str, ...]
-    availability_zone: str
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import FIXTURES, Instance
+from localaws_testlib import FIXTURES, Instance
 
 from localaws import LocalAws
 

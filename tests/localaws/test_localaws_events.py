@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conftest import Instance, load_event_fixture
+from localaws_testlib import Instance, load_event_fixture
 
 from localaws import LocalAws
 

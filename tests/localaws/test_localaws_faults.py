@@ -232,11 +232,12 @@ def test_faults_are_cleared_by_reset_and_by_clear(aws: LocalAws, ec2: Any) -> No
 
 
 def test_invalid_fault_config_is_a_400(aws: LocalAws) -> None:
-    for payload in (
+    payloads: list[dict[str, Any]] = [
         {"rules": [{"api": "ec2:*", "throttle": {"capacity": 0, "refill_per_second": 1}}]},
         {"rules": [{"api": "ec2:*", "bogus": 1}]},
         {"nope": []},
-    ):
+    ]
+    for payload in payloads:
         request = urllib.request.Request(
             aws.endpoint_url + "/_localaws/faults",
             data=json.dumps(payload).encode(),
