@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from localaws.faults import (
     ErrorFault,
@@ -132,3 +134,21 @@ def test_error_bodies_escape_xml() -> None:
     )
     assert status == 500
     assert b"a&lt;b&amp;c" in body
+
+
+@given(
+    capacity=st.integers(min_value=1, max_value=20),
+    rate=st.floats(min_value=0.0, max_value=50.0),
+    gaps=st.lists(st.floats(min_value=0.0, max_value=0.5), min_size=1, max_size=200),
+)
+def test_token_bucket_never_exceeds_capacity_plus_rate(
+    capacity: int, rate: float, gaps: list[float]
+) -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(Throttle(capacity, rate), clock)
+    start, passed = clock.now, 0
+    for gap in gaps:
+        clock.now += gap
+        passed += bucket.try_take()
+    assert passed <= capacity + rate * (clock.now - start) + 1e-9
+    assert passed >= min(len(gaps), capacity)  # the initial burst always gets through

@@ -7,10 +7,12 @@ import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from localaws_testlib import Instance
 
 from localaws import ErrorFault, FaultRule, LocalAws, Throttle
 
@@ -102,6 +104,21 @@ def test_token_bucket_burst_then_refill_rate(aws: LocalAws, ec2: Any) -> None:
     stats = aws.faults()["stats"][0]
     assert stats["calls"] == 8 + 8 + calls
     assert stats["throttled"] == stats["calls"] - (burst + refilled + ok)
+
+
+def test_throttled_create_snapshots_creates_nothing(
+    aws: LocalAws, ec2: Any, make_instance: Callable[..., Instance]
+) -> None:
+    inst = make_instance()
+    aws.set_faults(FaultRule("ec2:CreateSnapshots", throttle=Throttle(1, 0)))
+    spec = {"InstanceId": inst.instance_id}
+    assert len(ec2.create_snapshots(InstanceSpecification=spec)["Snapshots"]) == 3
+    with pytest.raises(ClientError) as exc:
+        ec2.create_snapshots(InstanceSpecification=spec)
+    assert _code_status(exc) == ("RequestLimitExceeded", 503)
+    volume_ids = [inst.root_volume_id, *inst.data_volume_ids]
+    snapshots = ec2.describe_snapshots(Filters=[{"Name": "volume-id", "Values": volume_ids}])
+    assert len(snapshots["Snapshots"]) == 3
 
 
 def test_throttled_calls_are_retried_by_botocore(aws: LocalAws) -> None:
