@@ -1,0 +1,467 @@
+"""Retention against in-process moto: what is deleted, what survives, and what is reported."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+from moto.ec2.responses.elastic_block_store import ElasticBlockStore
+
+from localaws.fleet import MOTO_ACCOUNT, FleetInstance
+from snapset import retention
+from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionResult
+from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
+from snapset.retention import apply_retention, with_retention
+from snapset.snapshots import describe_instance, snapshot_instance
+from tests.retention.conftest import NOW, REGION, Aws, managed_tags
+
+CURRENT = "run-now"
+
+
+def policy(name: str = "nightly", dry_run: bool = False, **retention: int) -> SnapshotPolicy:
+    return SnapshotPolicy.model_validate(
+        {
+            "policy": name,
+            "instance_ids": ["i-0123456789abcdef0"],
+            "retention": retention,
+            "dry_run": dry_run,
+        }
+    )
+
+
+def history(aws: Aws, inst: FleetInstance, name: str, days: Iterable[int]) -> dict[int, list[str]]:
+    """Completed sets `d<n>` started n days ago, plus this run's pending set."""
+    sets = {d: aws.snapshot_set(inst, name, f"{name}-d{d}", days_ago=d) for d in days}
+    sets[0] = aws.snapshot_set(inst, name, CURRENT, days_ago=0, states=["pending", "pending"])
+    return sets
+
+
+def ids(sets: dict[int, list[str]], days: Iterable[int]) -> set[str]:
+    return {sid for d in days for sid in sets[d]}
+
+
+@pytest.mark.parametrize("aws", [True], indirect=True, ids=["with-public-amis"])
+def test_history_across_policies_and_instances_deletes_exactly_the_expired_sets(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    a, b, c = instances
+    # moto ignores OwnerIds=['self']: other accounts' public AMI snapshots are listed too
+    public = {
+        s["SnapshotId"]
+        for s in aws.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+        if s["OwnerId"] != MOTO_ACCOUNT
+    }
+    assert public
+    nightly_a = history(aws, a, "nightly", range(1, 11))
+    nightly_b = history(aws, b, "nightly", range(1, 6))
+    weekly_a = {d: aws.snapshot_set(a, "weekly", f"weekly-d{d}", days_ago=d) for d in (7, 14, 21)}
+    weekly_c = {d: aws.snapshot_set(c, "weekly", f"weekly-c{d}", days_ago=d) for d in (7, 14)}
+    old = 30  # foreign look-alikes, all older than everything above
+    vol = a.root_volume_id
+    foreign = {
+        # only the policy tag (and the instance), no trigger id
+        aws.snapshot(
+            vol, {"snapset:policy": "nightly", "snapset:instance-id": a.instance_id}, days_ago=old
+        ),
+        # only the policy tag
+        aws.snapshot(vol, {"snapset:policy": "nightly"}, days_ago=old),
+        # an empty trigger id
+        aws.snapshot(vol, managed_tags("nightly", "", a.instance_id), days_ago=old),
+        # another policy whose name starts alike
+        aws.snapshot(vol, managed_tags("nightly-db", "x", a.instance_id), days_ago=old),
+        # this policy, but tagged for another instance (its volume is a's)
+        aws.snapshot(vol, managed_tags("nightly", "y", c.instance_id), days_ago=old),
+        # no tags at all
+        aws.snapshot(vol, {}, days_ago=old),
+        # look-alike keys in another case
+        aws.snapshot(
+            vol,
+            {
+                "Snapset:Policy": "nightly",
+                "snapset:trigger-id": "z",
+                "snapset:instance-id": a.instance_id,
+            },
+            days_ago=old,
+        ),
+    }
+    before = aws.existing()
+
+    result = apply_retention(aws.ec2, policy(count=3), a.instance_id, CURRENT, NOW)
+
+    expired = ids(nightly_a, range(4, 11))
+    assert set(result.deleted) == expired
+    assert result.kept == 3
+    assert result.errors == ()
+    assert not result.dry_run
+    assert aws.existing() == before - expired
+    # untouched: the current and 3 newest sets, the other instances, the other policy, foreigners
+    assert ids(nightly_a, [0, 1, 2, 3]) <= aws.existing()
+    assert ids(nightly_b, range(6)) | ids(weekly_a, [7, 14, 21]) | ids(weekly_c, [7, 14]) <= (
+        aws.existing()
+    )
+    assert foreign | public <= aws.existing()
+
+    # the same run again changes nothing
+    again = apply_retention(aws.ec2, policy(count=3), a.instance_id, CURRENT, NOW)
+    assert again == RetentionResult(kept=3)
+
+
+def test_age_rule_keeps_sets_up_to_max_age_days(aws: Aws, instances: list[FleetInstance]) -> None:
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(1, 11))
+    # exactly 5 days old is kept; 5 days and a minute is not
+    sets[55] = aws.snapshot_set(a, "nightly", "edge", days_ago=5 + 1 / 1440)
+    result = apply_retention(aws.ec2, policy(max_age_days=5), a.instance_id, CURRENT, NOW)
+    assert set(result.deleted) == ids(sets, [55, *range(6, 11)])
+    assert result.kept == 5
+    assert ids(sets, range(6)) <= aws.existing()
+
+
+def test_age_rule_never_deletes_the_newest_completed_set(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(40, 43))
+    result = apply_retention(aws.ec2, policy(max_age_days=1), a.instance_id, CURRENT, NOW)
+    assert set(result.deleted) == ids(sets, [41, 42])
+    assert ids(sets, [0, 40]) <= aws.existing()
+
+
+@pytest.mark.parametrize(
+    ("count", "max_age_days", "kept_days"),
+    [
+        (3, 5, range(1, 6)),  # the age rule keeps more
+        (7, 5, range(1, 8)),  # the count rule keeps more
+    ],
+)
+def test_count_and_age_together_keep_what_either_keeps(
+    aws: Aws, instances: list[FleetInstance], count: int, max_age_days: int, kept_days: range
+) -> None:
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(1, 11))
+    result = apply_retention(
+        aws.ec2, policy(count=count, max_age_days=max_age_days), a.instance_id, CURRENT, NOW
+    )
+    assert set(result.deleted) == ids(sets, set(range(1, 11)) - set(kept_days))
+    assert result.kept == len(kept_days)
+
+
+def test_ami_backed_shared_public_and_locked_sets_are_kept_whole(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(1, 11))
+    aws.register_ami(sets[9][0])  # root snapshot of d9 backs an AMI
+    aws.ec2.modify_snapshot_attribute(
+        SnapshotId=sets[8][1],
+        Attribute="createVolumePermission",
+        OperationType="add",
+        UserIds=["210987654321"],
+    )
+    aws.ec2.modify_snapshot_attribute(
+        SnapshotId=sets[7][1],
+        Attribute="createVolumePermission",
+        OperationType="add",
+        GroupNames=["all"],
+    )
+    aws.locks[sets[6][0]] = "governance"
+    aws.locks[sets[5][0]] = "compliance-cooloff"
+    aws.locks[sets[4][0]] = "expired"  # an expired lock protects nothing
+
+    result = apply_retention(aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW)
+
+    assert set(result.deleted) == ids(sets, [2, 3, 4, 10])
+    assert result.kept == 6  # d1 and the five protected sets
+    assert result.errors == ()
+    assert ids(sets, [0, 1, 5, 6, 7, 8, 9]) <= aws.existing()
+
+
+def test_without_snapshot_locks_support_nothing_is_deleted_and_the_reason_reported(
+    aws: Aws, instances: list[FleetInstance], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(ElasticBlockStore, "describe_locked_snapshots")  # plain moto again
+    a = instances[0]
+    history(aws, a, "nightly", range(1, 6))
+    before = aws.existing()
+    result = apply_retention(aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW)
+    assert result.deleted == ()
+    assert result.kept == 5
+    [error] = result.errors
+    assert error.snapshot_id is None
+    assert error.code == "NotImplementedError"
+    assert error.message.startswith("DescribeLockedSnapshots failed, kept 4 set(s) unchecked")
+    assert aws.existing() == before
+
+
+@pytest.mark.parametrize("code", ["InvalidAction", "UnsupportedOperation", "AccessDenied"])
+def test_a_failed_lock_or_image_check_keeps_everything(
+    aws: Aws, instances: list[FleetInstance], code: str
+) -> None:
+    a = instances[0]
+    history(aws, a, "nightly", range(1, 6))
+    before = aws.existing()
+
+    def refuse(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": code, "Message": "no"}}, "DescribeLockedSnapshots")
+
+    aws.ec2.describe_locked_snapshots = refuse
+    result = apply_retention(aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW)
+    assert result.deleted == ()
+    assert [e.code for e in result.errors] == [code]
+    assert aws.existing() == before
+
+
+def test_a_failed_sharing_check_keeps_that_set(aws: Aws, instances: list[FleetInstance]) -> None:
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(1, 5))
+    real = aws.ec2.describe_snapshot_attribute
+
+    def flaky(**kwargs: Any) -> Any:
+        if kwargs["SnapshotId"] == sets[3][1]:
+            raise ClientError({"Error": {"Code": "RequestLimitExceeded", "Message": "slow"}}, "x")
+        return real(**kwargs)
+
+    aws.ec2.describe_snapshot_attribute = flaky
+    result = apply_retention(aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW)
+    assert set(result.deleted) == ids(sets, [2, 4])
+    [error] = result.errors
+    assert (error.snapshot_id, error.code) == (sets[3][1], "RequestLimitExceeded")
+    assert ids(sets, [0, 1, 3]) <= aws.existing()
+
+
+def test_a_newer_failed_run_keeps_every_older_set(aws: Aws, instances: list[FleetInstance]) -> None:
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(2, 11))
+    sets[1] = aws.snapshot_set(a, "nightly", "failed-d1", days_ago=1, states=["completed", "error"])
+    before = aws.existing()
+    result = apply_retention(aws.ec2, policy(count=2), a.instance_id, CURRENT, NOW)
+    assert result.deleted == ()
+    assert result.kept == 10
+    assert aws.existing() == before
+
+
+def test_an_older_failed_run_only_shields_what_is_older_than_it(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    a = instances[0]
+    sets = history(aws, a, "nightly", [1, 2, 4, 5, 6])
+    sets[3] = aws.snapshot_set(a, "nightly", "failed-d3", days_ago=3, states=["error", "error"])
+    result = apply_retention(aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW)
+    # d2 and the failed d3 itself go; d4..d6 wait until the failed set is gone (next run)
+    assert set(result.deleted) == ids(sets, [2, 3])
+    assert ids(sets, [0, 1, 4, 5, 6]) <= aws.existing()
+    nxt = apply_retention(aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW)
+    assert set(nxt.deleted) == ids(sets, [4, 5, 6])
+
+
+def test_a_newer_pending_set_of_another_run_keeps_older_sets(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(2, 8))
+    sets[1] = aws.snapshot_set(a, "nightly", "other-run", days_ago=1, states=["pending"])
+    before = aws.existing()
+    result = apply_retention(aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW)
+    assert result.deleted == ()
+    assert aws.existing() == before
+
+
+def test_the_current_pending_set_neither_counts_nor_blocks(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(1, 6))
+    result = apply_retention(aws.ec2, policy(count=2), a.instance_id, CURRENT, NOW)
+    assert set(result.deleted) == ids(sets, [3, 4, 5])
+    assert ids(sets, [0, 1, 2]) <= aws.existing()
+
+
+def test_dry_run_lists_and_deletes_nothing(aws: Aws, instances: list[FleetInstance]) -> None:
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(1, 6))
+    before = aws.existing()
+    result = apply_retention(aws.ec2, policy(count=2, dry_run=True), a.instance_id, CURRENT, NOW)
+    assert set(result.deleted) == ids(sets, [3, 4, 5])
+    assert result.dry_run
+    assert result.kept == 2
+    assert aws.existing() == before
+
+
+def test_deletion_errors_are_reported_per_snapshot_and_retried_next_run(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(1, 5))
+    in_use, throttled = sets[3][0], sets[4][1]
+    real = aws.ec2.delete_snapshot
+
+    def failing(**kwargs: Any) -> Any:
+        codes = {in_use: "InvalidSnapshot.InUse", throttled: "RequestLimitExceeded"}
+        if (code := codes.get(kwargs["SnapshotId"])) is not None:
+            raise ClientError({"Error": {"Code": code, "Message": "try later"}}, "DeleteSnapshot")
+        return real(**kwargs)
+
+    aws.ec2.delete_snapshot = failing
+    result = apply_retention(aws.ec2, policy(count=2), a.instance_id, CURRENT, NOW)
+    assert set(result.deleted) == ids(sets, [3, 4]) - {in_use, throttled}
+    assert {(e.snapshot_id, e.code) for e in result.errors} == {
+        (in_use, "InvalidSnapshot.InUse"),
+        (throttled, "RequestLimitExceeded"),
+    }
+    assert all(e.message for e in result.errors)
+    assert {in_use, throttled} <= aws.existing()
+
+    aws.ec2.delete_snapshot = real
+    retried = apply_retention(aws.ec2, policy(count=2), a.instance_id, CURRENT, NOW)
+    assert set(retried.deleted) == {in_use, throttled}
+    assert retried.errors == ()
+
+
+def test_an_ami_registered_after_the_check_gives_moto_s_in_use_error(
+    aws: Aws, instances: list[FleetInstance], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A race: the AMI appears between the check and DeleteSnapshot; AWS refuses, we report."""
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(1, 4))
+
+    def check_then_register(ec2: Any, snapshot_ids: Any) -> set[str]:
+        aws.register_ami(sets[3][0])
+        return set()
+
+    monkeypatch.setattr(retention, "_ami_backed", check_then_register)
+    result = apply_retention(aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW)
+    assert set(result.deleted) == ids(sets, [2, 3]) - {sets[3][0]}
+    [error] = result.errors
+    assert (error.snapshot_id, error.code) == (sets[3][0], "InvalidSnapshot.InUse")
+    assert sets[3][0] in aws.existing()
+
+
+def test_listing_errors_are_reported_and_delete_nothing() -> None:
+    ec2 = boto3.client("ec2", region_name=REGION)
+    with Stubber(ec2) as stub:
+        stub.add_client_error("describe_snapshots", "UnauthorizedOperation", "not allowed")
+        result = apply_retention(ec2, policy(count=1), "i-0123456789abcdef0", CURRENT, NOW)
+        stub.assert_no_pending_responses()
+    [error] = result.errors
+    assert (error.snapshot_id, error.code) == (None, "UnauthorizedOperation")
+    assert result.deleted == ()
+
+
+def test_deletes_issue_one_describe_snapshots_with_owner_self_and_tag_filters() -> None:
+    ec2 = boto3.client("ec2", region_name=REGION)
+    with Stubber(ec2) as stub:
+        stub.add_response(
+            "describe_snapshots",
+            {"Snapshots": []},
+            {
+                "OwnerIds": ["self"],
+                "Filters": [
+                    {"Name": "tag:snapset:policy", "Values": ["nightly"]},
+                    {"Name": "tag:snapset:instance-id", "Values": ["i-0123456789abcdef0"]},
+                ],
+            },
+        )
+        result = apply_retention(ec2, policy(count=1), "i-0123456789abcdef0", CURRENT, NOW)
+        stub.assert_no_pending_responses()
+    assert result == RetentionResult()
+
+
+def test_account_id_excludes_look_alikes_owned_by_another_account(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    """moto ignores OwnerIds=['self']; AWS does not. With account_id, the owner is checked too."""
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(2, 5))
+    # another account's snapshot with our exact tags, newer than ours and completed
+    [alien] = [
+        aws.snapshot(a.root_volume_id, managed_tags("nightly", "alien", a.instance_id), days_ago=1)
+    ]
+    aws.backend.snapshots[alien].owner_id = "999999999999"
+    result = apply_retention(
+        aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW, account_id="123456789012"
+    )
+    # our newest completed set (d2) survives: the alien did not count as newer
+    assert set(result.deleted) == ids(sets, [3, 4])
+    assert ids(sets, [0, 2]) | {alien} <= aws.existing()
+
+
+def test_naive_now_and_missing_retention_are_programming_errors(aws: Aws) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        apply_retention(
+            aws.ec2, policy(count=1), "i-0123456789abcdef0", CURRENT, datetime(2026, 1, 1)
+        )
+    no_retention = SnapshotPolicy(policy="p", instance_ids=["i-0123456789abcdef0"])
+    with pytest.raises(ValueError, match="no retention"):
+        apply_retention(aws.ec2, no_retention, "i-0123456789abcdef0", CURRENT, NOW)
+
+
+# --- wiring: with_retention after the engine started a set ----------------------------------
+
+
+def test_engine_then_retention_deletes_old_sets_and_keeps_the_new_one(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    a = instances[0]
+    old = {d: aws.snapshot_set(a, "nightly", f"nightly-d{d}", days_ago=d) for d in range(1, 6)}
+    pol = SnapshotPolicy.model_validate(
+        {"policy": "nightly", "instance_ids": [a.instance_id], "retention": {"count": 2}}
+    )
+    trigger = Trigger(type=TriggerType.MANUAL, id="run-7", time=datetime.now(UTC))
+    request = SnapshotRequest(policy=pol, trigger=trigger)
+    instance = describe_instance(aws.ec2, a.instance_id)
+    assert instance is not None
+    outcome = snapshot_instance(aws.ec2, request, instance)
+    assert outcome.status is InstanceStatus.STARTED
+    new_ids = {s.snapshot_id for s in outcome.snapshots}
+
+    outcome = with_retention(aws.ec2, pol, outcome, trigger.id, NOW)
+
+    assert outcome.retention is not None
+    assert set(outcome.retention.deleted) == ids(old, [3, 4, 5])
+    assert new_ids | ids(old, [1, 2]) <= aws.existing()
+    body = outcome.model_dump(mode="json")["retention"]
+    assert body.keys() >= {"deleted", "kept", "errors"}
+    assert body["kept"] == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "dry_run", "applies"),
+    [
+        (InstanceStatus.STARTED, False, True),
+        (InstanceStatus.FAILED, False, False),
+        (InstanceStatus.SKIPPED, False, False),
+        (InstanceStatus.DRY_RUN_OK, True, True),
+        (InstanceStatus.FAILED, True, False),
+    ],
+)
+def test_with_retention_only_for_started_or_dry_run_ok(
+    aws: Aws,
+    instances: list[FleetInstance],
+    status: InstanceStatus,
+    dry_run: bool,
+    applies: bool,
+) -> None:
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(1, 4))
+    pol = policy(count=1, dry_run=dry_run)
+    before = aws.existing()
+    outcome = InstanceOutcome(instance_id=a.instance_id, status=status)
+    after = with_retention(aws.ec2, pol, outcome, CURRENT, NOW)
+    if applies:
+        assert after.retention is not None
+        assert set(after.retention.deleted) == ids(sets, [2, 3])
+    else:
+        assert after.retention is None
+        assert aws.existing() == before
+
+
+def test_no_retention_policy_leaves_the_outcome_alone(aws: Aws) -> None:
+    pol = SnapshotPolicy(policy="p", instance_ids=["i-0123456789abcdef0"])
+    outcome = InstanceOutcome(instance_id="i-0123456789abcdef0", status=InstanceStatus.STARTED)
+    assert with_retention(aws.ec2, pol, outcome, CURRENT, NOW) is outcome
+    assert outcome.model_dump(mode="json")["retention"] is None
