@@ -66,6 +66,9 @@ EXIT_INTERRUPTED = 130
 MAX_WORKERS_LIMIT = 64
 RETRY_WINDOW_SECONDS = 15 * 60
 CONFIG_FILE = "cdk.json"
+# cdk.json keeps Snapset's settings under context.snapset (policies at context.snapset.policies);
+# a flat context["snapset.policies"] key, as `cdk --context` would set it, is read too.
+CONTEXT_KEY = "snapset"
 CONTEXT_POLICIES = "snapset.policies"
 # Keys of a cdk.json policy entry that configure its triggers, not the request model.
 TRIGGER_ONLY_KEYS = ("schedules", "on_instance_states")
@@ -244,7 +247,7 @@ def policy_from_payload(data: Any, source: str) -> SnapshotPolicy:
 
 
 def policy_from_config(name: str, config: str | None) -> SnapshotPolicy:
-    """Look a policy up by name in cdk.json's `snapset.policies` context, without CDK."""
+    """Look a policy up by name in cdk.json's context.snapset.policies, without CDK."""
     path = Path(config) if config else Path.cwd() / CONFIG_FILE
     if not path.is_file():
         if config:
@@ -255,9 +258,9 @@ def policy_from_config(name: str, config: str | None) -> SnapshotPolicy:
         )
     data = read_json(str(path), sys.stdin, "config")
     context = data.get("context") if isinstance(data, dict) else None
-    policies = context.get(CONTEXT_POLICIES) if isinstance(context, dict) else None
-    if not isinstance(policies, list):
-        raise CliError(f"{path}: no list of policies at context[{CONTEXT_POLICIES!r}]")
+    policies, where = _context_policies(context)
+    if policies is None:
+        raise CliError(f"{path}: no list of policies at context.{CONTEXT_POLICIES}")
     matches = [
         (i, entry)
         for i, entry in enumerate(policies)
@@ -274,8 +277,20 @@ def policy_from_config(name: str, config: str | None) -> SnapshotPolicy:
     try:
         return SnapshotPolicy.model_validate(body)
     except ValidationError as exc:
-        detail = describe_validation_error(exc, f"context.{CONTEXT_POLICIES}[{index}].")
+        detail = describe_validation_error(exc, f"{where}[{index}].")
         raise CliError(f"invalid policy {name!r} in {path}: {detail}") from None
+
+
+def _context_policies(context: Any) -> tuple[list[Any] | None, str]:
+    if not isinstance(context, dict):
+        return None, ""
+    nested = context.get(CONTEXT_KEY)
+    if isinstance(nested, dict) and isinstance(nested.get("policies"), list):
+        return nested["policies"], f"context.{CONTEXT_POLICIES}"
+    flat = context.get(CONTEXT_POLICIES)
+    if isinstance(flat, list):
+        return flat, f"context[{CONTEXT_POLICIES!r}]"
+    return None, ""
 
 
 def load_policy(ref: str, config: str | None, stdin: IO[str]) -> SnapshotPolicy:
@@ -684,7 +699,7 @@ failed, 2 when the payload is invalid (the message names the field).
 
 PLAN_EPILOG = f"""\
 FILE is a JSON policy (or manual payload); `-` reads stdin. NAME is looked up in cdk.json's
-context[{CONTEXT_POLICIES!r}] (./cdk.json, or --config PATH); an existing file wins over a
+context.{CONTEXT_POLICIES} (./cdk.json, or --config PATH); an existing file wins over a
 name. Exit 0 whenever a plan is printed, also when instances would fail.
 """
 

@@ -123,15 +123,21 @@ def test_plan_shows_unauthorized_dry_run(
 def test_plan_by_name_from_cdk_json(
     fleet: Fleet, aws_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    policies = [
+        {
+            "policy": "db",
+            "target_tags": {"app": ["db"]},
+            "schedules": [{"expression": "cron(0 3 * * ? *)"}],
+        },
+        {
+            **fleet.policy(),
+            "schedules": [{"expression": "cron(0 3 * * ? *)", "timezone": "Europe/Berlin"}],
+            "on_instance_states": ["stopped"],
+        },
+    ]
     context = {
-        "snapset.policies": [
-            {"policy": "db", "target_tags": {"app": ["db"]}, "schedules": ["cron(0 3 * * ? *)"]},
-            {
-                **fleet.policy(),
-                "schedules": [{"cron": "cron(0 3 * * ? *)"}],
-                "on_instance_states": ["stopped"],
-            },
-        ]
+        "snapset": {"notification_emails": ["ops@example.com"], "policies": policies},
+        "@aws-cdk/core:checkSecretUsage": True,
     }
     write_json(aws_env / "cdk.json", {"app": "python3 app.py", "context": context})
 
@@ -149,10 +155,23 @@ def test_plan_by_name_with_config_path(
     fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = write_json(
-        tmp_path / "elsewhere.json", {"context": {"snapset.policies": [fleet.policy()]}}
+        tmp_path / "elsewhere.json", {"context": {"snapset": {"policies": [fleet.policy()]}}}
     )
     plan = plan_json(capsys, "--policy", "web", "--config", config)
     assert plan["summary"]["dry_run_ok"] == 2
+
+
+def test_plan_by_name_from_the_repository_cdk_json(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every policy of the project's own cdk.json loads (trigger-only keys stripped)."""
+    config = Path(__file__).resolve().parents[2] / "cdk.json"
+    if not config.is_file():
+        pytest.skip("no cdk.json in the repository")
+    names = [p["policy"] for p in json.loads(config.read_text())["context"]["snapset"]["policies"]]
+    assert names
+    for name in names:
+        assert plan_json(capsys, "--policy", name, "--config", str(config))["policy"] == name
 
 
 def test_plan_json_shape(fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -205,12 +224,17 @@ def test_plan_no_targets(aws: None, tmp_path: Path, capsys: pytest.CaptureFixtur
     ("cdk_json", "name", "message"),
     [
         (None, "web", "no cdk.json in"),
-        ({"context": {}}, "web", "no list of policies at context['snapset.policies']"),
-        ({"context": {"snapset.policies": [{"policy": "db"}]}}, "web", "(policies: db)"),
+        ({"context": {"snapset": {}}}, "web", "no list of policies at context.snapset.policies"),
+        ({"context": {"snapset": {"policies": [{"policy": "db"}]}}}, "web", "(policies: db)"),
         (
-            {"context": {"snapset.policies": [{"policy": "web", "instance_ids": ["i-1"]}]}},
+            {"context": {"snapset": {"policies": [{"policy": "web", "instance_ids": ["i-1"]}]}}},
             "web",
             "context.snapset.policies[0].instance_ids.0: String should match pattern",
+        ),
+        (
+            {"context": {"snapset.policies": [{"policy": "web", "retention": {}}]}},
+            "web",
+            "context['snapset.policies'][0].retention: retention needs count and/or max_age_days",
         ),
     ],
 )
