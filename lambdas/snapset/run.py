@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from snapset.outcomes import ErrorInfo, InstanceOutcome
 from snapset.policy import SnapshotRequest
 from snapset.report import ReportStatus, RunReport, build_report
+from snapset.retention import with_retention
 from snapset.snapshots import (
     INSTANCE_NOT_FOUND,
     Instance,
@@ -65,8 +67,9 @@ def run_request(
     """Run a request end to end and return its report (or `Ignored` for a non-target event).
 
     `snapshot_fn` snapshots one instance; it defaults to `snapshot_instance` and is where the
-    handler adds idempotency. Discovery errors (DescribeInstances denied or throttled past
-    botocore's retries) give a failed report naming the error.
+    handler adds idempotency. After an instance's set has started, the policy's retention
+    deletes its older sets (see `retention.with_retention`). Discovery errors (DescribeInstances
+    denied or throttled past botocore's retries) give a failed report naming the error.
     """
     policy = request.policy
     try:
@@ -92,6 +95,15 @@ def run_request(
                 "error": ErrorInfo(code=code, message=f"finding target instances: {exc}"),
             }
         )
-    fn = snapshot_fn or partial(snapshot_instance, ec2, request)
-    outcomes = missing + snapshot_all(instances, fn, max_workers)
+    snapshot = snapshot_fn or partial(snapshot_instance, ec2, request)
+    retention = policy.retention
+
+    def snapshot_then_retain(instance: Instance) -> InstanceOutcome:
+        # Retention runs outside the idempotent snapshot step, so a redelivery retries it too.
+        outcome = snapshot(instance)
+        if retention is None:
+            return outcome
+        return with_retention(ec2, policy, outcome, request.trigger.id, datetime.now(UTC))
+
+    outcomes = missing + snapshot_all(instances, snapshot_then_retain, max_workers)
     return build_report(policy.policy, request.trigger, policy.dry_run, outcomes)
