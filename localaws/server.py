@@ -28,7 +28,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from localaws import ec2_snapshots
+from localaws import ec2_images, ec2_snapshots
 from localaws import events as event_patches
 from localaws.ec2_snapshots import SnapshotCompleter
 from localaws.events import EventSink
@@ -219,6 +219,7 @@ class LocalAwsApp:
 def build_app(state: ServerState) -> LocalAwsApp:
     """Import moto, install the patches and wrap moto's WSGI app."""
     ec2_snapshots.install(state.completer)
+    ec2_images.install()
     event_patches.install()
     return LocalAwsApp(DomainDispatcherApplication(create_backend_app), state)
 
