@@ -1,10 +1,10 @@
-"""In-process moto for retention tests, with what moto lacks added through moto's own classes.
+"""In-process moto for retention tests, with the local AWS's snapshot locks and AMI mappings.
 
 moto (5.2) has no DescribeLockedSnapshots, no `block-device-mapping.snapshot-id` filter on
-DescribeImages, and RegisterImage ignores BlockDeviceMappings (it makes its own snapshot). The
-`aws` fixture adds the first two for the duration of a test (monkeypatch), and `Aws.register_ami`
-points a registered image at an existing snapshot as AWS would, so DeleteSnapshot on it also
-fails with moto's own InvalidSnapshot.InUse.
+DescribeImages, and RegisterImage ignores BlockDeviceMappings. `localaws.ec2_images.install`
+(installed at import, as tests/unit installs the faithful CreateSnapshots) adds them through
+moto's own classes: locks are made with LockSnapshot, and an image registered on a snapshot
+makes DeleteSnapshot fail with InvalidSnapshot.InUse, as on AWS.
 
 Snapshot sets are built with CreateSnapshot + TagSpecifications and their StartTime and state set
 on moto's backend objects, since history spreads over days. This works whether or not the local
@@ -21,17 +21,23 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
-from moto.core.responses import ActionResult
 from moto.ec2.models import ec2_backends
-from moto.ec2.models.amis import Ami
-from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 
+from localaws.ec2_images import install, snapshot_lock
 from localaws.fleet import MOTO_ACCOUNT, DataVolume, FleetInstance, launch_instance
 from snapset.policy import TAG_INSTANCE_ID, TAG_POLICY, TAG_TRIGGER_ID
 
 REGION = "us-east-1"
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
-BDM_SNAPSHOT_FILTER = "block-device-mapping.snapshot-id"
+# LockSnapshot arguments per lock state ("expired": locked, then aged on the backend).
+LOCK_ARGS: dict[str, dict[str, Any]] = {
+    "governance": {"LockMode": "governance", "LockDuration": 1},
+    "compliance": {"LockMode": "compliance", "LockDuration": 1},
+    "compliance-cooloff": {"LockMode": "compliance", "LockDuration": 1, "CoolOffPeriod": 1},
+    "expired": {"LockMode": "governance", "LockDuration": 1},
+}
+
+install()
 
 
 def managed_tags(policy: str, trigger_id: str, instance_id: str) -> dict[str, str]:
@@ -39,11 +45,32 @@ def managed_tags(policy: str, trigger_id: str, instance_id: str) -> dict[str, st
 
 
 @dataclass
+class Locks:
+    """`locks[snapshot_id] = state` locks the snapshot with LockSnapshot into that state."""
+
+    ec2: Any
+    backend: Any
+
+    def __setitem__(self, snapshot_id: str, state: str) -> None:
+        self.ec2.lock_snapshot(SnapshotId=snapshot_id, **LOCK_ARGS[state])
+        if state == "expired":
+            lock = snapshot_lock(self.backend.snapshots[snapshot_id])
+            assert lock is not None
+            assert lock.duration_start is not None
+            lock.created_on -= timedelta(days=2)
+            lock.duration_start -= timedelta(days=2)
+        [info] = self.ec2.describe_locked_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+        assert info["LockState"] == state
+
+
+@dataclass
 class Aws:
     ec2: Any
     backend: Any
-    # snapshot id -> lock state, served by the DescribeLockedSnapshots shim
-    locks: dict[str, str] = field(default_factory=dict)
+    locks: Locks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.locks = Locks(self.ec2, self.backend)
 
     def snapshot(
         self,
@@ -96,63 +123,25 @@ class Aws:
             RootDeviceName="/dev/sda1",
             BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": snapshot_id}}],
         )["ImageId"]
-        ami = self.backend.amis[image_id]
-        self.backend.snapshots.pop(ami.ebs_snapshot.id, None)  # moto's own stand-in snapshot
-        ami.ebs_snapshot = self.backend.snapshots[snapshot_id]
-        ami.ebs_snapshot.from_ami = image_id
         return image_id
 
     def existing(self) -> set[str]:
         return set(self.backend.snapshots)
 
 
-def _describe_locked_snapshots(self: Any) -> ActionResult:
-    locks: dict[str, str] = getattr(self.ec2_backend, "retention_test_locks", {})
-    ids = self._get_param("SnapshotIds", []) or list(locks)
-    return ActionResult(
-        {
-            "Snapshots": [
-                {
-                    "OwnerId": self.ec2_backend.account_id,
-                    "SnapshotId": sid,
-                    "LockState": locks[sid],
-                    "LockDuration": 1,
-                }
-                for sid in ids
-                if sid in locks
-            ]
-        }
-    )
-
-
-_moto_ami_filter = Ami.get_filter_value
-
-
-def _ami_filter_value(self: Any, filter_name: str, method_name: str | None = None) -> Any:
-    if filter_name == BDM_SNAPSHOT_FILTER:
-        return [m["Ebs"]["SnapshotId"] for m in self.block_device_mappings if "Ebs" in m]
-    return _moto_ami_filter(self, filter_name, method_name)
-
-
 @pytest.fixture
 def aws(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
-    """A fresh in-process moto with the shims above.
+    """A fresh in-process moto (with the local AWS's patches installed above).
 
     moto's default public AMIs (and their snapshots, owned by other accounts) take seconds to
     load per test; they are left out unless a test asks with `indirect` parameter True.
     """
     if not getattr(request, "param", False):
         monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-    monkeypatch.setattr(
-        ElasticBlockStore, "describe_locked_snapshots", _describe_locked_snapshots, raising=False
-    )
-    monkeypatch.setattr(Ami, "get_filter_value", _ami_filter_value)
     with mock_aws():
         ec2 = boto3.client("ec2", region_name=REGION)
         backend = ec2_backends[MOTO_ACCOUNT][REGION]
-        world = Aws(ec2, backend)
-        setattr(backend, "retention_test_locks", world.locks)  # noqa: B010
-        yield world
+        yield Aws(ec2, backend)
 
 
 @pytest.fixture
