@@ -9,6 +9,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from localaws import ec2_images
 from localaws.ec2_snapshots import SnapshotCompleter, install
 from localaws.events import EventSink
 from snapset import handler as handler_module
@@ -18,6 +19,7 @@ from snapset.settings import ENV_TOPIC_ARN
 # CreateSnapshots fixes that in-process too. Snapshots stay pending (completed on request only).
 COMPLETER = SnapshotCompleter(EventSink(), lambda: (), delay=None)
 install(COMPLETER)
+ec2_images.install()  # snapshot locks and AMI block-device mappings, which retention checks
 
 
 @dataclass
