@@ -136,8 +136,8 @@ def aws(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iter
     moto's default public AMIs (and their snapshots, owned by other accounts) take seconds to
     load per test; they are left out unless a test asks with `indirect` parameter True.
     """
-    if not getattr(request, "param", False):
-        monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+    load_amis = bool(getattr(request, "param", False))
+    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "true" if load_amis else "false")
     with mock_aws():
         ec2 = boto3.client("ec2", region_name=REGION)
         backend = ec2_backends[MOTO_ACCOUNT][REGION]

@@ -146,7 +146,7 @@ def test_arbitrary_json_never_crashes_the_parser(payload: Any) -> None:
         assert exc.message
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(near_valid_policy, st.integers(min_value=0, max_value=2))
 def test_every_request_that_parses_is_acceptable_to_create_snapshots(
     policy: dict[str, Any], how: int
