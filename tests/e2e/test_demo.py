@@ -1,0 +1,82 @@
+"""The demo doubles as a smoke test of the whole chain; its checks must catch divergences."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from localaws import demo
+from localaws.demo import Checks, DemoInstance, DemoVolume, Expected, Out, verify
+from localaws.router import Invocation, Report
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_runs_and_prints_the_sets_and_reports(capsys: pytest.CaptureFixture[str]) -> None:
+    assert demo.main(["--no-color"]) == 0
+    out = capsys.readouterr().out
+    assert "Snapshot sets (5)" in out
+    assert "SNS reports (8" in out
+    assert "db-1-scratch" in out  # excluded by tag, shown as excluded
+    assert "checks passed" in out
+    assert "FAIL" not in out
+    assert "\033[" not in out  # no colour when not a terminal
+
+
+def _scenario() -> tuple[DemoInstance, Expected, list[dict[str, object]], list[Report]]:
+    root = DemoVolume("vol-root", "a-root", {"Name": "a-root"}, True)
+    data = DemoVolume("vol-data", "a-data", {"Name": "a-data", "App": "x"}, False)
+    skip = DemoVolume("vol-skip", "a-skip", {"Name": "a-skip", "Snapset": "exclude"}, False)
+    inst = DemoInstance("a", "i-0123456789abcdef0", "running", {}, (root, data, skip), "test")
+    policy = {
+        "policy": "p",
+        "instance_ids": [inst.instance_id],
+        "exclude_data_volume_tags": {"Snapset": ["exclude"]},
+        "tags": {"T": "{trigger}"},
+    }
+    result = {"trigger": {"id": "t-1", "time": "2026-01-01T00:00:00Z"}}
+    inv = Invocation("invoke", "fn", {}, result=result)
+    exp = Expected("manual p", policy, "manual", [inst], inv)
+    managed = [
+        {"Key": "snapset:policy", "Value": "p"},
+        {"Key": "snapset:trigger-id", "Value": "t-1"},
+        {"Key": "snapset:instance-id", "Value": inst.instance_id},
+        {"Key": "T", "Value": "manual"},
+    ]
+    snaps: list[dict[str, object]] = [
+        {
+            "SnapshotId": f"snap-{v.volume_id}",
+            "VolumeId": v.volume_id,
+            "StartTime": "t0",
+            "State": "completed",
+            "Tags": [*managed, *({"Key": k, "Value": x} for k, x in v.tags.items())],
+        }
+        for v in (root, data)
+    ]
+    reports = [
+        Report("s", {}, {"kind": "run", "status": "succeeded"}, "m1", "arn"),
+        Report("s", {}, {"kind": "completion", "status": "succeeded"}, "m2", "arn"),
+    ]
+    return inst, exp, snaps, reports
+
+
+def _failures(snaps: list[dict[str, object]]) -> list[str]:
+    inst, exp, _, reports = _scenario()
+    checks = Checks(Out(io.StringIO(), colour=False))
+    verify(checks, expected=[exp], fleet=[inst], snapshots=snaps, reports=reports, invocations=[])
+    return checks.failed
+
+
+def test_the_checks_pass_on_a_faithful_run() -> None:
+    assert _failures(_scenario()[2]) == []
+
+
+def test_the_checks_catch_an_excluded_volume_a_missing_tag_and_a_duplicate() -> None:
+    _, _, snaps, _ = _scenario()
+    excluded = {**snaps[1], "SnapshotId": "snap-x", "VolumeId": "vol-skip"}
+    assert any("excluded volumes absent" in f for f in _failures([*snaps, excluded]))
+    untagged = {**snaps[1], "Tags": [t for t in snaps[1]["Tags"] if t["Key"] != "App"]}  # type: ignore[attr-defined]
+    assert any("carries its volume's tags" in f for f in _failures([snaps[0], untagged]))
+    twice = {**snaps[1], "SnapshotId": "snap-again", "StartTime": "t1"}
+    assert any("one CreateSnapshots call" in f for f in _failures([*snaps, twice]))
