@@ -23,9 +23,6 @@ os.environ.update(
         "POWERTOOLS_SERVICE_NAME": "snapset",
         "POWERTOOLS_METRICS_NAMESPACE": "Snapset",
         "POWERTOOLS_DEV": "0",
-        # In-process moto loads ~1300 public AMIs per fresh EC2 backend unless told not to;
-        # the fleets use one image id that moto accepts without them.
-        "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
     }
 )
 os.environ.pop("AWS_PROFILE", None)

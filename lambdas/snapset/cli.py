@@ -612,7 +612,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     # invocation; an instance that cannot start by then is reported as failed (Timeout).
     budget = snapshots.RetryBudget(deadline=time.monotonic() + RETRY_WINDOW_SECONDS)
     snapshot_fn = functools.partial(
-        snapshots.snapshot_instance, clients.ec2, request, budget=budget
+        snapshots.snapshot_instance,
+        clients.ec2,
+        request,
+        budget=budget,
+        create_ec2=clients.ec2_create,
     )
     label = f"snapshotting {request.policy.policy}"
     with progress_bar(args, console, label) as bar:

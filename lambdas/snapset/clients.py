@@ -17,16 +17,27 @@ if TYPE_CHECKING:
 EC2_CONFIG = Config(
     retries={"mode": "adaptive", "max_attempts": 8},
     connect_timeout=5,
-    read_timeout=30,
+    read_timeout=20,
     max_pool_connections=64,
 )
-SNS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5)
+# CreateSnapshots has no client token: a retry after a lost response can make a second set, so
+# botocore must not resend it blind. The engine retries it itself, looking for the set first.
+EC2_CREATE_CONFIG = Config(
+    retries={"mode": "standard", "total_max_attempts": 1},
+    connect_timeout=5,
+    read_timeout=20,
+    max_pool_connections=64,
+)
+SNS_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=10
+)
 
 
 @dataclass(frozen=True)
 class Clients:
     ec2: EC2Client
     sns: SNSClient
+    ec2_create: EC2Client
 
 
 def make_clients(
@@ -39,4 +50,7 @@ def make_clients(
     return Clients(
         ec2=session.client("ec2", region_name=region, endpoint_url=endpoint_url, config=EC2_CONFIG),
         sns=session.client("sns", region_name=region, endpoint_url=endpoint_url, config=SNS_CONFIG),
+        ec2_create=session.client(
+            "ec2", region_name=region, endpoint_url=endpoint_url, config=EC2_CREATE_CONFIG
+        ),
     )

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from snapset.policy import TAG_INSTANCE_ID, TAG_POLICY, TAG_TRIGGER_ID, describe_validation_error
+from snapset.policy import (
+    INSTANCE_ID_PATTERN,
+    POLICY_NAME_PATTERN,
+    TAG_INSTANCE_ID,
+    TAG_POLICY,
+    TAG_TRIGGER_ID,
+    describe_validation_error,
+)
 from snapset.triggers import InvalidTrigger
 
 if TYPE_CHECKING:
@@ -27,6 +35,8 @@ MULTI_VOLUME_DETAIL_TYPE = "EBS Multi-Volume Snapshots Completion Status"
 SNAPSHOT_DETAIL_TYPE = "EBS Snapshot Notification"
 COMPLETION_DETAIL_TYPES = (MULTI_VOLUME_DETAIL_TYPE, SNAPSHOT_DETAIL_TYPE)
 
+_POLICY_NAME = re.compile(POLICY_NAME_PATTERN)
+_INSTANCE_ID = re.compile(INSTANCE_ID_PATTERN)
 ResourceRef = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
 
 
@@ -147,6 +157,15 @@ class CompletionReport(BaseModel):
     snapshots: tuple[CompletedSnapshot, ...]
 
 
+def _is_snapset_set(tags: dict[str, str]) -> bool:
+    # Look-alike tags must not reach SNS subjects and attributes (which reject some text).
+    return (
+        bool(_POLICY_NAME.fullmatch(tags.get(TAG_POLICY, "")))
+        and bool(_INSTANCE_ID.fullmatch(tags.get(TAG_INSTANCE_ID, "")))
+        and 0 < len(tags.get(TAG_TRIGGER_ID, "")) <= 256
+    )
+
+
 def completion_reports(ec2: EC2Client, event: CompletionEvent) -> list[CompletionReport]:
     """Reports for the Snapset sets among the event's snapshots (none for foreign snapshots).
 
@@ -159,7 +178,7 @@ def completion_reports(ec2: EC2Client, event: CompletionEvent) -> list[Completio
     for page in paginator.paginate(Filters=[{"Name": "snapshot-id", "Values": list(by_id)}]):
         for snap in page.get("Snapshots", []):
             tags = {t["Key"]: t["Value"] for t in snap.get("Tags", [])}
-            if not all(k in tags for k in (TAG_POLICY, TAG_TRIGGER_ID, TAG_INSTANCE_ID)):
+            if not _is_snapset_set(tags):
                 continue
             member = by_id[snap["SnapshotId"]]
             if not member.volume_id:

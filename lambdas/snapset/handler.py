@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from snapset.clients import make_clients
@@ -22,13 +22,15 @@ from snapset.idempotency import DDB_CONFIG, idempotent_snapshots
 from snapset.policy import Trigger
 from snapset.report import RunReport, invalid_input_report, publish_report
 from snapset.run import Ignored, run_request
-from snapset.settings import Settings
+from snapset.settings import SERVICE_NAME, Settings
 from snapset.snapshots import RetryBudget, SnapshotFn, snapshot_instance
 from snapset.triggers import InvalidTrigger, parse_request
 
 logger = Logger()
 metrics = Metrics()
-tracer = Tracer(patch_modules=("botocore",))
+# No Powertools Tracer: importing aws-xray-sdk costs ~0.4 s of cold start, and its context is
+# per thread, so the worker threads' EC2 calls would not join the trace anyway. The function's
+# active tracing still records each invocation.
 
 
 class IncompleteRun(RuntimeError):
@@ -81,14 +83,19 @@ def _completion(event: dict[str, Any], config: Settings) -> dict[str, Any]:
     reports = completion_reports(clients.ec2, parsed)
     for report in reports:
         publish_completion(clients.sns, config.topic_arn, report)
-        metrics.add_dimension(name="policy", value=report.policy)
         name = "SetsCompleted" if report.result == "succeeded" else "SetsFailed"
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+        # One event can hold sets of several policies: one metric each, with its own dimension.
+        with single_metric(
+            name=name,
+            unit=MetricUnit.Count,
+            value=1,
+            default_dimensions={"service": SERVICE_NAME},
+        ) as metric:
+            metric.add_dimension(name="policy", value=report.policy)
     return {"kind": "completion", "reports": [r.model_dump(mode="json") for r in reports]}
 
 
 @logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     """Entry point for schedules, instance events, completion events and manual invokes."""
@@ -96,7 +103,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     if isinstance(event, dict) and event.get("detail-type") in COMPLETION_DETAIL_TYPES:
         return _completion(event, config)
     try:
-        request = parse_request(event)
+        request = parse_request(event, default_request_id=context.aws_request_id)
     except InvalidTrigger as exc:
         return _reject(exc, config)
     logger.set_correlation_id(request.trigger.id)
@@ -105,18 +112,16 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     budget = RetryBudget.for_invocation(
         context.get_remaining_time_in_millis(), config.safety_margin_ms
     )
-    snapshot_fn: SnapshotFn = functools.partial(
-        snapshot_instance, clients.ec2, request, budget=budget
+    snapshot_fn: SnapshotFn = idempotent_snapshots(
+        functools.partial(
+            snapshot_instance, clients.ec2, request, budget=budget, create_ec2=clients.ec2_create
+        ),
+        table_name=config.idempotency_table,
+        policy=request.policy.policy,
+        trigger_id=request.trigger.id,
+        context=context,
+        dynamodb_client=session().client("dynamodb", config=DDB_CONFIG),
     )
-    if config.idempotency_table:
-        snapshot_fn = idempotent_snapshots(
-            snapshot_fn,
-            table_name=config.idempotency_table,
-            policy=request.policy.policy,
-            trigger_id=request.trigger.id,
-            context=context,
-            dynamodb_client=session().client("dynamodb", config=DDB_CONFIG),
-        )
     result = run_request(
         clients.ec2, request, max_workers=config.max_workers, snapshot_fn=snapshot_fn
     )
@@ -136,6 +141,8 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
             "message_id": message_id,
         },
     )
+    if result.error is not None and result.error.retry_on_redelivery:
+        raise IncompleteRun(f"finding the targets failed ({result.error.code}); retry the trigger")
     retry = [o.instance_id for o in result.instances if o.error and o.error.retry_on_redelivery]
     if retry:
         raise IncompleteRun(

@@ -19,8 +19,8 @@ from aws_lambda_powertools.utilities.idempotency import (
     idempotent_function,
 )
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    BaseError,
     IdempotencyAlreadyInProgressError,
-    IdempotencyPersistenceLayerError,
 )
 from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
 from botocore.config import Config
@@ -36,7 +36,10 @@ logger = logging.getLogger(__name__)
 
 # Longer than Lambda's longest async retry window (6 h) and any Scheduler retry.
 RECORD_TTL_SECONDS = 48 * 3600
+# A fixed prefix keeps record ids stable across function renames and refactors.
+KEY_PREFIX = "snapset-snapshot-set"
 IDEMPOTENCY_STORE_ERROR = "IdempotencyStoreError"
+IN_PROGRESS = "InProgress"
 DDB_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5)
 
 
@@ -75,12 +78,18 @@ def idempotent_snapshots(
     store = DynamoDBPersistenceLayer(
         table_name=table_name, boto_config=DDB_CONFIG, boto3_client=dynamodb_client
     )
+    # Powertools configures its store lazily and sets `configured` before the TTL; done here,
+    # in one thread, before the worker threads share the store.
+    store.configure(config, key_prefix=KEY_PREFIX)
+    started: dict[str, InstanceOutcome] = {}
 
     # `key` is what Powertools hashes into the record's id; the body does not need it.
     def snapshot(instance: Instance, *, key: SnapshotKey) -> InstanceOutcome:  # noqa: ARG001
         outcome = snapshot_fn(instance)
         if outcome.status is not InstanceStatus.STARTED:
             raise _NotRecorded(outcome)
+        # Kept in case saving the record fails: the set exists and must be reported.
+        started[instance.instance_id] = outcome
         return outcome
 
     snapshot_once = cast(
@@ -91,6 +100,7 @@ def idempotent_snapshots(
             persistence_store=store,
             config=config,
             output_serializer=PydanticSerializer(InstanceOutcome),
+            key_prefix=KEY_PREFIX,
         ),
     )
 
@@ -101,13 +111,20 @@ def idempotent_snapshots(
         except _NotRecorded as not_recorded:
             return not_recorded.outcome
         except IdempotencyAlreadyInProgressError:
-            return InstanceOutcome.skipped(
+            # Another delivery holds the record. If it crashed, the record outlives it until its
+            # in-progress expiry; failing here makes Lambda redeliver, so the trigger is not lost.
+            return InstanceOutcome.failed(
                 instance.instance_id,
-                "another delivery of this trigger is snapshotting this instance right now",
+                IN_PROGRESS,
+                f"{instance.instance_id}: another delivery of this trigger is snapshotting it; "
+                "a redelivery reports its result",
             )
-        except IdempotencyPersistenceLayerError as exc:
-            # Without the record a retry could make a second set: fail, and retry the trigger.
+        except BaseError as exc:
             logger.exception("idempotency store failed for %s", instance.instance_id)
+            if instance.instance_id in started:
+                # The set was made; only its record could not be saved. The tag look-up before
+                # CreateSnapshots still finds it on a redelivery.
+                return started[instance.instance_id]
             return InstanceOutcome.failed(
                 instance.instance_id,
                 IDEMPOTENCY_STORE_ERROR,

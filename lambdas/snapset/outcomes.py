@@ -28,7 +28,20 @@ class SnapshotInfo(BaseModel):
 
 # Failures that a later delivery of the same trigger can fix: the invocation fails after
 # reporting them, so Lambda's async retry (and idempotency) redoes just those instances.
-RETRY_ON_REDELIVERY_CODES = frozenset({"Timeout", "IdempotencyStoreError"})
+RETRY_ON_REDELIVERY_CODES = frozenset(
+    {
+        "Timeout",
+        "IdempotencyStoreError",
+        "InProgress",
+        "CreateSnapshotsUnconfirmed",
+        # Target discovery throttled or failing past botocore's retries.
+        "RequestLimitExceeded",
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "Unavailable",
+    }
+)
 
 
 class ErrorInfo(BaseModel):

@@ -36,6 +36,10 @@ MAX_TAG_VALUE_LEN = 256
 MAX_DESCRIPTION_LEN = 255
 MAX_EXCLUDED_DATA_VOLUMES = 40
 MAX_INSTANCE_IDS = 1000
+# EC2 accepts at most 200 filter values in one Describe call; volume-tag exclusions share the
+# call with the attachment filter.
+MAX_TARGET_TAG_VALUES = 200
+MAX_EXCLUDE_TAG_VALUES = 199
 
 PLACEHOLDERS = ("instance_id", "policy", "trigger", "timestamp")
 # Longest value each placeholder can take, so a template is checked once, before any instance runs.
@@ -47,7 +51,8 @@ _PLACEHOLDER_MAX_LEN = {
 
 # AWS issues 8 or 17 lowercase hex digits; AWS's own documentation examples (and our event
 # fixtures) use other lowercase letters, so the shape is checked, not the alphabet.
-InstanceId = Annotated[str, StringConstraints(pattern=r"^i-[0-9a-z]{8,17}$", strict=True)]
+INSTANCE_ID_PATTERN = r"^i-[0-9a-z]{8,17}$"
+InstanceId = Annotated[str, StringConstraints(pattern=INSTANCE_ID_PATTERN, strict=True)]
 VolumeId = Annotated[str, StringConstraints(pattern=r"^vol-[0-9a-z]{8,17}$", strict=True)]
 POLICY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{0,39}$"
 PolicyName = Annotated[str, StringConstraints(pattern=POLICY_NAME_PATTERN, strict=True)]
@@ -186,6 +191,14 @@ class SnapshotPolicy(BaseModel):
     def _check(self) -> SnapshotPolicy:
         if not self.instance_ids and not self.target_tags:
             raise ValueError("give instance_ids and/or target_tags: a policy needs targets")
+        for name, tags, limit in (
+            ("target_tags", self.target_tags, MAX_TARGET_TAG_VALUES),
+            ("exclude_data_volume_tags", self.exclude_data_volume_tags, MAX_EXCLUDE_TAG_VALUES),
+        ):
+            if (n := sum(len(v) for v in tags.values())) > limit:
+                raise ValueError(
+                    f"{name}: at most {limit} tag values in all (EC2's filter limit) (got {n})"
+                )
         if len(self.exclude_data_volume_ids) > MAX_EXCLUDED_DATA_VOLUMES:
             raise ValueError(
                 f"exclude_data_volume_ids: at most {MAX_EXCLUDED_DATA_VOLUMES} volume IDs "

@@ -130,8 +130,10 @@ def invalid_input_report(policy: str, trigger: Trigger, message: str) -> RunRepo
 def subject(report: RunReport) -> str:
     """A readable SNS subject of at most 100 characters: policy, status and counts."""
     s = report.summary
-    if report.error is not None:
+    if report.error is not None and report.error.code == INVALID_INPUT:
         text = f"Snapset {report.policy}: failed, invalid input"
+    elif report.error is not None:
+        text = f"Snapset {report.policy}: failed - {report.error.code}"
     elif report.dry_run:
         text = (
             f"Snapset {report.policy}: {report.status} - {s.dry_run_ok} would snapshot, "

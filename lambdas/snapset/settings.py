@@ -33,8 +33,8 @@ class Settings:
     """What the handler needs from its environment."""
 
     topic_arn: str
+    idempotency_table: str
     max_workers: int = DEFAULT_MAX_WORKERS
-    idempotency_table: str | None = None
     safety_margin_ms: int = DEFAULT_SAFETY_MARGIN_MS
 
     @classmethod
@@ -44,10 +44,14 @@ class Settings:
         topic_arn = env.get(ENV_TOPIC_ARN, "").strip()
         if not topic_arn.startswith("arn:") or ":sns:" not in topic_arn:
             raise ConfigError(f"{ENV_TOPIC_ARN} must be an SNS topic ARN (got {topic_arn!r})")
+        table = env.get(ENV_IDEMPOTENCY_TABLE, "").strip()
+        if not table:
+            # Without it nothing guards against a second set on a redelivery: refuse to run.
+            raise ConfigError(f"{ENV_IDEMPOTENCY_TABLE} must name the idempotency DynamoDB table")
         return cls(
             topic_arn=topic_arn,
+            idempotency_table=table,
             max_workers=_int(env, ENV_MAX_WORKERS, DEFAULT_MAX_WORKERS, 1, 64),
-            idempotency_table=env.get(ENV_IDEMPOTENCY_TABLE) or None,
             safety_margin_ms=_int(env, ENV_SAFETY_MARGIN_MS, DEFAULT_SAFETY_MARGIN_MS, 0, 600_000),
         )
 

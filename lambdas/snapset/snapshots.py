@@ -6,16 +6,17 @@ Every function takes its boto3 client as an argument. Failures are returned as v
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from snapset.outcomes import InstanceOutcome, InstanceStatus, SnapshotInfo
 from snapset.policy import (
@@ -47,18 +48,19 @@ TOO_MANY_EXCLUSIONS = "TooManyExcludedVolumes"
 INSTANCE_NOT_FOUND = "InvalidInstanceID.NotFound"
 UNEXPECTED_ERROR = "UnexpectedError"
 TIMEOUT = "Timeout"
-# Worth another try later in the same invocation. botocore's retry modes already retry
-# throttling and 5xx a few times; these outlast them or are EBS's own rate limits.
-TRANSIENT_CODES = frozenset(
+CREATE_UNCONFIRMED = "CreateSnapshotsUnconfirmed"
+# CreateSnapshots refused the call, so nothing was created: safe to call again after a pause.
+# botocore's retry modes retry throttling a few times; these outlast them or are EBS's own limits.
+REFUSED_CODES = frozenset(
     {
         "RequestLimitExceeded",
         "SnapshotCreationPerVolumeRateExceeded",
         "ConcurrentSnapshotLimitExceeded",
-        "InternalError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "Unavailable",
     }
+)
+# Server-side failures after which the set may or may not exist (there is no client token).
+SERVER_ERROR_CODES = frozenset(
+    {"InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable"}
 )
 
 
@@ -74,6 +76,9 @@ class RetryBudget:
     max_retries: int = 50
     base_delay: float = 1.0
     max_delay: float = 20.0
+    # After an error that leaves it unknown whether the set was created, wait at least this
+    # long before looking for it (DescribeSnapshots is eventually consistent).
+    settle_delay: float = 5.0
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
 
@@ -84,11 +89,12 @@ class RetryBudget:
     def expired(self) -> bool:
         return self.clock() >= self.deadline
 
-    def wait(self, attempt: int) -> bool:
+    def wait(self, attempt: int, minimum: float = 0.0) -> bool:
         """Sleep before retry `attempt` (0-based); False when that would pass the deadline."""
         if attempt >= self.max_retries:
             return False
-        delay = random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))  # noqa: S311
+        backoff = random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))  # noqa: S311
+        delay = max(minimum, backoff)
         if self.clock() + delay >= self.deadline:
             return False
         self.sleep(delay)
@@ -98,13 +104,24 @@ class RetryBudget:
 NO_RETRY = RetryBudget(max_retries=0)
 
 
-def is_transient(exc: Exception) -> bool:
-    """Whether an error may pass if the same call is made again a little later."""
+def create_error_kind(exc: Exception) -> Literal["refused", "unconfirmed", "permanent"]:
+    """How a CreateSnapshots error bears on a retry.
+
+    `refused`: nothing was created, call again later. `unconfirmed`: a server error or a lost
+    connection; the set may exist, so look for it before calling again. `permanent`: do not retry
+    (validation, permissions, a malformed request, missing credentials).
+    """
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return code in TRANSIENT_CODES or status >= 500
-    return isinstance(exc, BotoCoreError)
+        if code in REFUSED_CODES:
+            return "refused"
+        if code in SERVER_ERROR_CODES or status >= 500:
+            return "unconfirmed"
+        return "permanent"
+    if isinstance(exc, BotoConnectionError | HTTPClientError):
+        return "unconfirmed"
+    return "permanent"
 
 
 @dataclass(frozen=True)
@@ -198,10 +215,26 @@ def describe_instance(ec2: EC2Client, instance_id: str) -> Instance | None:
     return None
 
 
+def ec2_filter_match(value: str, pattern: str) -> bool:
+    """Match a value as an EC2 filter would: `*` any run, `?` one character, `\\` escapes."""
+    parts: list[str] = []
+    chars = iter(pattern)
+    for char in chars:
+        if char == "\\":
+            parts.append(re.escape(next(chars, "\\")))
+        elif char == "*":
+            parts.append(".*")
+        elif char == "?":
+            parts.append(".")
+        else:
+            parts.append(re.escape(char))
+    return re.fullmatch("".join(parts), value, re.DOTALL) is not None
+
+
 def _tags_match(tags: dict[str, str], wanted: dict[str, list[str]]) -> bool:
-    # EC2 tag filters allow * and ? wildcards; match locally with the same rules.
+    # An instance event is checked locally; it must agree with the schedule's EC2 tag filters.
     return all(
-        key in tags and any(fnmatch.fnmatchcase(tags[key], pattern) for pattern in patterns)
+        key in tags and any(ec2_filter_match(tags[key], pattern) for pattern in patterns)
         for key, patterns in wanted.items()
     )
 
@@ -386,15 +419,22 @@ def create_snapshot_set(
     request: SnapshotRequest,
     instance_id: str,
     plan: SnapshotPlan,
+    *,
     budget: RetryBudget = NO_RETRY,
+    create_ec2: EC2Client | None = None,
 ) -> InstanceOutcome:
     """Call CreateSnapshots for one planned instance and return its outcome.
 
     With DryRun, AWS answers DryRunOperation when the call would succeed (`dry_run_ok`) and
-    UnauthorizedOperation when it would not (`failed`). Transient errors are retried within
-    `budget`; before each real call, a set this trigger already made is looked up and reported
-    instead, so neither a redelivery nor a retry after an ambiguous error makes a second set.
+    UnauthorizedOperation when it would not (`failed`). Before each real call, a set this
+    trigger already made is looked up and reported instead. Refusals (throttling, EBS rate
+    limits) are retried within `budget`; after a server error or a lost connection the set may
+    exist, so the retry waits `budget.settle_delay` and looks again first, and without time for
+    that the instance fails as `CreateSnapshotsUnconfirmed`, for the next delivery to settle.
+    `create_ec2` makes the CreateSnapshots call; give it a client without botocore retries, which
+    would resend the call blind (see `clients.make_clients`).
     """
+    ec2_create = create_ec2 or ec2
     params = build_create_snapshots_request(request, instance_id, plan)
     excluded = plan.excluded_volume_ids
     attempt = 0
@@ -412,7 +452,7 @@ def create_snapshot_set(
                         excluded_volume_ids=excluded,
                         reason="set already created by an earlier delivery of this trigger",
                     )
-            response = ec2.create_snapshots(**params)
+            response = ec2_create.create_snapshots(**params)
         except (ClientError, BotoCoreError) as exc:
             if isinstance(exc, ClientError) and (
                 exc.response.get("Error", {}).get("Code") == "DryRunOperation"
@@ -423,21 +463,32 @@ def create_snapshot_set(
                     excluded_volume_ids=excluded,
                     reason=f"would snapshot {', '.join(plan.snapshot_volume_ids)}",
                 )
-            if not is_transient(exc):
+            kind = create_error_kind(exc)
+            if kind == "permanent":
                 return _error_outcome(instance_id, exc, excluded)
-            if not budget.wait(attempt):
-                if budget is NO_RETRY:
-                    return _error_outcome(instance_id, exc, excluded)
-                last = _error_outcome(instance_id, exc, excluded).error
+            unconfirmed = kind == "unconfirmed"
+            if budget.wait(attempt, minimum=budget.settle_delay if unconfirmed else 0.0):
+                attempt += 1
+                continue
+            last = _error_outcome(instance_id, exc, excluded).error
+            last_code = last.code if last else type(exc).__name__
+            if unconfirmed:
                 return InstanceOutcome.failed(
                     instance_id,
-                    TIMEOUT,
-                    f"{instance_id}: no time left to retry after {attempt + 1} attempts "
-                    f"(last: {last.code if last else exc}); the next delivery retries it",
+                    CREATE_UNCONFIRMED,
+                    f"{instance_id}: CreateSnapshots failed with {last_code}, so the set may "
+                    "exist; the next delivery looks for it before trying again",
                     excluded,
                 )
-            attempt += 1
-            continue
+            if budget is NO_RETRY:
+                return _error_outcome(instance_id, exc, excluded)
+            return InstanceOutcome.failed(
+                instance_id,
+                TIMEOUT,
+                f"{instance_id}: no time left to retry after {attempt + 1} attempts "
+                f"(last: {last_code}); the next delivery retries it",
+                excluded,
+            )
         return InstanceOutcome(
             instance_id=instance_id,
             status=InstanceStatus.STARTED,
@@ -451,6 +502,7 @@ def snapshot_instance(
     request: SnapshotRequest,
     instance: Instance,
     budget: RetryBudget = NO_RETRY,
+    create_ec2: EC2Client | None = None,
 ) -> InstanceOutcome:
     """Plan and snapshot one instance; every error becomes a failed outcome for it."""
     if budget.expired():
@@ -464,7 +516,9 @@ def snapshot_instance(
         plan = plan_instance(ec2, request.policy, instance)
         if isinstance(plan, InstanceOutcome):
             return plan
-        return create_snapshot_set(ec2, request, instance.instance_id, plan, budget)
+        return create_snapshot_set(
+            ec2, request, instance.instance_id, plan, budget=budget, create_ec2=create_ec2
+        )
     except (ClientError, BotoCoreError) as exc:
         return _error_outcome(instance.instance_id, exc, ())
     except Exception as exc:

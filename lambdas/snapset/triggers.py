@@ -183,8 +183,12 @@ def parse_instance_event(payload: dict[str, Any]) -> SnapshotRequest:
     )
 
 
-def parse_manual(payload: dict[str, Any], now: datetime) -> SnapshotRequest:
-    """A manual payload: trigger id is the caller's request_id, or a new one."""
+def parse_manual(
+    payload: dict[str, Any], now: datetime, default_request_id: str | None = None
+) -> SnapshotRequest:
+    """A manual payload: trigger id is the caller's `request_id`, else `default_request_id`
+    (the handler passes Lambda's request id, which Lambda keeps across async retries), else a
+    new one."""
     name = _policy_name(payload)
     raw_id = payload.get("request_id")
     manual = _validate(
@@ -201,14 +205,21 @@ def parse_manual(payload: dict[str, Any], now: datetime) -> SnapshotRequest:
         ),
     )
     trigger = Trigger(
-        type=TriggerType.MANUAL, id=manual.request_id or f"manual-{uuid.uuid4()}", time=now
+        type=TriggerType.MANUAL,
+        id=manual.request_id or default_request_id or f"manual-{uuid.uuid4()}",
+        time=now,
     )
     policy = SnapshotPolicy.model_validate(manual.model_dump(exclude={"request_id"}))
     return SnapshotRequest(policy=policy, trigger=trigger)
 
 
-def parse_request(payload: Any, now: datetime | None = None) -> SnapshotRequest:
-    """Turn any Snapset trigger's input into a `SnapshotRequest`, or raise `InvalidTrigger`."""
+def parse_request(
+    payload: Any, now: datetime | None = None, default_request_id: str | None = None
+) -> SnapshotRequest:
+    """Turn any Snapset trigger's input into a `SnapshotRequest`, or raise `InvalidTrigger`.
+
+    `default_request_id` is the trigger id of a manual payload that brings no `request_id`.
+    """
     now = now or datetime.now(UTC)
     if not isinstance(payload, dict):
         raise InvalidTrigger(
@@ -226,4 +237,4 @@ def parse_request(payload: Any, now: datetime | None = None) -> SnapshotRequest:
         return parse_instance_event(payload)
     if "schedule" in payload:
         return parse_schedule(payload)
-    return parse_manual(payload, now)
+    return parse_manual(payload, now, default_request_id)

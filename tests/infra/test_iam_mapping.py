@@ -28,6 +28,7 @@ LAMBDA_SRC = ROOT / "lambdas" / "snapset"
 CLIENT_NAMES = {
     "ec2": "ec2",
     "ec2_client": "ec2",
+    "ec2_create": "ec2",
     "sns": "sns",
     "sns_client": "sns",
     "dynamodb": "dynamodb",

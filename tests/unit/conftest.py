@@ -13,7 +13,9 @@ from localaws import ec2_images
 from localaws.ec2_snapshots import SnapshotCompleter, install
 from localaws.events import EventSink
 from snapset import handler as handler_module
-from snapset.settings import ENV_TOPIC_ARN
+from snapset.settings import ENV_IDEMPOTENCY_TABLE, ENV_TOPIC_ARN
+
+IDEMPOTENCY_TABLE = "snapset-idempotency"
 
 # Plain moto ignores ExcludeDataVolumeIds and CopyTagsFromSource; the local AWS's faithful
 # CreateSnapshots fixes that in-process too. Snapshots stay pending (completed on request only).
@@ -59,6 +61,9 @@ class Aws:
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    # moto loads ~1300 public AMIs per fresh EC2 backend unless told not to; the fleets use one
+    # image id that moto accepts without them.
+    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
     with mock_aws():
         sns = boto3.client("sns", region_name="us-east-1")
         sqs = boto3.client("sqs", region_name="us-east-1")
@@ -68,7 +73,14 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
             "Attributes"
         ]["QueueArn"]
         sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+        boto3.client("dynamodb", region_name="us-east-1").create_table(
+            TableName=IDEMPOTENCY_TABLE,
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
         monkeypatch.setenv(ENV_TOPIC_ARN, topic_arn)
+        monkeypatch.setenv(ENV_IDEMPOTENCY_TABLE, IDEMPOTENCY_TABLE)
         handler_module.settings.cache_clear()
         COMPLETER.reset()
         yield Aws(boto3.client("ec2", region_name="us-east-1"), sns, sqs, topic_arn, queue_url)

@@ -9,36 +9,25 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import NoCredentialsError, ParamValidationError
 from botocore.stub import Stubber
 
 from localaws.fleet import DataVolume, launch_instance, snapshots_by_volume
-from snapset.handler import IncompleteRun, handler, settings
+from snapset.clients import make_clients
+from snapset.handler import IncompleteRun, handler
 from snapset.outcomes import InstanceStatus
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
-from snapset.settings import ENV_IDEMPOTENCY_TABLE
 from snapset.snapshots import (
+    CREATE_UNCONFIRMED,
     TIMEOUT,
     AttachedVolume,
     Instance,
     RetryBudget,
+    create_error_kind,
     snapshot_instance,
 )
 from tests.conftest import load_event
-from tests.unit.conftest import Aws, LambdaContext
-
-
-@pytest.fixture
-def table(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> str:
-    ddb = boto3.client("dynamodb", region_name="us-east-1")
-    ddb.create_table(
-        TableName="snapset-idempotency",
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    monkeypatch.setenv(ENV_IDEMPOTENCY_TABLE, "snapset-idempotency")
-    settings.cache_clear()
-    return "snapset-idempotency"
+from tests.unit.conftest import IDEMPOTENCY_TABLE, Aws, LambdaContext
 
 
 def set_count(aws: Aws) -> int:
@@ -46,7 +35,7 @@ def set_count(aws: Aws) -> int:
 
 
 def test_redelivered_schedule_trigger_makes_one_set_and_reports_the_same_ids(
-    aws: Aws, table: str, context: LambdaContext
+    aws: Aws, context: LambdaContext
 ) -> None:
     fleet = [
         launch_instance(aws.ec2, tags={"Backup": "nightly"}, data_volumes=[DataVolume()])
@@ -65,9 +54,7 @@ def test_redelivered_schedule_trigger_makes_one_set_and_reports_the_same_ids(
     assert first["trigger"]["id"] == "nightly@2026-11-27T03:00:00Z"
 
 
-def test_retry_redoes_only_instances_that_did_not_start(
-    aws: Aws, table: str, context: LambdaContext
-) -> None:
+def test_retry_redoes_only_instances_that_did_not_start(aws: Aws, context: LambdaContext) -> None:
     good = launch_instance(aws.ec2, tags={"Backup": "x"})
     bad = launch_instance(aws.ec2, tags={"Backup": "x"}, data_volumes=[DataVolume()])
     payload = {
@@ -87,9 +74,7 @@ def test_retry_redoes_only_instances_that_did_not_start(
     assert set_count(aws) == 1
 
 
-def test_concurrent_duplicate_deliveries_make_one_set(
-    aws: Aws, table: str, context: LambdaContext
-) -> None:
+def test_concurrent_duplicate_deliveries_make_one_set(aws: Aws, context: LambdaContext) -> None:
     inst = launch_instance(aws.ec2, tags={"Backup": "x"}, data_volumes=[DataVolume()])
     event = load_event("ec2-instance-state-change")
     event["detail"]["instance-id"] = inst.instance_id
@@ -108,19 +93,26 @@ def test_concurrent_duplicate_deliveries_make_one_set(
         t.start()
     for t in threads:
         t.join()
-    assert not errors
     assert set_count(aws) == 2
-    statuses = [r["instances"][0]["status"] for r in results]
-    assert "started" in statuses
-    assert set(statuses) <= {"started", "skipped"}
+    # Deliveries that found another one in progress fail, so Lambda redelivers them...
+    assert all(isinstance(e, IncompleteRun) for e in errors)
+    assert [r["instances"][0]["status"] for r in results].count("started") >= 1
+    # ...and a redelivery reports the set the winner made.
+    again = handler(payload, context)
+    assert again["instances"][0]["status"] == "started"
+    assert set_count(aws) == 2
 
 
-def test_without_the_table_a_redelivery_still_finds_its_set_by_tags(
+def test_a_lost_idempotency_record_is_covered_by_the_tag_look_up(
     aws: Aws, context: LambdaContext
 ) -> None:
     inst = launch_instance(aws.ec2, tags={"Backup": "x"})
     payload = {"policy": "p", "instance_ids": [inst.instance_id], "request_id": "same"}
     first = handler(payload, context)
+    # As if the first delivery crashed between CreateSnapshots and saving its record.
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    for item in ddb.scan(TableName=IDEMPOTENCY_TABLE)["Items"]:
+        ddb.delete_item(TableName=IDEMPOTENCY_TABLE, Key={"id": item["id"]})
     second = handler(payload, context)
     assert set_count(aws) == 1
     assert (
@@ -263,3 +255,81 @@ def test_malformed_completion_event_is_rejected_naming_the_field(
     mutate(event)
     with pytest.raises(ValueError, match=needle):
         handler(event, context)
+
+
+def test_server_error_waits_to_settle_then_finds_the_set_instead_of_making_another() -> None:
+    request, inst = _one_instance_request()
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    sleeps: list[float] = []
+    made = {"SnapshotId": "snap-0123456789abcdef0", "VolumeId": "vol-0123456789abcdef0"}
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_snapshots", {"Snapshots": []})
+        stub.add_client_error("create_snapshots", "InternalError", http_status_code=500)
+        stub.add_response("describe_snapshots", {"Snapshots": [made]})  # it was created after all
+        outcome = snapshot_instance(ec2, request, inst, RetryBudget(sleep=sleeps.append))
+        stub.assert_no_pending_responses()
+    assert outcome.status is InstanceStatus.STARTED
+    assert [s.snapshot_id for s in outcome.snapshots] == ["snap-0123456789abcdef0"]
+    assert sleeps
+    assert sleeps[0] >= 5.0
+
+
+def test_server_error_without_time_to_settle_is_left_to_the_next_delivery() -> None:
+    request, inst = _one_instance_request()
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    now = [0.0]
+    budget = RetryBudget(deadline=3.0, clock=lambda: now[0], sleep=lambda s: None)
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_snapshots", {"Snapshots": []})
+        stub.add_client_error("create_snapshots", "ServiceUnavailable", http_status_code=503)
+        outcome = snapshot_instance(ec2, request, inst, budget)
+    assert outcome.error is not None
+    assert outcome.error.code == CREATE_UNCONFIRMED
+    assert outcome.error.retry_on_redelivery
+
+
+def test_create_client_never_resends_create_snapshots_itself() -> None:
+    clients = make_clients(region="us-east-1")
+    assert clients.ec2_create.meta.config.retries["total_max_attempts"] == 1
+    assert clients.ec2.meta.config.retries["mode"] == "adaptive"
+
+
+def test_client_side_errors_are_not_retried() -> None:
+    assert create_error_kind(NoCredentialsError()) == "permanent"
+    assert create_error_kind(ParamValidationError(report="bad")) == "permanent"
+
+
+def test_manual_payload_without_request_id_keeps_lambdas_request_id_across_retries(
+    aws: Aws, context: LambdaContext
+) -> None:
+    inst = launch_instance(aws.ec2)
+    context.aws_request_id = "6f0c7c5e-1111-2222-3333-444455556666"
+    payload = {"policy": "p", "instance_ids": [inst.instance_id]}
+    first = handler(payload, context)
+    again = handler(payload, context)  # Lambda's async retry keeps the request id
+    assert first["trigger"]["id"] == context.aws_request_id
+    assert again["instances"] == first["instances"]
+    assert set_count(aws) == 1
+
+
+def test_completion_event_ignores_look_alike_tags_that_could_break_sns(
+    aws: Aws, context: LambdaContext
+) -> None:
+    inst = launch_instance(aws.ec2)
+    sid = aws.ec2.create_snapshot(
+        VolumeId=inst.root_volume_id,
+        TagSpecifications=[
+            {
+                "ResourceType": "snapshot",
+                "Tags": [
+                    {"Key": "snapset:policy", "Value": "ünïcode policy"},
+                    {"Key": "snapset:trigger-id", "Value": "t"},
+                    {"Key": "snapset:instance-id", "Value": inst.instance_id},
+                ],
+            }
+        ],
+    )["SnapshotId"]
+    event = load_event("ebs-snapshot-notification-failed")
+    event["detail"]["snapshot_id"] = f"arn:aws:ec2::us-east-1:snapshot/{sid}"
+    assert handler(event, context)["reports"] == []
+    assert aws.messages() == []
