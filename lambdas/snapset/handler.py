@@ -64,6 +64,7 @@ def record_metrics(report: RunReport) -> None:
 
 def _reject(exc: InvalidTrigger, config: Settings) -> dict[str, Any]:
     logger.error("invalid input", extra={"error": exc.message, "policy": exc.policy})
+    metrics.add_metric(name="InvalidInputs", unit=MetricUnit.Count, value=1)
     if exc.policy is None or exc.trigger_type is None:
         # Nothing names a policy to report to: fail, so the async retry and the DLQ keep it.
         raise exc
@@ -77,10 +78,16 @@ def _reject(exc: InvalidTrigger, config: Settings) -> dict[str, Any]:
 
 
 def _completion(event: dict[str, Any], config: Settings) -> dict[str, Any]:
-    parsed = parse_completion_event(event)
+    try:
+        parsed = parse_completion_event(event)
+    except InvalidTrigger as exc:
+        logger.error("invalid completion event", extra={"error": exc.message})
+        metrics.add_metric(name="InvalidInputs", unit=MetricUnit.Count, value=1)
+        raise
     logger.set_correlation_id(parsed.event_id)
     clients = make_clients(session=session())
     reports = completion_reports(clients.ec2, parsed)
+    metrics.add_metric(name="CompletionEvents", unit=MetricUnit.Count, value=1)
     for report in reports:
         publish_completion(clients.sns, config.topic_arn, report)
         name = "SetsCompleted" if report.result == "succeeded" else "SetsFailed"
@@ -126,6 +133,8 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         clients.ec2, request, max_workers=config.max_workers, snapshot_fn=snapshot_fn
     )
     if isinstance(result, Ignored):
+        metrics.add_dimension(name="policy", value=request.policy.policy)
+        metrics.add_metric(name="InstanceEventsIgnored", unit=MetricUnit.Count, value=1)
         logger.info(
             "instance event ignored",
             extra={"instance_id": result.instance_id, "reason": result.reason},
