@@ -134,8 +134,8 @@ def test_concurrent_duplicate_deliveries_make_one_set(
 
     # A duplicate either stands down (skipped) or fails the instance with a code that a
     # redelivery retries (the invocation then raises IncompleteRun after reporting).
+    # (Each delivery may have made some sets and stood down on others: all may raise.)
     assert all(r.error is None or type(r.error).__name__ == "IncompleteRun" for r in results)
-    assert any(r.ok for r in results)
     reports = [r.message for r in inbox.drain()]
     assert len(reports) == 8
     for report in reports:
