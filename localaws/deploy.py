@@ -162,7 +162,7 @@ def synthesize(project_root: Path = PROJECT_ROOT, stack_name: str | None = None)
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
     # deploy is development tooling, not Lambda runtime code: the CDK ban does not apply here
-    import aws_cdk as cdk  # noqa: PLC0415, TID251 - heavy (starts jsii); only when synthesizing
+    import aws_cdk as cdk  # noqa: PLC0415 - heavy (starts jsii); only when synthesizing
 
     from app import build_app  # noqa: PLC0415
 
