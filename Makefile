@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(CODE)
 
 typecheck: $(STAMP)
-	$(BIN)/mypy lambdas/snapset infra app.py
+	$(BIN)/mypy lambdas/snapset infra localaws app.py
 
 unit: $(STAMP) $(NPM_STAMP)
 	$(BIN)/pytest -n 2 -q
