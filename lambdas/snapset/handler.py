@@ -102,7 +102,7 @@ def _completion(event: dict[str, Any], config: Settings) -> dict[str, Any]:
     return {"kind": "completion", "reports": [r.model_dump(mode="json") for r in reports]}
 
 
-@logger.inject_lambda_context(log_event=False)
+@logger.inject_lambda_context(log_event=False, clear_state=True)
 @metrics.log_metrics
 def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     """Entry point for schedules, instance events, completion events and manual invokes."""
