@@ -130,7 +130,11 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         dynamodb_client=session().client("dynamodb", config=DDB_CONFIG),
     )
     result = run_request(
-        clients.ec2, request, max_workers=config.max_workers, snapshot_fn=snapshot_fn
+        clients.ec2,
+        request,
+        max_workers=config.max_workers,
+        snapshot_fn=snapshot_fn,
+        out_of_time=budget.expired,
     )
     if isinstance(result, Ignored):
         metrics.add_dimension(name="policy", value=request.policy.policy)

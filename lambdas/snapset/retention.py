@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,7 @@ _DELETABLE_STATES = frozenset({COMPLETED, ERROR})
 # EC2 accepts at most 200 values in one filter; used for every batched id list.
 _IDS_PER_CALL = 200
 UNEXPECTED_ERROR = "UnexpectedError"
+TIMEOUT = "Timeout"
 CHECK_FAILED = "ProtectionCheckFailed"
 
 
@@ -280,8 +281,18 @@ def _shared(ec2: EC2Client, snapshot_id: str) -> bool:
     return bool(attr.get("CreateVolumePermissions"))
 
 
+def _never() -> bool:
+    return False
+
+
+def _out_of_time_error(what: str) -> RetentionError:
+    return RetentionError(
+        code=TIMEOUT, message=f"out of invocation time: {what}; the next run continues"
+    )
+
+
 def _protected(
-    ec2: EC2Client, candidates: Sequence[SnapshotSet]
+    ec2: EC2Client, candidates: Sequence[SnapshotSet], out_of_time: Callable[[], bool] = _never
 ) -> tuple[set[str], list[RetentionError]]:
     """Snapshot ids of the candidate sets that must be kept, and the checks that failed.
 
@@ -303,9 +314,14 @@ def _protected(
                 _error(exc, None, f"{what} failed, kept {len(candidates)} set(s) unchecked")
             )
             return set(ids), errors
-    for s in candidates:
+    for n, s in enumerate(candidates):
         if protected.intersection(s.snapshot_ids):
             continue  # kept anyway: no need to ask about its other snapshots
+        if out_of_time():
+            unchecked = [sid for later in candidates[n:] for sid in later.snapshot_ids]
+            protected.update(unchecked)
+            errors.append(_out_of_time_error(f"kept {len(candidates) - n} set(s) unchecked"))
+            break
         for sid in s.snapshot_ids:
             try:
                 if _shared(ec2, sid):
@@ -318,11 +334,15 @@ def _protected(
 
 
 def _delete(
-    ec2: EC2Client, doomed: Sequence[SnapshotSet]
+    ec2: EC2Client, doomed: Sequence[SnapshotSet], out_of_time: Callable[[], bool] = _never
 ) -> tuple[list[str], list[RetentionError]]:
     deleted: list[str] = []
     errors: list[RetentionError] = []
-    for s in doomed:
+    for n, s in enumerate(doomed):
+        # Checked per set, so a set is never left half deleted for lack of time.
+        if out_of_time():
+            errors.append(_out_of_time_error(f"{len(doomed) - n} set(s) not deleted yet"))
+            break
         for sid in s.snapshot_ids:
             try:
                 ec2.delete_snapshot(SnapshotId=sid)
@@ -341,6 +361,7 @@ def apply_retention(
     now: datetime,
     *,
     account_id: str | None = None,
+    out_of_time: Callable[[], bool] = _never,
 ) -> RetentionResult:
     """Delete the policy's older snapshot sets of one instance that its retention lets go.
 
@@ -349,6 +370,8 @@ def apply_retention(
     `account_id`, when known, restricts candidates to snapshots owned by that account (AWS
     already does with `OwnerIds=['self']`; a local AWS may not). Never raises: lookup and
     deletion failures are returned in `errors`, and a failed lookup deletes nothing.
+    `out_of_time` is asked before each set's checks and deletion: when it says so, the rest
+    is kept and reported (code `Timeout`) for the next run, so the report still gets out.
     """
     retention = policy.retention
     if retention is None:
@@ -364,12 +387,12 @@ def apply_retention(
         candidates = select_sets_to_delete(sets, retention, now, current_trigger_id)
         if not candidates:
             return RetentionResult(kept=older, dry_run=dry_run)
-        protected, errors = _protected(ec2, candidates)
+        protected, errors = _protected(ec2, candidates, out_of_time)
         doomed = select_sets_to_delete(sets, retention, now, current_trigger_id, protected)
         if dry_run:
             deleted = [sid for s in doomed for sid in s.snapshot_ids]
         else:
-            deleted, delete_errors = _delete(ec2, doomed)
+            deleted, delete_errors = _delete(ec2, doomed, out_of_time)
             errors += delete_errors
     except (ClientError, BotoCoreError) as exc:
         logger.warning("retention for %s failed: %r", instance_id, exc)
@@ -415,11 +438,18 @@ def with_retention(
     now: datetime,
     *,
     account_id: str | None = None,
+    out_of_time: Callable[[], bool] = _never,
 ) -> InstanceOutcome:
     """The outcome with its `retention` result filled in when retention applies to it."""
     if not wants_retention(policy, outcome):
         return outcome
     result = apply_retention(
-        ec2, policy, outcome.instance_id, current_trigger_id, now, account_id=account_id
+        ec2,
+        policy,
+        outcome.instance_id,
+        current_trigger_id,
+        now,
+        account_id=account_id,
+        out_of_time=out_of_time,
     )
     return outcome.model_copy(update={"retention": result})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -63,6 +64,7 @@ def run_request(
     *,
     max_workers: int,
     snapshot_fn: SnapshotFn | None = None,
+    out_of_time: Callable[[], bool] | None = None,
 ) -> RunReport | Ignored:
     """Run a request end to end and return its report (or `Ignored` for a non-target event).
 
@@ -70,6 +72,7 @@ def run_request(
     handler adds idempotency. After an instance's set has started, the policy's retention
     deletes its older sets (see `retention.with_retention`). Discovery errors (DescribeInstances
     denied or throttled past botocore's retries) give a failed report naming the error.
+    `out_of_time` (the invocation's deadline) stops retention's work between sets.
     """
     policy = request.policy
     try:
@@ -103,7 +106,14 @@ def run_request(
         outcome = snapshot(instance)
         if retention is None:
             return outcome
-        return with_retention(ec2, policy, outcome, request.trigger.id, datetime.now(UTC))
+        return with_retention(
+            ec2,
+            policy,
+            outcome,
+            request.trigger.id,
+            datetime.now(UTC),
+            out_of_time=out_of_time or (lambda: False),
+        )
 
     outcomes = missing + snapshot_all(instances, snapshot_then_retain, max_workers)
     return build_report(policy.policy, request.trigger, policy.dry_run, outcomes)

@@ -465,3 +465,24 @@ def test_no_retention_policy_leaves_the_outcome_alone(aws: Aws) -> None:
     outcome = InstanceOutcome(instance_id="i-0123456789abcdef0", status=InstanceStatus.STARTED)
     assert with_retention(aws.ec2, pol, outcome, CURRENT, NOW) is outcome
     assert outcome.model_dump(mode="json")["retention"] is None
+
+
+def test_out_of_time_stops_between_sets_and_reports_the_rest_for_the_next_run(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(1, 6))  # keep 1: d2..d5 are to go
+    calls = iter([False, False, False, False, False, True])  # time runs out mid-way
+    result = apply_retention(
+        aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW, out_of_time=lambda: next(calls, True)
+    )
+    assert result.errors
+    assert result.errors[-1].code == "Timeout"
+    deleted = set(result.deleted)
+    # whole sets only, oldest first; what is left stays for the next run
+    assert deleted
+    assert deleted < ids(sets, [2, 3, 4, 5])
+    assert all(set(sets[d]) <= deleted or not set(sets[d]) & deleted for d in (2, 3, 4, 5))
+    assert ids(sets, [0, 1]) <= aws.existing()
+    again = apply_retention(aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW)
+    assert set(again.deleted) == ids(sets, [2, 3, 4, 5]) - deleted
