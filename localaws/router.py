@@ -43,6 +43,7 @@ from typing import Any, TextIO
 
 from localaws.deploy import Deployment
 from localaws.process import LocalAws
+from localaws.topic_queue import drain_notifications, subscribe_queue
 
 __all__ = [
     "Invocation",
@@ -783,23 +784,14 @@ class ReportInbox:
         self.topic_arn = topic_arn
         self._sqs = aws.client("sqs")
         name = queue_name or f"snapset-reports-{uuid.uuid4().hex[:8]}"
-        self.queue_url = self._sqs.create_queue(QueueName=name)["QueueUrl"]
-        queue_arn = self._sqs.get_queue_attributes(
-            QueueUrl=self.queue_url, AttributeNames=["QueueArn"]
-        )["Attributes"]["QueueArn"]
-        self.subscription_arn = aws.client("sns").subscribe(
-            TopicArn=topic_arn,
-            Protocol="sqs",
-            Endpoint=queue_arn,
-            Attributes={"RawMessageDelivery": "false"},
-            ReturnSubscriptionArn=True,
-        )["SubscriptionArn"]
+        self.queue_url, self.subscription_arn = subscribe_queue(
+            aws.client("sns"), self._sqs, topic_arn, name
+        )
 
     @staticmethod
-    def parse(body: str) -> Report:
-        envelope = json.loads(body)
+    def parse(envelope: dict[str, Any]) -> Report:
         if envelope.get("Type") != "Notification":
-            raise ValueError(f"not an SNS notification envelope: {body[:200]}")
+            raise ValueError(f"not an SNS notification envelope: {str(envelope)[:200]}")
         attributes = {
             k: str(v.get("Value")) for k, v in (envelope.get("MessageAttributes") or {}).items()
         }
@@ -813,14 +805,4 @@ class ReportInbox:
 
     def drain(self) -> list[Report]:
         """Every notification delivered so far (then forgotten), in arrival order."""
-        out: list[Report] = []
-        while True:
-            got = self._sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10)
-            batch = got.get("Messages", [])
-            if not batch:
-                return out
-            for message in batch:
-                out.append(self.parse(message["Body"]))
-                self._sqs.delete_message(
-                    QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"]
-                )
+        return [self.parse(e) for e in drain_notifications(self._sqs, self.queue_url)]

@@ -13,6 +13,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from localaws.topic_queue import drain_notifications, subscribe_queue
+
 REGION = "us-east-1"
 UNKNOWN_INSTANCE = "i-0000000000000000f"
 
@@ -145,8 +147,7 @@ class Reports:
     queue_url: str
 
     def messages(self) -> list[dict[str, Any]]:
-        got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10)
-        return [json.loads(m["Body"]) for m in got.get("Messages", [])]
+        return drain_notifications(self.sqs, self.queue_url)
 
 
 @pytest.fixture
@@ -154,11 +155,7 @@ def reports(aws: None) -> Reports:
     sns = boto3.client("sns", region_name=REGION)
     sqs = boto3.client("sqs", region_name=REGION)
     topic_arn = sns.create_topic(Name="snapset-reports")["TopicArn"]
-    queue_url = sqs.create_queue(QueueName="reports")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+    queue_url, _ = subscribe_queue(sns, sqs, topic_arn, "reports")
     return Reports(topic_arn, sqs, queue_url)
 
 

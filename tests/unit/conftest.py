@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +11,7 @@ from moto import mock_aws
 from localaws import ec2_images
 from localaws.ec2_snapshots import SnapshotCompleter, install
 from localaws.events import EventSink
+from localaws.topic_queue import drain_notifications, subscribe_queue
 from snapset import handler as handler_module
 from snapset.settings import ENV_IDEMPOTENCY_TABLE, ENV_TOPIC_ARN
 
@@ -48,15 +48,7 @@ class Aws:
 
     def messages(self) -> list[dict[str, Any]]:
         """Every SNS notification delivered to the subscribed queue so far (drained)."""
-        out: list[dict[str, Any]] = []
-        while True:
-            got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10)
-            batch = got.get("Messages", [])
-            if not batch:
-                return out
-            for m in batch:
-                out.append(json.loads(m["Body"]))
-                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
+        return drain_notifications(self.sqs, self.queue_url)
 
 
 @pytest.fixture
@@ -68,11 +60,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         sns = boto3.client("sns", region_name="us-east-1")
         sqs = boto3.client("sqs", region_name="us-east-1")
         topic_arn = sns.create_topic(Name="snapset-reports")["TopicArn"]
-        queue_url = sqs.create_queue(QueueName="reports")["QueueUrl"]
-        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
-        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+        queue_url, _ = subscribe_queue(sns, sqs, topic_arn, "reports")
         boto3.client("dynamodb", region_name="us-east-1").create_table(
             TableName=IDEMPOTENCY_TABLE,
             KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
