@@ -309,11 +309,11 @@ class SnapsetConfig(BaseModel):
     def _check(self) -> SnapsetConfig:
         seen: dict[str, str] = {}
         for policy in self.policies:
-            other = seen.setdefault(policy.policy.lower(), policy.policy)
-            if other is not policy.policy:
+            other = seen.setdefault(policy.name.lower(), policy.name)
+            if other is not policy.name:
                 raise ValueError(
                     f"policies: policy names must be unique (ignoring case): {other!r} and "
-                    f"{policy.policy!r}"
+                    f"{policy.name!r}"
                 )
         if self.safety_margin_ms >= self.lambda_timeout_seconds * 1000 // 2:
             raise ValueError(

@@ -194,9 +194,9 @@ class SnapshotPolicies(Construct):
         self.schedules: dict[str, list[scheduler.CfnSchedule]] = {}
         self.instance_rules: dict[str, events.Rule] = {}
         for index, policy in enumerate(config.policies):
-            self.schedules[policy.policy] = self._schedules(index, policy)
+            self.schedules[policy.name] = self._schedules(index, policy)
             if policy.on_instance_states:
-                self.instance_rules[policy.policy] = self._instance_rule(index, policy)
+                self.instance_rules[policy.name] = self._instance_rule(index, policy)
         self.completion_rule = self._completion_rule() if config.completion_events else None
         self._alarms()
 
@@ -553,8 +553,8 @@ class SnapshotPolicies(Construct):
             out.append(
                 scheduler.CfnSchedule(
                     self,
-                    f"Schedule{index}x{n}-{policy.policy}",
-                    description=f"Snapset policy {policy.policy}: {sched.expression} "
+                    f"Schedule{index}x{n}-{policy.name}",
+                    description=f"Snapset policy {policy.name}: {sched.expression} "
                     f"{sched.timezone}",
                     schedule_expression=sched.expression,
                     schedule_expression_timezone=sched.timezone,
@@ -591,8 +591,8 @@ class SnapshotPolicies(Construct):
         template = instance_event_input_template(policy.snapshot_policy())
         return events.Rule(
             self,
-            f"InstanceRule{index}-{policy.policy}",
-            description=f"Snapset policy {policy.policy}: instance state "
+            f"InstanceRule{index}-{policy.name}",
+            description=f"Snapset policy {policy.name}: instance state "
             + ", ".join(policy.on_instance_states),
             event_pattern=events.EventPattern(
                 source=["aws.ec2"],
@@ -670,10 +670,10 @@ class SnapshotPolicies(Construct):
         # emitted set exactly: the handler adds `policy`, Powertools adds `service`.
         for index, policy in enumerate(self.config.policies):
             self._alarm(
-                f"InstancesFailedAlarm{index}-{policy.policy}",
-                failed_instances_metric(policy.policy, period),
+                f"InstancesFailedAlarm{index}-{policy.name}",
+                failed_instances_metric(policy.name, period),
                 a.failed_instances_threshold,
-                f"Snapset policy {policy.policy}: instances failed to snapshot",
+                f"Snapset policy {policy.name}: instances failed to snapshot",
             )
 
     # --- helpers for outputs ----------------------------------------------------------------

@@ -519,7 +519,7 @@ def make_plan(
             entries = list(pool.map(fn, targets.instances))
     ordered = tuple(sorted(missing + entries, key=lambda e: e.instance_id))
     return Plan(
-        policy=policy.policy,
+        policy=policy.name,
         region=ec2.meta.region_name,
         summary=PlanSummary(
             instances=len(ordered),
@@ -585,7 +585,7 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     policy = load_policy(args.policy, args.config, console.stdin)
     clients = build_clients(args)
     workers = max_workers(args)
-    with progress_bar(args, console, f"planning {policy.policy}") as bar:
+    with progress_bar(args, console, f"planning {policy.name}") as bar:
         plan = make_plan(clients.ec2, policy, workers=workers, progress=bar)
     if args.json:
         console.stdout.write(json.dumps(plan.model_dump(mode="json"), indent=2) + "\n")
@@ -618,7 +618,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         budget=budget,
         create_ec2=clients.ec2_create,
     )
-    label = f"snapshotting {request.policy.policy}"
+    label = f"snapshotting {request.policy.name}"
     with progress_bar(args, console, label) as bar:
         fn: snapshots.SnapshotFn = snapshot_fn
         if bar is not None:

@@ -114,7 +114,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     except InvalidTrigger as exc:
         return _reject(exc, config)
     logger.set_correlation_id(request.trigger.id)
-    logger.append_keys(policy=request.policy.policy, trigger_type=request.trigger.type.value)
+    logger.append_keys(policy=request.policy.name, trigger_type=request.trigger.type.value)
     clients = make_clients(session=session())
     budget = RetryBudget.for_invocation(
         context.get_remaining_time_in_millis(), config.safety_margin_ms
@@ -124,7 +124,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
             snapshot_instance, clients.ec2, request, budget=budget, create_ec2=clients.ec2_create
         ),
         table_name=config.idempotency_table,
-        policy=request.policy.policy,
+        policy=request.policy.name,
         trigger_id=request.trigger.id,
         context=context,
         dynamodb_client=session().client("dynamodb", config=DDB_CONFIG),
@@ -137,7 +137,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         out_of_time=budget.expired,
     )
     if isinstance(result, Ignored):
-        metrics.add_dimension(name="policy", value=request.policy.policy)
+        metrics.add_dimension(name="policy", value=request.policy.name)
         metrics.add_metric(name="InstanceEventsIgnored", unit=MetricUnit.Count, value=1)
         logger.info(
             "instance event ignored",

@@ -170,9 +170,10 @@ class SnapshotPolicy(BaseModel):
     match one of its values, as EC2 tag filters do).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # The payload and cdk.json field is `policy`; in code it is the policy's `name`.
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
 
-    policy: PolicyName
+    name: PolicyName = Field(alias="policy")
     instance_ids: Annotated[
         list[InstanceId], Field(max_length=MAX_INSTANCE_IDS), AfterValidator(_unique)
     ] = []
@@ -219,7 +220,7 @@ class SnapshotPolicy(BaseModel):
                 template_fields(value)
             except ValueError as exc:
                 raise ValueError(f"tags[{key!r}]: {exc}") from None
-            if (n := _worst_case_length(value, self.policy)) > MAX_TAG_VALUE_LEN:
+            if (n := _worst_case_length(value, self.name)) > MAX_TAG_VALUE_LEN:
                 raise ValueError(
                     f"tags[{key!r}]: value can reach {n} characters once placeholders are "
                     f"filled (at most {MAX_TAG_VALUE_LEN})"
@@ -229,7 +230,7 @@ class SnapshotPolicy(BaseModel):
                 template_fields(self.description)
             except ValueError as exc:
                 raise ValueError(f"description: {exc}") from None
-            if (n := _worst_case_length(self.description, self.policy)) > MAX_DESCRIPTION_LEN:
+            if (n := _worst_case_length(self.description, self.name)) > MAX_DESCRIPTION_LEN:
                 raise ValueError(
                     f"description: can reach {n} characters once placeholders are filled "
                     f"(at most {MAX_DESCRIPTION_LEN})"

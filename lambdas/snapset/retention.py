@@ -375,13 +375,13 @@ def apply_retention(
     """
     retention = policy.retention
     if retention is None:
-        raise ValueError(f"policy {policy.policy!r} has no retention")
+        raise ValueError(f"policy {policy.name!r} has no retention")
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     dry_run = policy.dry_run
     try:
-        records = list_snapshots(ec2, policy.policy, instance_id, account_id)
-        sets = managed_sets(records, policy.policy, instance_id, account_id)
+        records = list_snapshots(ec2, policy.name, instance_id, account_id)
+        sets = managed_sets(records, policy.name, instance_id, account_id)
         older = sum(1 for s in sets if s.trigger_id != current_trigger_id)
         # The rules alone first: protections are checked only for sets they would delete.
         candidates = select_sets_to_delete(sets, retention, now, current_trigger_id)
@@ -408,7 +408,7 @@ def apply_retention(
         )
     logger.info(
         "retention %s %s: %s %d snapshot(s) of %d set(s), kept %d set(s), %d error(s)",
-        policy.policy,
+        policy.name,
         instance_id,
         "would delete" if dry_run else "deleted",
         len(deleted),

@@ -54,7 +54,7 @@ def _event_targets(
             ]
         return Ignored(instance_id, "instance not found, so its tags cannot match the policy")
     if not matches_policy(instance, policy):
-        return Ignored(instance_id, f"instance is not a target of policy {policy.policy!r}")
+        return Ignored(instance_id, f"instance is not a target of policy {policy.name!r}")
     return [instance], []
 
 
@@ -85,13 +85,13 @@ def run_request(
             found = find_targets(ec2, policy)
             instances, missing = found.instances, found.missing
     except (ClientError, BotoCoreError) as exc:
-        logger.exception("target discovery failed for policy %s", policy.policy)
+        logger.exception("target discovery failed for policy %s", policy.name)
         code = (
             exc.response.get("Error", {}).get("Code", "Unknown")
             if isinstance(exc, ClientError)
             else type(exc).__name__
         )
-        report = build_report(policy.policy, request.trigger, policy.dry_run, [])
+        report = build_report(policy.name, request.trigger, policy.dry_run, [])
         return report.model_copy(
             update={
                 "status": ReportStatus.FAILED,
@@ -116,4 +116,4 @@ def run_request(
         )
 
     outcomes = missing + snapshot_all(instances, snapshot_then_retain, max_workers)
-    return build_report(policy.policy, request.trigger, policy.dry_run, outcomes)
+    return build_report(policy.name, request.trigger, policy.dry_run, outcomes)

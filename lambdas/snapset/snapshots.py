@@ -329,7 +329,7 @@ def snapshot_tags(request: SnapshotRequest, instance_id: str) -> list[TagTypeDef
     """User tags with placeholders filled, then Snapset's managed tags (which win)."""
     values = _placeholder_values(request, instance_id)
     tags = {k: expand_template(v, values) for k, v in request.policy.tags.items()}
-    tags[TAG_POLICY] = request.policy.policy
+    tags[TAG_POLICY] = request.policy.name
     tags[TAG_TRIGGER_ID] = request.trigger.id
     tags[TAG_INSTANCE_ID] = instance_id
     return [{"Key": k, "Value": v} for k, v in tags.items()]
@@ -338,7 +338,7 @@ def snapshot_tags(request: SnapshotRequest, instance_id: str) -> list[TagTypeDef
 def _placeholder_values(request: SnapshotRequest, instance_id: str) -> dict[str, str]:
     return {
         "instance_id": instance_id,
-        "policy": request.policy.policy,
+        "policy": request.policy.name,
         "trigger": request.trigger.type.value,
         "timestamp": request.trigger.timestamp,
     }
@@ -442,7 +442,7 @@ def create_snapshot_set(
         try:
             if not request.policy.dry_run:
                 existing = find_existing_set(
-                    ec2, request.policy.policy, request.trigger.id, instance_id
+                    ec2, request.policy.name, request.trigger.id, instance_id
                 )
                 if existing:
                     return InstanceOutcome(

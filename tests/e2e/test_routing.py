@@ -11,15 +11,9 @@ from moto.events.models import EventPattern
 
 from localaws import LocalAws
 from localaws.deploy import Deployment
-from localaws.router import (
-    ReportInbox,
-    Router,
-    UnsupportedPattern,
-    apply_target_input,
-    event_matches,
-    instance_state_change_event,
-    json_path,
-)
+from localaws.event_patterns import UnsupportedPattern, apply_target_input, event_matches, json_path
+from localaws.report_inbox import ReportInbox
+from localaws.router import Router, instance_state_change_event
 from snapset.policy import TriggerType
 from snapset.triggers import parse_request
 
@@ -148,7 +142,7 @@ def test_the_deployed_input_transformer_output_parses_as_an_instance_event(
 
     request = parse_request(payload)
 
-    assert request.policy.policy == "on-stop"
+    assert request.policy.name == "on-stop"
     assert request.trigger.type is TriggerType.INSTANCE_EVENT
     assert request.trigger.id == event["id"]
     assert request.event_instance_id == "i-0123456789abcdef0"

@@ -81,7 +81,7 @@ def test_policy_config_is_the_lambda_request_model_plus_triggers() -> None:
 
 
 def test_context_may_be_a_json_string() -> None:
-    assert load_config(json.dumps({"policies": [policy()]})).policies[0].policy == "prod-db"
+    assert load_config(json.dumps({"policies": [policy()]})).policies[0].name == "prod-db"
 
 
 @pytest.mark.parametrize(

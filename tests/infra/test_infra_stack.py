@@ -486,7 +486,7 @@ def test_failed_instances_alarm_matches_the_emitted_emf_dimensions(s: Synth, con
                 "MetricName": "InstancesFailed",
                 "Dimensions": Match.array_equals(
                     [
-                        {"Name": "policy", "Value": policy.policy},
+                        {"Name": "policy", "Value": policy.name},
                         {"Name": "service", "Value": "snapset"},
                     ]
                 ),

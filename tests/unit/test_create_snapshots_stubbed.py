@@ -90,7 +90,7 @@ def run(
                         "Filters": [
                             {"Name": "tag:snapset:trigger-id", "Values": [req.trigger.id]},
                             {"Name": "tag:snapset:instance-id", "Values": [IID]},
-                            {"Name": "tag:snapset:policy", "Values": [req.policy.policy]},
+                            {"Name": "tag:snapset:policy", "Values": [req.policy.name]},
                         ],
                     },
                 )
