@@ -26,8 +26,10 @@ from typing import Any, TextIO
 
 from localaws.deploy import PROJECT_ROOT, DeployError, Deployment, deploy, synthesize
 from localaws.fleet import DataVolume, launch_instance
+from localaws.lambda_runtime import Invocation
 from localaws.process import LocalAws, LocalAwsError
-from localaws.router import Invocation, Report, ReportInbox, Router, instance_state_change_event
+from localaws.report_inbox import Report, ReportInbox
+from localaws.router import Router, instance_state_change_event
 
 TAG_POLICY = "snapset:policy"
 TAG_TRIGGER_ID = "snapset:trigger-id"

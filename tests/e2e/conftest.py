@@ -15,7 +15,8 @@ from e2e_support import Fleet
 
 from localaws import LocalAws
 from localaws.deploy import Deployment, Synthesized, deploy, synthesize
-from localaws.router import ReportInbox, Router
+from localaws.report_inbox import ReportInbox
+from localaws.router import Router
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ import pytest
 
 from localaws import demo
 from localaws.demo import Checks, DemoInstance, DemoVolume, Expected, Out, verify
-from localaws.router import Invocation, Report
+from localaws.lambda_runtime import Invocation
+from localaws.report_inbox import Report
 
 pytestmark = pytest.mark.e2e
 

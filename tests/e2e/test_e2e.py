@@ -18,7 +18,8 @@ from e2e_support import (
 
 from localaws import LocalAws
 from localaws.deploy import Deployment
-from localaws.router import ReportInbox, Router, instance_state_change_event
+from localaws.report_inbox import ReportInbox
+from localaws.router import Router, instance_state_change_event
 
 pytestmark = pytest.mark.e2e
 

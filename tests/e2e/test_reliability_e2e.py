@@ -24,7 +24,9 @@ from e2e_support import ACCOUNT, SCHEDULED_TAGS, STOP_TAGS, Fleet, snapshots_of,
 
 from localaws import ErrorFault, FaultRule, LocalAws, Throttle
 from localaws.deploy import Deployment
-from localaws.router import Invocation, ReportInbox, Router, instance_state_change_event
+from localaws.lambda_runtime import Invocation
+from localaws.report_inbox import ReportInbox
+from localaws.router import Router, instance_state_change_event
 from snapset import handler as handler_module
 from snapset.clients import SNS_CONFIG
 from snapset.outcomes import RETRY_ON_REDELIVERY_CODES
