@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lambdas"))
 os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
 
 from localaws import FaultRule, LocalAws, Throttle
-from localaws.deploy import deploy, synthesize
+from localaws.deploy import deploy
 from localaws.router import Router
+from localaws.synth import synthesize
 
 
 def fresh_router(aws: LocalAws, remaining_ms: int) -> Router:

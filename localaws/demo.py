@@ -24,12 +24,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from localaws.deploy import PROJECT_ROOT, DeployError, Deployment, deploy, synthesize
+from localaws.deploy import Deployment, deploy
 from localaws.fleet import DataVolume, launch_instance
 from localaws.lambda_runtime import Invocation
 from localaws.process import LocalAws, LocalAwsError
 from localaws.report_inbox import Report, ReportInbox
 from localaws.router import Router, instance_state_change_event
+from localaws.synth import PROJECT_ROOT, DeployError, synthesize
 
 TAG_POLICY = "snapset:policy"
 TAG_TRIGGER_ID = "snapset:trigger-id"

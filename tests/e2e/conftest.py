@@ -14,9 +14,10 @@ import pytest
 from e2e_support import Fleet
 
 from localaws import LocalAws
-from localaws.deploy import Deployment, Synthesized, deploy, synthesize
+from localaws.deploy import Deployment, deploy
 from localaws.report_inbox import ReportInbox
 from localaws.router import Router
+from localaws.synth import Synthesized, synthesize
 
 
 @pytest.fixture(scope="session")

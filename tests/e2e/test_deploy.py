@@ -13,16 +13,9 @@ from pathlib import Path
 import pytest
 
 from localaws import LocalAws
-from localaws.deploy import (
-    BOOTSTRAP_VERSION_PARAMETER,
-    FIXED,
-    NOT_APPLIED,
-    NOT_CREATED,
-    PROJECT_ROOT,
-    SUBSTITUTED,
-    Deployment,
-    Synthesized,
-)
+from localaws.deploy import BOOTSTRAP_VERSION_PARAMETER, Deployment
+from localaws.substitutes import FIXED, NOT_APPLIED, NOT_CREATED, SUBSTITUTED
+from localaws.synth import PROJECT_ROOT, Synthesized
 
 pytestmark = pytest.mark.e2e
 
