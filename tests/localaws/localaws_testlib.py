@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests.conftest import FIXTURES, load_event
 
+__all__ = ["FIXTURES", "Instance", "load_event_fixture"]
 
-def load_event_fixture(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((FIXTURES / "events" / f"{name}.json").read_text())
-    return data
+# The event shapes and the CreateSnapshots reference are the shared ones in tests/fixtures/.
+load_event_fixture = load_event
 
 
 @dataclass(frozen=True)

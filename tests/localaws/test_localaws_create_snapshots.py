@@ -1,5 +1,5 @@
 """EC2 CreateSnapshots on the local AWS, written from the API reference
-(fixtures/create_snapshots.txt, a copy of the boto3 EC2.Client.create_snapshots page)."""
+(tests/fixtures/create_snapshots.txt, a copy of the boto3 EC2.Client.create_snapshots page)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """EventBridge events emitted when CreateSnapshots snapshots complete, checked against the
-documented shapes copied into fixtures/events/."""
+documented shapes copied into tests/fixtures/events/."""
 
 from __future__ import annotations
 
