@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.snapset-installed
 NPM_STAMP := node_modules/.snapset-installed
-CODE := lambdas infra localaws tests app.py
+CODE := lambdas cli infra localaws tests benchmarks app.py
 
 .PHONY: test lint typecheck unit demo synth diff deploy bench clean install
 
@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(CODE)
 
 typecheck: $(STAMP)
-	$(BIN)/mypy lambdas/snapset infra localaws app.py
+	$(BIN)/mypy lambdas/snapset cli/snapset_cli infra localaws app.py
 
 unit: $(STAMP) $(NPM_STAMP)
 	$(BIN)/pytest -n 2 -q

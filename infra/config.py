@@ -1,5 +1,9 @@
 """The `snapset` configuration in cdk.json, validated with the Lambda's own request model.
 
+This module is the one reader of cdk.json: the CDK app gets the context from CDK, the local AWS
+(`localaws.synth`), the demo and the `snapset` CLI read the file with `read_cdk_context`, and the
+CLI looks a policy up with `policy_by_name`. It imports no CDK.
+
 `PolicyConfig` is `snapset.policy.SnapshotPolicy` plus its triggers, so a policy that synthesizes is
 a policy the Lambda accepts. `load_config` turns any validation error into one `ConfigError` whose
 lines name the policy and the field, e.g.
@@ -12,6 +16,7 @@ import json
 import re
 import zoneinfo
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -26,10 +31,15 @@ from pydantic import (
     model_validator,
 )
 
-from snapset.policy import SnapshotPolicy
+from snapset.policy import SnapshotPolicy, describe_validation_error
 from snapset.settings import DEFAULT_MAX_WORKERS, DEFAULT_SAFETY_MARGIN_MS
 
 CONTEXT_KEY = "snapset"
+CDK_JSON = "cdk.json"
+# `cdk --context snapset.policies=...` sets a flat key; it is read beside context.snapset.policies.
+FLAT_POLICIES_KEY = "snapset.policies"
+# Keys of a cdk.json policy entry that configure its triggers, not the request model.
+TRIGGER_FIELDS = ("schedules", "on_instance_states")
 
 # States an EC2 Instance State-change Notification can trigger a run on. `terminated` is left out:
 # a terminated instance has no volumes left to snapshot.
@@ -196,9 +206,7 @@ class PolicyConfig(SnapshotPolicy):
 
     def snapshot_policy(self) -> SnapshotPolicy:
         """The request model alone, as the Lambda receives it (no trigger fields)."""
-        return SnapshotPolicy.model_validate(
-            self.model_dump(exclude={"schedules", "on_instance_states"})
-        )
+        return SnapshotPolicy.model_validate(self.model_dump(exclude=set(TRIGGER_FIELDS)))
 
 
 # --- stack settings -------------------------------------------------------------------------
@@ -378,3 +386,68 @@ def load_config(raw: Any) -> SnapsetConfig:
         raise ConfigError(
             f"invalid '{CONTEXT_KEY}' configuration:\n{describe_config_error(exc, raw)}"
         ) from None
+
+
+# --- reading cdk.json -----------------------------------------------------------------------
+
+
+def read_cdk_context(path: Path) -> dict[str, Any]:
+    """The `context` object of a cdk.json file ({} when it has none); errors name the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"config in {path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    context = data.get("context", {}) if isinstance(data, dict) else None
+    if not isinstance(context, dict):
+        raise ConfigError(f"{path}: 'context' must be an object")
+    return context
+
+
+def context_policies(context: Mapping[str, Any]) -> tuple[list[Any], str] | None:
+    """The raw policy entries and where they stand (`context.snapset.policies`, or the flat
+    `context['snapset.policies']`), or None when there is no list of policies."""
+    nested = context.get(CONTEXT_KEY)
+    if isinstance(nested, Mapping) and isinstance(nested.get("policies"), list):
+        return nested["policies"], f"context.{FLAT_POLICIES_KEY}"
+    flat = context.get(FLAT_POLICIES_KEY)
+    if isinstance(flat, list):
+        return flat, f"context[{FLAT_POLICIES_KEY!r}]"
+    return None
+
+
+def policy_by_name(context: Mapping[str, Any], name: str, source: str) -> SnapshotPolicy:
+    """One policy of a cdk.json context as the Lambda's request model (its triggers dropped).
+
+    Only that entry is validated, so a named policy can be planned while another is still being
+    written. `source` names the file in errors.
+    """
+    found = context_policies(context)
+    if found is None:
+        raise ConfigError(f"{source}: no list of policies at context.{FLAT_POLICIES_KEY}")
+    policies, where = found
+    matches = [
+        (i, entry)
+        for i, entry in enumerate(policies)
+        if isinstance(entry, Mapping) and entry.get("policy") == name
+    ]
+    if not matches:
+        names = [e["policy"] for e in policies if isinstance(e, Mapping) and "policy" in e]
+        known = ", ".join(map(str, names)) or "none"
+        raise ConfigError(f"no policy named {name!r} in {source} (policies: {known})")
+    if len(matches) > 1:
+        raise ConfigError(f"policy {name!r} appears {len(matches)} times in {source}")
+    index, entry = matches[0]
+    body = {k: v for k, v in entry.items() if k not in TRIGGER_FIELDS}
+    try:
+        return SnapshotPolicy.model_validate(body)
+    except ValidationError as exc:
+        detail = describe_validation_error(exc, f"{where}[{index}].")
+        raise ConfigError(f"invalid policy {name!r} in {source}: {detail}") from None

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from snapset.errors import InvalidInput
+from snapset.notify import publish
 from snapset.policy import (
     INSTANCE_ID_PATTERN,
     POLICY_NAME_PATTERN,
@@ -23,7 +25,6 @@ from snapset.policy import (
     TAG_TRIGGER_ID,
     describe_validation_error,
 )
-from snapset.triggers import InvalidTrigger
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -110,7 +111,7 @@ class CompletionEvent(BaseModel):
 
 
 def parse_completion_event(payload: dict[str, Any]) -> CompletionEvent:
-    """Validate a completion event; raises InvalidTrigger naming the bad field."""
+    """Validate a completion event; raises InvalidInput naming the bad field."""
     try:
         envelope = _Envelope.model_validate(payload)
         if envelope.detail_type == MULTI_VOLUME_DETAIL_TYPE:
@@ -123,7 +124,7 @@ def parse_completion_event(payload: dict[str, Any]) -> CompletionEvent:
             members = [(single.snapshot_id, single.source, status)]
             result, cause = single.result, single.cause
     except ValidationError as exc:
-        raise InvalidTrigger(
+        raise InvalidInput(
             f"invalid {payload.get('detail-type')} event: {describe_validation_error(exc)}"
         ) from None
     try:
@@ -136,7 +137,7 @@ def parse_completion_event(payload: dict[str, Any]) -> CompletionEvent:
             for snap, source, status in members
         )
     except ValueError as exc:
-        raise InvalidTrigger(f"invalid {envelope.detail_type} event: detail: {exc}") from None
+        raise InvalidInput(f"invalid {envelope.detail_type} event: detail: {exc}") from None
     return CompletionEvent(
         event_id=envelope.id, time=envelope.time, result=result, cause=cause, snapshots=snapshots
     )
@@ -204,19 +205,13 @@ def completion_reports(ec2: EC2Client, event: CompletionEvent) -> list[Completio
 
 
 def publish_completion(sns: SNSClient, topic_arn: str, report: CompletionReport) -> str:
-    """Publish one completion report; a failure raises so the event is retried."""
-    subject = (
-        f"Snapset {report.policy}: set of {report.instance_id} {report.result} "
-        f"({len(report.snapshots)} snapshots)"
-    )[:100]
-    response = sns.publish(
-        TopicArn=topic_arn,
-        Subject=subject,
-        Message=json.dumps(report.model_dump(mode="json"), separators=(",", ":")),
-        MessageAttributes={
-            "status": {"DataType": "String", "StringValue": report.result},
-            "policy": {"DataType": "String", "StringValue": report.policy},
-            "kind": {"DataType": "String", "StringValue": report.kind},
-        },
+    """Publish one completion report (see `notify.publish`: a failure raises, so the event is
+    retried)."""
+    return publish(
+        sns,
+        topic_arn,
+        subject=f"Snapset {report.policy}: set of {report.instance_id} {report.result} "
+        f"({len(report.snapshots)} snapshots)",
+        message=json.dumps(report.model_dump(mode="json"), separators=(",", ":")),
+        attributes={"status": report.result, "policy": report.policy, "kind": report.kind},
     )
-    return response["MessageId"]

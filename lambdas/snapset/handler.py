@@ -18,13 +18,14 @@ from snapset.completion import (
     parse_completion_event,
     publish_completion,
 )
-from snapset.idempotency import DDB_CONFIG, idempotent_snapshots
+from snapset.deadline import Deadline
+from snapset.errors import InvalidInput
+from snapset.idempotency import DDB_CONFIG
 from snapset.policy import Trigger
 from snapset.report import RunReport, invalid_input_report, publish_report
-from snapset.run import Ignored, run_request
+from snapset.run import IdempotencyStore, Ignored, build_engine, run_request
 from snapset.settings import SERVICE_NAME, Settings
-from snapset.snapshots import RetryBudget, SnapshotFn, snapshot_instance
-from snapset.triggers import InvalidTrigger, parse_request
+from snapset.triggers import parse_request
 
 logger = Logger()
 metrics = Metrics()
@@ -62,7 +63,7 @@ def record_metrics(report: RunReport) -> None:
         metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
 
 
-def _reject(exc: InvalidTrigger, config: Settings) -> dict[str, Any]:
+def _reject(exc: InvalidInput, config: Settings) -> dict[str, Any]:
     logger.error("invalid input", extra={"error": exc.message, "policy": exc.policy})
     metrics.add_metric(name="InvalidInputs", unit=MetricUnit.Count, value=1)
     if exc.policy is None or exc.trigger_type is None:
@@ -80,7 +81,7 @@ def _reject(exc: InvalidTrigger, config: Settings) -> dict[str, Any]:
 def _completion(event: dict[str, Any], config: Settings) -> dict[str, Any]:
     try:
         parsed = parse_completion_event(event)
-    except InvalidTrigger as exc:
+    except InvalidInput as exc:
         logger.error("invalid completion event", extra={"error": exc.message})
         metrics.add_metric(name="InvalidInputs", unit=MetricUnit.Count, value=1)
         raise
@@ -111,30 +112,22 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         return _completion(event, config)
     try:
         request = parse_request(event, default_request_id=context.aws_request_id)
-    except InvalidTrigger as exc:
+    except InvalidInput as exc:
         return _reject(exc, config)
     logger.set_correlation_id(request.trigger.id)
     logger.append_keys(policy=request.policy.name, trigger_type=request.trigger.type.value)
     clients = make_clients(session=session())
-    budget = RetryBudget.for_invocation(
+    deadline = Deadline.for_invocation(
         context.get_remaining_time_in_millis(), config.safety_margin_ms
     )
-    snapshot_fn: SnapshotFn = idempotent_snapshots(
-        functools.partial(
-            snapshot_instance, clients.ec2, request, budget=budget, create_ec2=clients.ec2_create
-        ),
+    store = IdempotencyStore(
         table_name=config.idempotency_table,
-        policy=request.policy.name,
-        trigger_id=request.trigger.id,
+        dynamodb=session().client("dynamodb", config=DDB_CONFIG),
         context=context,
-        dynamodb_client=session().client("dynamodb", config=DDB_CONFIG),
     )
+    engine = build_engine(clients, request, deadline, idempotency=store)
     result = run_request(
-        clients.ec2,
-        request,
-        max_workers=config.max_workers,
-        snapshot_fn=snapshot_fn,
-        out_of_time=budget.expired,
+        clients.ec2, request, engine=engine, deadline=deadline, max_workers=config.max_workers
     )
     if isinstance(result, Ignored):
         metrics.add_dimension(name="policy", value=request.policy.name)

@@ -26,6 +26,7 @@ from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import P
 from botocore.config import Config
 from pydantic import BaseModel, ConfigDict
 
+from snapset.errors import IDEMPOTENCY_STORE_ERROR, IN_PROGRESS
 from snapset.outcomes import InstanceOutcome, InstanceStatus
 from snapset.snapshots import Instance, SnapshotFn
 
@@ -38,8 +39,6 @@ logger = logging.getLogger(__name__)
 RECORD_TTL_SECONDS = 48 * 3600
 # A fixed prefix keeps record ids stable across function renames and refactors.
 KEY_PREFIX = "snapset-snapshot-set"
-IDEMPOTENCY_STORE_ERROR = "IdempotencyStoreError"
-IN_PROGRESS = "InProgress"
 DDB_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5)
 
 

@@ -6,6 +6,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from snapset.errors import RETRY_ON_REDELIVERY_CODES
+
 
 class InstanceStatus(StrEnum):
     STARTED = "started"
@@ -24,24 +26,6 @@ class SnapshotInfo(BaseModel):
     state: str | None = None
     volume_size: int | None = None
     encrypted: bool | None = None
-
-
-# Failures that a later delivery of the same trigger can fix: the invocation fails after
-# reporting them, so Lambda's async retry (and idempotency) redoes just those instances.
-RETRY_ON_REDELIVERY_CODES = frozenset(
-    {
-        "Timeout",
-        "IdempotencyStoreError",
-        "InProgress",
-        "CreateSnapshotsUnconfirmed",
-        # Target discovery throttled or failing past botocore's retries.
-        "RequestLimitExceeded",
-        "InternalError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "Unavailable",
-    }
-)
 
 
 class ErrorInfo(BaseModel):

@@ -10,19 +10,18 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from snapset.errors import INVALID_INPUT
+from snapset.notify import MAX_SUBJECT_LEN, publish
 from snapset.outcomes import ErrorInfo, InstanceOutcome, InstanceStatus
 from snapset.policy import Trigger, TriggerType
 
 if TYPE_CHECKING:
     from mypy_boto3_sns import SNSClient
-    from mypy_boto3_sns.type_defs import MessageAttributeValueTypeDef
 
 SCHEMA_VERSION = 1
-MAX_SUBJECT_LEN = 100
 # SNS accepts 256 KiB for the message and its attributes together; keep room for the attributes.
 MAX_MESSAGE_BYTES = 256 * 1024 - 6 * 1024
 MAX_ERROR_MESSAGE_LEN = 1000
-INVALID_INPUT = "InvalidInput"
 
 
 class ReportStatus(StrEnum):
@@ -204,27 +203,24 @@ def _dump_outcome(outcome: InstanceOutcome) -> bytes:
     return json.dumps(outcome.model_dump(mode="json"), separators=(",", ":")).encode()
 
 
-def message_attributes(report: RunReport) -> dict[str, MessageAttributeValueTypeDef]:
+def message_attributes(report: RunReport) -> dict[str, str]:
     """Attributes for subscription filter policies."""
     return {
-        "status": {"DataType": "String", "StringValue": report.status.value},
-        "policy": {"DataType": "String", "StringValue": report.policy},
-        "trigger": {"DataType": "String", "StringValue": report.trigger.type.value},
-        "kind": {"DataType": "String", "StringValue": report.kind},
+        "status": report.status.value,
+        "policy": report.policy,
+        "trigger": report.trigger.type.value,
+        "kind": report.kind,
     }
 
 
 def publish_report(sns: SNSClient, topic_arn: str, report: RunReport) -> str:
-    """Publish the report to SNS and return the message id.
-
-    A failed publish raises, so the invocation fails and Lambda's retry and dead-letter path
-    keep the trigger.
-    """
+    """Publish the report, fitted to SNS's size limit, and return the message id (see
+    `notify.publish`: a failed publish raises)."""
     fitted, message = fit_message(report)
-    response = sns.publish(
-        TopicArn=topic_arn,
-        Subject=subject(fitted),
-        Message=message,
-        MessageAttributes=message_attributes(fitted),
+    return publish(
+        sns,
+        topic_arn,
+        subject=subject(fitted),
+        message=message,
+        attributes=message_attributes(fitted),
     )
-    return response["MessageId"]

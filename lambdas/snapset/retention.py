@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from snapset.deadline import NEVER, Deadline
+from snapset.errors import TIMEOUT, UNEXPECTED_ERROR, error_code, error_message
 from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionError, RetentionResult
 from snapset.policy import (
     TAG_INSTANCE_ID,
@@ -44,9 +46,6 @@ ERROR = "error"
 _DELETABLE_STATES = frozenset({COMPLETED, ERROR})
 # EC2 accepts at most 200 values in one filter; used for every batched id list.
 _IDS_PER_CALL = 200
-UNEXPECTED_ERROR = "UnexpectedError"
-TIMEOUT = "Timeout"
-CHECK_FAILED = "ProtectionCheckFailed"
 
 
 # --- the pure part ---------------------------------------------------------------------------
@@ -197,14 +196,9 @@ def select_sets_to_delete(
 
 
 def _error(exc: Exception, snapshot_id: str | None, what: str) -> RetentionError:
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        code = err.get("Code", "Unknown")
-        message = err.get("Message", str(exc))
-    else:
-        code = type(exc).__name__
-        message = str(exc)
-    return RetentionError(snapshot_id=snapshot_id, code=code, message=f"{what}: {message}")
+    return RetentionError(
+        snapshot_id=snapshot_id, code=error_code(exc), message=f"{what}: {error_message(exc)}"
+    )
 
 
 def _chunks(ids: Sequence[str]) -> Iterable[list[str]]:
@@ -281,10 +275,6 @@ def _shared(ec2: EC2Client, snapshot_id: str) -> bool:
     return bool(attr.get("CreateVolumePermissions"))
 
 
-def _never() -> bool:
-    return False
-
-
 def _out_of_time_error(what: str) -> RetentionError:
     return RetentionError(
         code=TIMEOUT, message=f"out of invocation time: {what}; the next run continues"
@@ -292,7 +282,7 @@ def _out_of_time_error(what: str) -> RetentionError:
 
 
 def _protected(
-    ec2: EC2Client, candidates: Sequence[SnapshotSet], out_of_time: Callable[[], bool] = _never
+    ec2: EC2Client, candidates: Sequence[SnapshotSet], deadline: Deadline = NEVER
 ) -> tuple[set[str], list[RetentionError]]:
     """Snapshot ids of the candidate sets that must be kept, and the checks that failed.
 
@@ -317,7 +307,7 @@ def _protected(
     for n, s in enumerate(candidates):
         if protected.intersection(s.snapshot_ids):
             continue  # kept anyway: no need to ask about its other snapshots
-        if out_of_time():
+        if deadline.expired():
             unchecked = [sid for later in candidates[n:] for sid in later.snapshot_ids]
             protected.update(unchecked)
             errors.append(_out_of_time_error(f"kept {len(candidates) - n} set(s) unchecked"))
@@ -334,13 +324,13 @@ def _protected(
 
 
 def _delete(
-    ec2: EC2Client, doomed: Sequence[SnapshotSet], out_of_time: Callable[[], bool] = _never
+    ec2: EC2Client, doomed: Sequence[SnapshotSet], deadline: Deadline = NEVER
 ) -> tuple[list[str], list[RetentionError]]:
     deleted: list[str] = []
     errors: list[RetentionError] = []
     for n, s in enumerate(doomed):
         # Checked per set, so a set is never left half deleted for lack of time.
-        if out_of_time():
+        if deadline.expired():
             errors.append(_out_of_time_error(f"{len(doomed) - n} set(s) not deleted yet"))
             break
         for sid in s.snapshot_ids:
@@ -361,7 +351,7 @@ def apply_retention(
     now: datetime,
     *,
     account_id: str | None = None,
-    out_of_time: Callable[[], bool] = _never,
+    deadline: Deadline = NEVER,
 ) -> RetentionResult:
     """Delete the policy's older snapshot sets of one instance that its retention lets go.
 
@@ -370,8 +360,8 @@ def apply_retention(
     `account_id`, when known, restricts candidates to snapshots owned by that account (AWS
     already does with `OwnerIds=['self']`; a local AWS may not). Never raises: lookup and
     deletion failures are returned in `errors`, and a failed lookup deletes nothing.
-    `out_of_time` is asked before each set's checks and deletion: when it says so, the rest
-    is kept and reported (code `Timeout`) for the next run, so the report still gets out.
+    `deadline` is asked before each set's checks and deletion: once it has passed, the rest is
+    kept and reported (code `Timeout`) for the next run, so the report still gets out.
     """
     retention = policy.retention
     if retention is None:
@@ -387,12 +377,12 @@ def apply_retention(
         candidates = select_sets_to_delete(sets, retention, now, current_trigger_id)
         if not candidates:
             return RetentionResult(kept=older, dry_run=dry_run)
-        protected, errors = _protected(ec2, candidates, out_of_time)
+        protected, errors = _protected(ec2, candidates, deadline)
         doomed = select_sets_to_delete(sets, retention, now, current_trigger_id, protected)
         if dry_run:
             deleted = [sid for s in doomed for sid in s.snapshot_ids]
         else:
-            deleted, delete_errors = _delete(ec2, doomed, out_of_time)
+            deleted, delete_errors = _delete(ec2, doomed, deadline)
             errors += delete_errors
     except (ClientError, BotoCoreError) as exc:
         logger.warning("retention for %s failed: %r", instance_id, exc)
@@ -438,7 +428,7 @@ def with_retention(
     now: datetime,
     *,
     account_id: str | None = None,
-    out_of_time: Callable[[], bool] = _never,
+    deadline: Deadline = NEVER,
 ) -> InstanceOutcome:
     """The outcome with its `retention` result filled in when retention applies to it."""
     if not wants_retention(policy, outcome):
@@ -450,6 +440,6 @@ def with_retention(
         current_trigger_id,
         now,
         account_id=account_id,
-        out_of_time=out_of_time,
+        deadline=deadline,
     )
     return outcome.model_copy(update={"retention": result})

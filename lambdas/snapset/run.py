@@ -1,23 +1,27 @@
-"""One run of a policy: choose the instances for the trigger, snapshot them, build the report."""
+"""One run of a policy: build its engine, choose the instances for the trigger, snapshot them,
+build the report."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from snapset.clients import Clients
+from snapset.deadline import Deadline
+from snapset.errors import INSTANCE_NOT_FOUND, error_code
+from snapset.idempotency import idempotent_snapshots
 from snapset.outcomes import ErrorInfo, InstanceOutcome
 from snapset.policy import SnapshotRequest
 from snapset.report import ReportStatus, RunReport, build_report
 from snapset.retention import with_retention
 from snapset.snapshots import (
-    INSTANCE_NOT_FOUND,
     Instance,
+    RetryBudget,
     SnapshotFn,
     describe_instance,
     find_targets,
@@ -27,6 +31,7 @@ from snapset.snapshots import (
 )
 
 if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
     from mypy_boto3_ec2 import EC2Client
 
 logger = logging.getLogger(__name__)
@@ -58,21 +63,62 @@ def _event_targets(
     return [instance], []
 
 
+@dataclass(frozen=True)
+class IdempotencyStore:
+    """Where the engine records each instance's started set: the table and its client.
+
+    `context` is the Lambda context, so in-progress records expire with the invocation.
+    """
+
+    table_name: str
+    dynamodb: Any
+    context: LambdaContext | None = None
+
+
+def build_engine(
+    clients: Clients,
+    request: SnapshotRequest,
+    deadline: Deadline,
+    *,
+    idempotency: IdempotencyStore | None,
+) -> SnapshotFn:
+    """The per-instance snapshot function for a request: plan, CreateSnapshots through the
+    client without botocore retries, retries within `deadline`, and with `idempotency` at most
+    one set per (policy, trigger, instance) across deliveries. The handler and the CLI both
+    build their engine here."""
+    engine: SnapshotFn = partial(
+        snapshot_instance,
+        clients.ec2,
+        request,
+        budget=RetryBudget(deadline=deadline),
+        create_ec2=clients.ec2_create,
+    )
+    if idempotency is None:
+        return engine
+    return idempotent_snapshots(
+        engine,
+        table_name=idempotency.table_name,
+        policy=request.policy.name,
+        trigger_id=request.trigger.id,
+        context=idempotency.context,
+        dynamodb_client=idempotency.dynamodb,
+    )
+
+
 def run_request(
     ec2: EC2Client,
     request: SnapshotRequest,
     *,
+    engine: SnapshotFn,
+    deadline: Deadline,
     max_workers: int,
-    snapshot_fn: SnapshotFn | None = None,
-    out_of_time: Callable[[], bool] | None = None,
 ) -> RunReport | Ignored:
     """Run a request end to end and return its report (or `Ignored` for a non-target event).
 
-    `snapshot_fn` snapshots one instance; it defaults to `snapshot_instance` and is where the
-    handler adds idempotency. After an instance's set has started, the policy's retention
-    deletes its older sets (see `retention.with_retention`). Discovery errors (DescribeInstances
-    denied or throttled past botocore's retries) give a failed report naming the error.
-    `out_of_time` (the invocation's deadline) stops retention's work between sets.
+    `engine` snapshots one instance (see `build_engine`). After an instance's set has started,
+    the policy's retention deletes its older sets (see `retention.with_retention`), and stops
+    between sets once `deadline` has passed. Discovery errors (DescribeInstances denied or
+    throttled past botocore's retries) give a failed report naming the error.
     """
     policy = request.policy
     try:
@@ -86,33 +132,24 @@ def run_request(
             instances, missing = found.instances, found.missing
     except (ClientError, BotoCoreError) as exc:
         logger.exception("target discovery failed for policy %s", policy.name)
-        code = (
-            exc.response.get("Error", {}).get("Code", "Unknown")
-            if isinstance(exc, ClientError)
-            else type(exc).__name__
-        )
         report = build_report(policy.name, request.trigger, policy.dry_run, [])
         return report.model_copy(
             update={
                 "status": ReportStatus.FAILED,
-                "error": ErrorInfo(code=code, message=f"finding target instances: {exc}"),
+                "error": ErrorInfo(
+                    code=error_code(exc), message=f"finding target instances: {exc}"
+                ),
             }
         )
-    snapshot = snapshot_fn or partial(snapshot_instance, ec2, request)
     retention = policy.retention
 
     def snapshot_then_retain(instance: Instance) -> InstanceOutcome:
         # Retention runs outside the idempotent snapshot step, so a redelivery retries it too.
-        outcome = snapshot(instance)
+        outcome = engine(instance)
         if retention is None:
             return outcome
         return with_retention(
-            ec2,
-            policy,
-            outcome,
-            request.trigger.id,
-            datetime.now(UTC),
-            out_of_time=out_of_time or (lambda: False),
+            ec2, policy, outcome, request.trigger.id, datetime.now(UTC), deadline=deadline
         )
 
     outcomes = missing + snapshot_all(instances, snapshot_then_retain, max_workers)

@@ -18,6 +18,21 @@ from typing import TYPE_CHECKING, Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from snapset.deadline import NEVER, Deadline
+from snapset.errors import (
+    CREATE_UNCONFIRMED,
+    DRY_RUN_OPERATION,
+    INSTANCE_NOT_FOUND,
+    REFUSED_CODES,
+    ROOT_VOLUME_EXCLUDED,
+    SERVER_ERROR_CODES,
+    TIMEOUT,
+    TOO_MANY_EXCLUSIONS,
+    UNEXPECTED_ERROR,
+    error_code,
+    error_message,
+    http_status,
+)
 from snapset.outcomes import InstanceOutcome, InstanceStatus, SnapshotInfo
 from snapset.policy import (
     MAX_EXCLUDED_DATA_VOLUMES,
@@ -41,53 +56,28 @@ logger = logging.getLogger(__name__)
 
 # EC2 accepts at most 200 values in one filter.
 _FILTER_VALUES_PER_CALL = 200
-_UNSNAPSHOTTABLE_STATES = {"terminated", "shutting-down"}
-# Our own codes for failures found before calling AWS; AWS codes pass through unchanged.
-ROOT_VOLUME_EXCLUDED = "RootVolumeInDataExclusions"
-TOO_MANY_EXCLUSIONS = "TooManyExcludedVolumes"
-INSTANCE_NOT_FOUND = "InvalidInstanceID.NotFound"
-UNEXPECTED_ERROR = "UnexpectedError"
-TIMEOUT = "Timeout"
-CREATE_UNCONFIRMED = "CreateSnapshotsUnconfirmed"
-# CreateSnapshots refused the call, so nothing was created: safe to call again after a pause.
-# botocore's retry modes retry throttling a few times; these outlast them or are EBS's own limits.
-REFUSED_CODES = frozenset(
-    {
-        "RequestLimitExceeded",
-        "SnapshotCreationPerVolumeRateExceeded",
-        "ConcurrentSnapshotLimitExceeded",
-    }
-)
-# Server-side failures after which the set may or may not exist (there is no client token).
-SERVER_ERROR_CODES = frozenset(
-    {"InternalError", "InternalFailure", "ServiceUnavailable", "Unavailable"}
-)
+UNSNAPSHOTTABLE_STATES = {"terminated", "shutting-down"}
 
 
 @dataclass(frozen=True)
 class RetryBudget:
-    """Retries with exponential backoff and full jitter until `deadline` (a monotonic time).
+    """Retries with exponential backoff and full jitter until the run's `deadline`.
 
-    The deadline is the invocation's end less a safety margin; what cannot start before it is
-    reported as `Timeout` and retried on the trigger's next delivery.
+    What cannot start before the deadline is reported as `Timeout` and retried on the trigger's
+    next delivery.
     """
 
-    deadline: float = float("inf")
+    deadline: Deadline = NEVER
     max_retries: int = 50
     base_delay: float = 1.0
     max_delay: float = 20.0
     # After an error that leaves it unknown whether the set was created, wait at least this
     # long before looking for it (DescribeSnapshots is eventually consistent).
     settle_delay: float = 5.0
-    clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
 
-    @classmethod
-    def for_invocation(cls, remaining_ms: int, safety_margin_ms: int) -> RetryBudget:
-        return cls(deadline=time.monotonic() + max(remaining_ms - safety_margin_ms, 0) / 1000)
-
     def expired(self) -> bool:
-        return self.clock() >= self.deadline
+        return self.deadline.expired()
 
     def wait(self, attempt: int, minimum: float = 0.0) -> bool:
         """Sleep before retry `attempt` (0-based); False when that would pass the deadline."""
@@ -95,7 +85,7 @@ class RetryBudget:
             return False
         backoff = random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))  # noqa: S311
         delay = max(minimum, backoff)
-        if self.clock() + delay >= self.deadline:
+        if delay >= self.deadline.remaining():
             return False
         self.sleep(delay)
         return True
@@ -112,11 +102,10 @@ def create_error_kind(exc: Exception) -> Literal["refused", "unconfirmed", "perm
     (validation, permissions, a malformed request, missing credentials).
     """
     if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = error_code(exc)
         if code in REFUSED_CODES:
             return "refused"
-        if code in SERVER_ERROR_CODES or status >= 500:
+        if code in SERVER_ERROR_CODES or http_status(exc) >= 500:
             return "unconfirmed"
         return "permanent"
     if isinstance(exc, BotoConnectionError | HTTPClientError):
@@ -278,7 +267,7 @@ def plan_instance(
     merged with `exclude_data_volume_ids`, keeping only volumes attached to this instance.
     """
     iid = instance.instance_id
-    if instance.state in _UNSNAPSHOTTABLE_STATES:
+    if instance.state in UNSNAPSHOTTABLE_STATES:
         return InstanceOutcome.skipped(iid, f"instance is {instance.state}")
     if not instance.volumes:
         return InstanceOutcome.skipped(iid, "nothing to snapshot: no EBS volumes attached")
@@ -373,13 +362,8 @@ def build_create_snapshots_request(
 
 
 def _error_outcome(instance_id: str, exc: Exception, excluded: tuple[str, ...]) -> InstanceOutcome:
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        code = err.get("Code", "Unknown")
-        message = err.get("Message", str(exc))
-        return InstanceOutcome.failed(instance_id, code, f"{instance_id}: {message}", excluded)
     return InstanceOutcome.failed(
-        instance_id, type(exc).__name__, f"{instance_id}: {exc}", excluded
+        instance_id, error_code(exc), f"{instance_id}: {error_message(exc)}", excluded
     )
 
 
@@ -421,7 +405,7 @@ def create_snapshot_set(
     plan: SnapshotPlan,
     *,
     budget: RetryBudget = NO_RETRY,
-    create_ec2: EC2Client | None = None,
+    create_ec2: EC2Client,
 ) -> InstanceOutcome:
     """Call CreateSnapshots for one planned instance and return its outcome.
 
@@ -431,10 +415,9 @@ def create_snapshot_set(
     limits) are retried within `budget`; after a server error or a lost connection the set may
     exist, so the retry waits `budget.settle_delay` and looks again first, and without time for
     that the instance fails as `CreateSnapshotsUnconfirmed`, for the next delivery to settle.
-    `create_ec2` makes the CreateSnapshots call; give it a client without botocore retries, which
-    would resend the call blind (see `clients.make_clients`).
+    `create_ec2` makes the CreateSnapshots call: a client without botocore retries, which would
+    resend the call blind (`clients.Clients.ec2_create`).
     """
-    ec2_create = create_ec2 or ec2
     params = build_create_snapshots_request(request, instance_id, plan)
     excluded = plan.excluded_volume_ids
     attempt = 0
@@ -452,11 +435,9 @@ def create_snapshot_set(
                         excluded_volume_ids=excluded,
                         reason="set already created by an earlier delivery of this trigger",
                     )
-            response = ec2_create.create_snapshots(**params)
+            response = create_ec2.create_snapshots(**params)
         except (ClientError, BotoCoreError) as exc:
-            if isinstance(exc, ClientError) and (
-                exc.response.get("Error", {}).get("Code") == "DryRunOperation"
-            ):
+            if error_code(exc) == DRY_RUN_OPERATION:
                 return InstanceOutcome(
                     instance_id=instance_id,
                     status=InstanceStatus.DRY_RUN_OK,
@@ -470,8 +451,7 @@ def create_snapshot_set(
             if budget.wait(attempt, minimum=budget.settle_delay if unconfirmed else 0.0):
                 attempt += 1
                 continue
-            last = _error_outcome(instance_id, exc, excluded).error
-            last_code = last.code if last else type(exc).__name__
+            last_code = error_code(exc)
             if unconfirmed:
                 return InstanceOutcome.failed(
                     instance_id,
@@ -502,7 +482,8 @@ def snapshot_instance(
     request: SnapshotRequest,
     instance: Instance,
     budget: RetryBudget = NO_RETRY,
-    create_ec2: EC2Client | None = None,
+    *,
+    create_ec2: EC2Client,
 ) -> InstanceOutcome:
     """Plan and snapshot one instance; every error becomes a failed outcome for it."""
     if budget.expired():

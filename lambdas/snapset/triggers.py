@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from snapset.errors import InvalidInput
 from snapset.policy import (
     POLICY_NAME_PATTERN,
     InstanceId,
@@ -35,7 +36,6 @@ from snapset.policy import (
 )
 
 STATE_CHANGE_DETAIL_TYPE = "EC2 Instance State-change Notification"
-INSTANCE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down", "terminated")
 SCHEDULED_TIME_ATTR = "<aws.scheduler.scheduled-time>"
 SCHEDULE_ARN_ATTR = "<aws.scheduler.schedule-arn>"
 EVENT_JSON_ATTR = "<aws.events.event.json>"
@@ -48,27 +48,6 @@ _EXPECTED = (
     "a schedule input (a policy with a 'schedule' object), or an instance-event input "
     "({'policy': {...}, 'event': <EC2 Instance State-change Notification>})"
 )
-
-
-class InvalidTrigger(ValueError):
-    """The Lambda's input is not a valid trigger. Carries what could be identified of it.
-
-    `policy` and `trigger` are set when the input names them, so a failure report can still be
-    sent to the policy's subscribers.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        policy: str | None = None,
-        trigger: Trigger | None = None,
-        trigger_type: TriggerType | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.policy = policy
-        self.trigger = trigger
-        self.trigger_type = trigger.type if trigger else trigger_type
 
 
 class _ScheduleContext(BaseModel):
@@ -114,9 +93,7 @@ def _policy_name(data: Any) -> str | None:
     return name if isinstance(name, str) and _POLICY_NAME.fullmatch(name) else None
 
 
-def _validate(
-    model: type[M], data: Any, prefix: str, on_error: Callable[[str], InvalidTrigger]
-) -> M:
+def _validate(model: type[M], data: Any, prefix: str, on_error: Callable[[str], InvalidInput]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -132,7 +109,7 @@ def parse_schedule(payload: dict[str, Any]) -> SnapshotRequest:
         _ScheduleContext,
         context_raw,
         "schedule.",
-        lambda m: InvalidTrigger(
+        lambda m: InvalidInput(
             f"invalid schedule input: {m}", policy=name, trigger_type=TriggerType.SCHEDULE
         ),
     )
@@ -146,7 +123,7 @@ def parse_schedule(payload: dict[str, Any]) -> SnapshotRequest:
         SnapshotPolicy,
         body,
         "",
-        lambda m: InvalidTrigger(f"invalid policy in schedule input: {m}", name, trigger),
+        lambda m: InvalidInput(f"invalid policy in schedule input: {m}", name, trigger),
     )
     return SnapshotRequest(policy=policy, trigger=trigger)
 
@@ -156,7 +133,7 @@ def parse_instance_event(payload: dict[str, Any]) -> SnapshotRequest:
     extra = sorted(set(payload) - {"policy", "event"})
     name = _policy_name(payload.get("policy"))
     if extra:
-        raise InvalidTrigger(
+        raise InvalidInput(
             f"invalid instance-event input: unexpected keys {extra}; expected 'policy' and 'event'",
             policy=name,
             trigger_type=TriggerType.INSTANCE_EVENT,
@@ -165,7 +142,7 @@ def parse_instance_event(payload: dict[str, Any]) -> SnapshotRequest:
         _StateChangeEvent,
         payload["event"],
         "event.",
-        lambda m: InvalidTrigger(
+        lambda m: InvalidInput(
             f"invalid instance-event input: {m}",
             policy=name,
             trigger_type=TriggerType.INSTANCE_EVENT,
@@ -176,7 +153,7 @@ def parse_instance_event(payload: dict[str, Any]) -> SnapshotRequest:
         SnapshotPolicy,
         payload["policy"],
         "policy.",
-        lambda m: InvalidTrigger(f"invalid policy in instance-event input: {m}", name, trigger),
+        lambda m: InvalidInput(f"invalid policy in instance-event input: {m}", name, trigger),
     )
     return SnapshotRequest(
         policy=policy, trigger=trigger, event_instance_id=event.detail.instance_id
@@ -195,7 +172,7 @@ def parse_manual(
         ManualRequest,
         payload,
         "",
-        lambda m: InvalidTrigger(
+        lambda m: InvalidInput(
             f"invalid manual payload: {m}",
             name,
             Trigger(type=TriggerType.MANUAL, id=raw_id, time=now)
@@ -216,23 +193,23 @@ def parse_manual(
 def parse_request(
     payload: Any, now: datetime | None = None, default_request_id: str | None = None
 ) -> SnapshotRequest:
-    """Turn any Snapset trigger's input into a `SnapshotRequest`, or raise `InvalidTrigger`.
+    """Turn any Snapset trigger's input into a `SnapshotRequest`, or raise `InvalidInput`.
 
     `default_request_id` is the trigger id of a manual payload that brings no `request_id`.
     """
     now = now or datetime.now(UTC)
     if not isinstance(payload, dict):
-        raise InvalidTrigger(
+        raise InvalidInput(
             f"input must be a JSON object, got {type(payload).__name__}; {_EXPECTED}"
         )
     if "detail-type" in payload and "source" in payload:
         detail_type = payload.get("detail-type")
         if detail_type == STATE_CHANGE_DETAIL_TYPE:
-            raise InvalidTrigger(
+            raise InvalidInput(
                 "an EC2 instance state-change event arrived without its policy: the rule's "
                 "input transformer must send {'policy': {...}, 'event': <aws.events.event.json>}"
             )
-        raise InvalidTrigger(f"unsupported event detail-type {detail_type!r}; {_EXPECTED}")
+        raise InvalidInput(f"unsupported event detail-type {detail_type!r}; {_EXPECTED}")
     if "event" in payload and isinstance(payload.get("policy"), dict):
         return parse_instance_event(payload)
     if "schedule" in payload:

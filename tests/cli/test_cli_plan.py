@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from snapset import cli
+from snapset_cli import inputs
+from snapset_cli import main as cli
 from tests.cli.conftest import UNKNOWN_INSTANCE, Fleet, write_json
 
 
@@ -97,7 +98,7 @@ def test_plan_shows_unauthorized_dry_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """DryRun answers UnauthorizedOperation when the caller may not CreateSnapshots."""
-    real = cli.make_clients
+    real = inputs.make_clients
 
     def deny_create_snapshots(**_: Any) -> tuple[Any, dict[str, Any]]:
         error = {"Code": "UnauthorizedOperation", "Message": "You are not authorized."}
@@ -108,7 +109,7 @@ def test_plan_shows_unauthorized_dry_run(
         clients.ec2.meta.events.register("before-call.ec2.CreateSnapshots", deny_create_snapshots)
         return clients
 
-    monkeypatch.setattr(cli, "make_clients", clients_denying)
+    monkeypatch.setattr(inputs, "make_clients", clients_denying)
     path = write_json(tmp_path / "p.json", {"policy": "one", "instance_ids": [fleet.web1]})
 
     plan = plan_json(capsys, "--policy", path)

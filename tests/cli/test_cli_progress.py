@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from snapset import cli
+from snapset_cli import main as cli
+from snapset_cli.progress import Progress
 from tests.cli.conftest import FakeTty, Fleet, write_json
 
 
@@ -70,7 +71,7 @@ def test_no_progress_when_asked_or_verbose(
 
 def test_progress_counts_from_many_threads() -> None:
     stream = FakeTty()
-    progress = cli.Progress(stream, "work", total=400, min_interval=0.0)
+    progress = Progress(stream, "work", total=400, min_interval=0.0)
     counted = progress.wrap(lambda n: n, is_failure=lambda n: n % 10 == 0)
 
     def worker(start: int) -> None:
@@ -96,7 +97,7 @@ def test_progress_counts_from_many_threads() -> None:
 
 
 def test_progress_counts_an_exception_as_a_failure() -> None:
-    progress = cli.Progress(FakeTty(), "work", total=1)
+    progress = Progress(FakeTty(), "work", total=1)
 
     def boom(_: int) -> int:
         raise RuntimeError("bug")
@@ -109,7 +110,7 @@ def test_progress_counts_an_exception_as_a_failure() -> None:
 def test_progress_is_throttled() -> None:
     now = [0.0]
     stream = FakeTty()
-    progress = cli.Progress(stream, "work", total=100, min_interval=1.0, clock=lambda: now[0])
+    progress = Progress(stream, "work", total=100, min_interval=1.0, clock=lambda: now[0])
     counted = progress.wrap(lambda n: n, is_failure=lambda _: False)
     for n in range(100):
         counted(n)

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from snapset import cli
+from snapset_cli import inputs
+from snapset_cli import main as cli
 from tests.cli.conftest import UNKNOWN_INSTANCE, Fleet, Reports, write_json
 
 
@@ -255,9 +256,9 @@ def test_options_reach_make_clients(
 
     def fake_make_clients(region: Any, endpoint_url: Any, session: Any) -> Any:
         seen.update(region=region, endpoint_url=endpoint_url)
-        raise cli.CliError("stop here")
+        raise inputs.CliError("stop here")
 
-    monkeypatch.setattr(cli, "make_clients", fake_make_clients)
+    monkeypatch.setattr(inputs, "make_clients", fake_make_clients)
     payload = write_json(tmp_path / "p.json", {"policy": "p", "instance_ids": [UNKNOWN_INSTANCE]})
     args = ["--payload", payload, "--region", "eu-west-1", "--endpoint-url", "http://localhost:1"]
     assert run(capsys, *args)[0] == 2

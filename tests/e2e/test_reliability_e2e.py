@@ -29,7 +29,7 @@ from localaws.report_inbox import ReportInbox
 from localaws.router import Router, instance_state_change_event
 from snapset import handler as handler_module
 from snapset.clients import SNS_CONFIG
-from snapset.outcomes import RETRY_ON_REDELIVERY_CODES
+from snapset.errors import RETRY_ON_REDELIVERY_CODES
 
 pytestmark = pytest.mark.e2e
 

@@ -14,6 +14,7 @@ from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 
 from localaws.fleet import MOTO_ACCOUNT, FleetInstance
 from snapset import retention
+from snapset.deadline import Deadline
 from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionResult
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
 from snapset.retention import apply_retention, with_retention
@@ -415,7 +416,7 @@ def test_engine_then_retention_deletes_old_sets_and_keeps_the_new_one(
     request = SnapshotRequest(policy=pol, trigger=trigger)
     instance = describe_instance(aws.ec2, a.instance_id)
     assert instance is not None
-    outcome = snapshot_instance(aws.ec2, request, instance)
+    outcome = snapshot_instance(aws.ec2, request, instance, create_ec2=aws.ec2)
     assert outcome.status is InstanceStatus.STARTED
     new_ids = {s.snapshot_id for s in outcome.snapshots}
 
@@ -474,7 +475,12 @@ def test_out_of_time_stops_between_sets_and_reports_the_rest_for_the_next_run(
     sets = history(aws, a, "nightly", range(1, 6))  # keep 1: d2..d5 are to go
     calls = iter([False, False, False, False, False, True])  # time runs out mid-way
     result = apply_retention(
-        aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW, out_of_time=lambda: next(calls, True)
+        aws.ec2,
+        policy(count=1),
+        a.instance_id,
+        CURRENT,
+        NOW,
+        deadline=Deadline(at=1.0, clock=lambda: float(next(calls, True))),
     )
     assert result.errors
     assert result.errors[-1].code == "Timeout"

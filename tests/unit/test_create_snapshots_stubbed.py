@@ -9,11 +9,10 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
+from snapset.errors import ROOT_VOLUME_EXCLUDED, TOO_MANY_EXCLUSIONS
 from snapset.outcomes import InstanceStatus
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
 from snapset.snapshots import (
-    ROOT_VOLUME_EXCLUDED,
-    TOO_MANY_EXCLUSIONS,
     AttachedVolume,
     Instance,
     snapshot_instance,
@@ -104,7 +103,7 @@ def run(
                 )
             else:
                 stub.add_response("create_snapshots", response or {}, expected)
-        outcome = snapshot_instance(ec2, req, inst)
+        outcome = snapshot_instance(ec2, req, inst, create_ec2=ec2)
         stub.assert_no_pending_responses()
     return outcome
 

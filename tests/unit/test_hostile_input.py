@@ -10,7 +10,7 @@ import pytest
 
 from snapset import handler as handler_module
 from snapset.clients import Clients
-from snapset.triggers import InvalidTrigger
+from snapset.errors import InvalidInput
 from tests.conftest import FIXTURES
 from tests.unit.conftest import Aws, LambdaContext
 
@@ -83,7 +83,7 @@ def test_hostile_input_is_rejected_with_a_named_problem(
         assert json.loads(note["Message"])["error"]["code"] == "InvalidInput"
         assert note["MessageAttributes"]["status"]["Value"] == "failed"
     else:
-        with pytest.raises(InvalidTrigger) as raised:
+        with pytest.raises(InvalidInput) as raised:
             handler_module.handler(case["input"], context)
         assert case["error_contains"] in raised.value.message
         assert aws.messages() == []

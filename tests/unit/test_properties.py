@@ -9,6 +9,7 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from snapset.errors import InvalidInput
 from snapset.policy import (
     MAX_DESCRIPTION_LEN,
     MAX_EXCLUDED_DATA_VOLUMES,
@@ -17,7 +18,7 @@ from snapset.policy import (
     MAX_TAGS_PER_RESOURCE,
 )
 from snapset.snapshots import SnapshotPlan, build_create_snapshots_request
-from snapset.triggers import InvalidTrigger, parse_request
+from snapset.triggers import parse_request
 from tests.conftest import load_event
 
 NOW = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
@@ -142,7 +143,7 @@ def assert_acceptable_to_aws(params: Any) -> None:
 def test_arbitrary_json_never_crashes_the_parser(payload: Any) -> None:
     try:
         parse_request(payload, NOW)
-    except InvalidTrigger as exc:
+    except InvalidInput as exc:
         assert exc.message
 
 
@@ -153,7 +154,7 @@ def test_every_request_that_parses_is_acceptable_to_create_snapshots(
 ) -> None:
     try:
         request = parse_request(wrap(policy, how), NOW)
-    except InvalidTrigger as exc:
+    except InvalidInput as exc:
         assert exc.message
         event("rejected")
         return

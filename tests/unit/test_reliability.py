@@ -14,12 +14,12 @@ from botocore.stub import Stubber
 
 from localaws.fleet import DataVolume, launch_instance, snapshots_by_volume
 from snapset.clients import make_clients
+from snapset.deadline import NEVER, Deadline
+from snapset.errors import CREATE_UNCONFIRMED, TIMEOUT
 from snapset.handler import IncompleteRun, handler
 from snapset.outcomes import InstanceStatus
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
 from snapset.snapshots import (
-    CREATE_UNCONFIRMED,
-    TIMEOUT,
     AttachedVolume,
     Instance,
     RetryBudget,
@@ -153,7 +153,7 @@ def test_transient_errors_are_retried_within_the_budget(code: str) -> None:
     request, inst = _one_instance_request()
     ec2 = boto3.client("ec2", region_name="us-east-1")
     sleeps: list[float] = []
-    budget = RetryBudget(deadline=float("inf"), sleep=sleeps.append)
+    budget = RetryBudget(deadline=NEVER, sleep=sleeps.append)
     with Stubber(ec2) as stub:
         for _ in range(3):
             stub.add_response("describe_snapshots", {"Snapshots": []})
@@ -167,7 +167,7 @@ def test_transient_errors_are_retried_within_the_budget(code: str) -> None:
                 ]
             },
         )
-        outcome = snapshot_instance(ec2, request, inst, budget)
+        outcome = snapshot_instance(ec2, request, inst, budget, create_ec2=ec2)
         stub.assert_no_pending_responses()
     assert outcome.status is InstanceStatus.STARTED
     assert len(sleeps) == 3
@@ -178,12 +178,14 @@ def test_transient_error_past_the_deadline_is_a_timeout() -> None:
     request, inst = _one_instance_request()
     ec2 = boto3.client("ec2", region_name="us-east-1")
     now = [100.0]
-    budget = RetryBudget(deadline=100.5, base_delay=1.0, clock=lambda: now[0], sleep=lambda s: None)
+    budget = RetryBudget(
+        deadline=Deadline(100.5, clock=lambda: now[0]), base_delay=1.0, sleep=lambda s: None
+    )
     with Stubber(ec2) as stub:
         for _ in range(20):
             stub.add_response("describe_snapshots", {"Snapshots": []})
             stub.add_client_error("create_snapshots", "ConcurrentSnapshotLimitExceeded")
-        outcome = snapshot_instance(ec2, request, inst, budget)
+        outcome = snapshot_instance(ec2, request, inst, budget, create_ec2=ec2)
     assert outcome.status is InstanceStatus.FAILED
     assert outcome.error is not None
     assert outcome.error.code == TIMEOUT
@@ -196,7 +198,9 @@ def test_permanent_errors_are_not_retried() -> None:
     with Stubber(ec2) as stub:
         stub.add_response("describe_snapshots", {"Snapshots": []})
         stub.add_client_error("create_snapshots", "UnauthorizedOperation", http_status_code=403)
-        outcome = snapshot_instance(ec2, request, inst, RetryBudget(sleep=lambda s: None))
+        outcome = snapshot_instance(
+            ec2, request, inst, RetryBudget(sleep=lambda s: None), create_ec2=ec2
+        )
         stub.assert_no_pending_responses()
     assert outcome.error is not None
     assert outcome.error.code == "UnauthorizedOperation"
@@ -266,7 +270,9 @@ def test_server_error_waits_to_settle_then_finds_the_set_instead_of_making_anoth
         stub.add_response("describe_snapshots", {"Snapshots": []})
         stub.add_client_error("create_snapshots", "InternalError", http_status_code=500)
         stub.add_response("describe_snapshots", {"Snapshots": [made]})  # it was created after all
-        outcome = snapshot_instance(ec2, request, inst, RetryBudget(sleep=sleeps.append))
+        outcome = snapshot_instance(
+            ec2, request, inst, RetryBudget(sleep=sleeps.append), create_ec2=ec2
+        )
         stub.assert_no_pending_responses()
     assert outcome.status is InstanceStatus.STARTED
     assert [s.snapshot_id for s in outcome.snapshots] == ["snap-0123456789abcdef0"]
@@ -278,11 +284,11 @@ def test_server_error_without_time_to_settle_is_left_to_the_next_delivery() -> N
     request, inst = _one_instance_request()
     ec2 = boto3.client("ec2", region_name="us-east-1")
     now = [0.0]
-    budget = RetryBudget(deadline=3.0, clock=lambda: now[0], sleep=lambda s: None)
+    budget = RetryBudget(deadline=Deadline(3.0, clock=lambda: now[0]), sleep=lambda s: None)
     with Stubber(ec2) as stub:
         stub.add_response("describe_snapshots", {"Snapshots": []})
         stub.add_client_error("create_snapshots", "ServiceUnavailable", http_status_code=503)
-        outcome = snapshot_instance(ec2, request, inst, budget)
+        outcome = snapshot_instance(ec2, request, inst, budget, create_ec2=ec2)
     assert outcome.error is not None
     assert outcome.error.code == CREATE_UNCONFIRMED
     assert outcome.error.retry_on_redelivery

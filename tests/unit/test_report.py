@@ -127,5 +127,5 @@ def test_long_error_messages_are_clipped_and_failures_alone_too_big_still_fit() 
 
 def test_message_attributes_for_filter_policies() -> None:
     report = build_report("nightly", TRIGGER, False, [failed(1)])
-    attrs = {k: v["StringValue"] for k, v in message_attributes(report).items()}
+    attrs = message_attributes(report)
     assert attrs == {"status": "failed", "policy": "nightly", "trigger": "schedule", "kind": "run"}

@@ -1,0 +1,384 @@
+"""`snapset plan`, `snapset run` and `snapset demo`; `main` returns the exit code, so tests call it.
+
+`plan` resolves a policy's targets and exclusions with the engine's own functions and asks EC2,
+with `DryRun=True`, whether each CreateSnapshots call would be authorized; it creates nothing.
+`run` takes the Lambda's code path (`parse_request`, `build_engine`, `run_request`,
+`publish_report`) from a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+)
+
+from infra.config import CDK_JSON, FLAT_POLICIES_KEY
+from snapset import __version__
+from snapset.deadline import Deadline
+from snapset.errors import InvalidInput, describe_error
+from snapset.outcomes import InstanceStatus
+from snapset.plan import make_plan
+from snapset.report import ReportStatus, publish_report
+from snapset.run import Ignored, build_engine, run_request
+from snapset.settings import DEFAULT_MAX_WORKERS, ENV_MAX_WORKERS, ENV_TOPIC_ARN
+from snapset.snapshots import SnapshotFn
+from snapset.triggers import parse_request
+from snapset_cli.inputs import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    MAX_WORKERS_LIMIT,
+    NO_CREDENTIALS,
+    NO_REGION,
+    CliError,
+    build_clients,
+    load_policy,
+    max_workers,
+    read_json,
+    topic_arn,
+    worker_count,
+)
+from snapset_cli.progress import progress_bar
+from snapset_cli.render import render_plan
+
+logger = logging.getLogger(__name__)
+
+# Transient EC2 errors are retried with backoff as in the Lambda, within Lambda's longest
+# invocation; an instance that cannot start by then is reported as failed (Timeout).
+RETRY_WINDOW_SECONDS = 15 * 60
+DEMO_MODULE = "localaws.demo"
+
+
+@dataclass(frozen=True)
+class Console:
+    """The streams of one invocation, read when `main` starts (tests swap sys's streams)."""
+
+    stdin: IO[str]
+    stdout: IO[str]
+    stderr: IO[str]
+
+
+# --- plan -------------------------------------------------------------------------------------
+
+
+def cmd_plan(args: argparse.Namespace, console: Console) -> int:
+    policy = load_policy(args.policy, args.config, console.stdin)
+    clients = build_clients(args)
+    workers = max_workers(args)
+    with progress_bar(args, console.stderr, f"planning {policy.name}") as bar:
+        plan = make_plan(
+            clients.ec2,
+            policy,
+            workers=workers,
+            on_targets=bar.set_total if bar else None,
+            on_planned=(lambda e: bar.advance(failed=e.status is InstanceStatus.FAILED))
+            if bar
+            else None,
+        )
+    if plan.error is not None:
+        if plan.error.code == NoCredentialsError.__name__:
+            raise CliError(NO_CREDENTIALS)
+        message = plan.error.message.removeprefix("finding target instances: ")
+        raise CliError(f"finding target instances: {plan.error.code}: {message}", EXIT_FAILED)
+    if args.json:
+        dumped = plan.model_dump(mode="json", exclude={"error"})
+        console.stdout.write(json.dumps(dumped, indent=2) + "\n")
+    else:
+        console.stdout.write(render_plan(plan) + "\n")
+    return EXIT_OK
+
+
+# --- run --------------------------------------------------------------------------------------
+
+_SUCCESS = (ReportStatus.SUCCEEDED, ReportStatus.DRY_RUN)
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    payload = read_json(args.payload, console.stdin, "payload")
+    try:
+        request = parse_request(payload)
+    except InvalidInput as exc:
+        raise CliError(exc.message) from None
+    topic = topic_arn(args)
+    clients = build_clients(args)
+    workers = max_workers(args)
+    deadline = Deadline.after(RETRY_WINDOW_SECONDS)
+    engine = build_engine(clients, request, deadline, idempotency=None)
+    label = f"snapshotting {request.policy.name}"
+    with progress_bar(args, console.stderr, label) as bar:
+        fn: SnapshotFn = engine
+        if bar is not None:
+            fn = bar.wrap(engine, lambda o: o.status is InstanceStatus.FAILED)
+        result = run_request(
+            clients.ec2, request, engine=fn, deadline=deadline, max_workers=workers
+        )
+    if isinstance(result, Ignored):
+        ignored = {"status": "ignored", "instance_id": result.instance_id, "reason": result.reason}
+        console.stdout.write(json.dumps(ignored, indent=2) + "\n")
+        return EXIT_OK
+    if result.error is not None and result.error.code == NoCredentialsError.__name__:
+        raise CliError(NO_CREDENTIALS)
+    console.stdout.write(json.dumps(result.model_dump(mode="json"), indent=2) + "\n")
+    console.stdout.flush()
+    if topic is not None:
+        try:
+            message_id = publish_report(clients.sns, topic, result)
+        except (ClientError, BotoCoreError) as exc:
+            raise CliError(f"publishing the report to {topic}: {describe_error(exc)}", 1) from None
+        logger.info("report published to %s (message id %s)", topic, message_id)
+    return EXIT_OK if result.status in _SUCCESS else EXIT_FAILED
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+
+def cmd_demo(passthrough: list[str]) -> int:
+    try:
+        module = importlib.import_module(DEMO_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name in ("localaws", DEMO_MODULE):
+            raise CliError(
+                f"the local demo is not available: {DEMO_MODULE} cannot be imported (it ships "
+                "with the source tree: run from a checkout installed with `pip install -e .`)"
+            ) from None
+        raise CliError(
+            f"the local demo needs {exc.name!r}, which is not installed: install the development "
+            "dependencies (`make install`, or `pip install -r requirements-dev.txt`)"
+        ) from None
+    demo_main: Callable[[list[str] | None], int] | None = getattr(module, "main", None)
+    if not callable(demo_main):
+        raise CliError(f"{DEMO_MODULE} has no main(argv) function")
+    try:
+        return _exit_code(demo_main(passthrough))
+    except SystemExit as exc:  # an argparse inside the demo; main() itself never exits
+        return _exit_code(exc.code)
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return EXIT_OK
+    if isinstance(code, int):
+        return code
+    return EXIT_FAILED
+
+
+# --- parser and main --------------------------------------------------------------------------
+
+DESCRIPTION = """\
+Crash-consistent multi-volume EBS snapshots with EC2 CreateSnapshots.
+
+  snapset plan --policy FILE|NAME   what a policy would snapshot (DryRun only, creates nothing)
+  snapset run --payload FILE|-      run a payload as the Lambda would, print the report JSON
+  snapset demo [ARGS...]            run the local demo (ARGS go to the demo)
+"""
+
+EPILOG = """\
+AWS configuration is the standard one: --profile or AWS_PROFILE, --region or AWS_REGION /
+AWS_DEFAULT_REGION, credentials from the environment, profile or role; --endpoint-url or
+AWS_ENDPOINT_URL for a local AWS.
+
+exit codes: 0 ok (run: succeeded or dry_run, or an ignored instance event); 1 the run was partial
+or failed, or an AWS call the command needs failed; 2 invalid input or configuration.
+"""
+
+RUN_EPILOG = """\
+PAYLOAD is what the Lambda receives: a manual payload (a policy, with an optional request_id so
+a repeated run makes no second snapshot set), a schedule input or an instance-event input.
+The report JSON goes to stdout; it is published to SNS when --topic-arn or SNAPSET_TOPIC_ARN is
+set. Exit 0 when the status is succeeded or dry_run (or the event is ignored), 1 when partial or
+failed, 2 when the payload is invalid (the message names the field).
+"""
+
+PLAN_EPILOG = f"""\
+FILE is a JSON policy (or manual payload); `-` reads stdin. NAME is looked up in cdk.json's
+context.{FLAT_POLICIES_KEY} (./cdk.json, or --config PATH); an existing file wins over a
+name. Exit 0 whenever a plan is printed, also when instances would fail.
+"""
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    aws = common.add_argument_group("AWS options")
+    aws.add_argument("--profile", help="AWS profile (default: AWS_PROFILE)")
+    aws.add_argument("--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION)")
+    aws.add_argument(
+        "--endpoint-url", metavar="URL", help="AWS endpoint, e.g. a local AWS (AWS_ENDPOINT_URL)"
+    )
+    out = common.add_argument_group("output and concurrency")
+    out.add_argument(
+        "--max-workers",
+        type=worker_count,
+        metavar="N",
+        help=f"instances snapshotted in parallel, 1-{MAX_WORKERS_LIMIT} "
+        f"(default: {ENV_MAX_WORKERS} or {DEFAULT_MAX_WORKERS})",
+    )
+    out.add_argument("--no-progress", action="store_true", help="never draw the progress bar")
+    out.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="debug logs on stderr (-vv: botocore's too)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="snapset",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"snapset {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="debug logs on stderr (-vv: botocore's too)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = _common_options()
+
+    plan = commands.add_parser(
+        "plan",
+        parents=[common],
+        help="show what a policy would snapshot; calls CreateSnapshots with DryRun only",
+        description="Resolve a policy's instances and volume exclusions as the engine does, and\n"
+        "check with DryRun=True that each CreateSnapshots call would be authorized.",
+        epilog=PLAN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plan.add_argument(
+        "--policy", required=True, metavar="FILE|NAME", help="policy file, `-`, or name"
+    )
+    plan.add_argument(
+        "--config", metavar="PATH", help=f"the {CDK_JSON} to look NAME up in (default: ./)"
+    )
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(handler=cmd_plan)
+
+    run = commands.add_parser(
+        "run",
+        parents=[common],
+        help="run a payload through the Lambda's code path and print the report",
+        description="Parse a payload as the Lambda does, snapshot, print the report JSON and\n"
+        "publish it to SNS.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--payload", required=True, metavar="FILE|-", help="payload JSON; - = stdin")
+    run.add_argument(
+        "--topic-arn", metavar="ARN", help=f"SNS topic for the report (default: {ENV_TOPIC_ARN})"
+    )
+    run.set_defaults(handler=cmd_run)
+
+    commands.add_parser(
+        "demo",
+        add_help=False,
+        help="run the local demo (arguments after `demo` are passed to it)",
+    )
+    return parser
+
+
+def split_demo(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """Everything after the `demo` subcommand goes to the demo untouched (`--` is dropped)."""
+    for i, arg in enumerate(argv):
+        if arg == "demo":
+            rest = argv[i + 1 :]
+            return argv[: i + 1], rest[1:] if rest[:1] == ["--"] else rest
+        if not arg.startswith("-"):
+            break
+    return argv, None
+
+
+class _BriefFormatter(logging.Formatter):
+    """Without -v: one line per record, tracebacks left out."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text:
+            record = logging.makeLogRecord(record.__dict__)
+            record.exc_info = None
+            record.exc_text = None
+            record.msg = f"{record.msg} (-v shows the traceback)"
+        return super().format(record)
+
+
+@contextmanager
+def logging_to(stream: IO[str], verbosity: int) -> Iterator[None]:
+    """Quiet by default (warnings, one line each); -v: snapset's debug logs; -vv: everyone's."""
+    root = logging.getLogger()
+    ours = [logging.getLogger("snapset"), logging.getLogger("localaws")]
+    saved = (root.level, [lg.level for lg in ours])
+    handler = logging.StreamHandler(stream)
+    if verbosity:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s")
+        )
+        root.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO)
+        for lg in ours:
+            lg.setLevel(logging.DEBUG)
+    else:
+        handler.setFormatter(_BriefFormatter("snapset: %(levelname)s: %(message)s"))
+        root.setLevel(logging.WARNING)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        for lg, level in zip(ours, saved[1], strict=True):
+            lg.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code."""
+    console = Console(stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    head, passthrough = split_demo(args_list)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(head)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return _exit_code(exc.code)
+    if args.command is None:
+        parser.print_help(console.stderr)
+        return EXIT_USAGE
+    with logging_to(console.stderr, getattr(args, "verbose", 0)):
+        try:
+            if args.command == "demo":
+                return cmd_demo(passthrough or [])
+            code: int = args.handler(args, console)
+            return code
+        except CliError as exc:
+            console.stderr.write(f"snapset {args.command}: error: {exc.message}\n")
+            return exc.exit_code
+        except NoRegionError:
+            console.stderr.write(f"snapset {args.command}: error: {NO_REGION}\n")
+            return EXIT_USAGE
+        except (NoCredentialsError, PartialCredentialsError):
+            console.stderr.write(f"snapset {args.command}: error: {NO_CREDENTIALS}\n")
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            console.stderr.write(f"snapset {args.command}: interrupted\n")
+            return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
