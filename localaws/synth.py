@@ -137,11 +137,9 @@ def synthesize(project_root: Path = PROJECT_ROOT, stack_name: str | None = None)
     import aws_cdk as cdk  # noqa: PLC0415 - heavy (starts jsii); only when synthesizing
 
     from app import build_app  # noqa: PLC0415
+    from infra.config import CDK_JSON, read_cdk_context  # noqa: PLC0415 - the project's own reader
 
-    context = {
-        **json.loads((project_root / "cdk.json").read_text()).get("context", {}),
-        **CLI_CONTEXT,
-    }
+    context = {**read_cdk_context(project_root / CDK_JSON), **CLI_CONTEXT}
     name = stack_name or context.get("snapset:stack_name") or "Snapset"
     with tempfile.TemporaryDirectory(prefix="snapset-cdk-out-") as outdir:
         app = cdk.App(context=context, outdir=outdir)

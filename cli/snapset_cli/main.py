@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 # Transient EC2 errors are retried with backoff as in the Lambda, within Lambda's longest
 # invocation; an instance that cannot start by then is reported as failed (Timeout).
 RETRY_WINDOW_SECONDS = 15 * 60
-DEMO_MODULE = "localaws.demo"
+DEMO_MODULE = "snapset_cli.demo"
 
 
 @dataclass(frozen=True)

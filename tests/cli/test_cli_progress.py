@@ -131,7 +131,7 @@ def test_demo_passes_its_arguments_through(monkeypatch: pytest.MonkeyPatch) -> N
         seen.append(argv)
         return 3
 
-    monkeypatch.setitem(sys.modules, "localaws.demo", types.SimpleNamespace(main=fake_main))
+    monkeypatch.setitem(sys.modules, "snapset_cli.demo", types.SimpleNamespace(main=fake_main))
 
     assert cli.main(["demo", "--keep", "-v", "--region", "x"]) == 3
     assert cli.main(["-v", "demo", "--", "--help"]) == 3
@@ -142,16 +142,16 @@ def test_demo_argparse_exit_becomes_a_return_code(monkeypatch: pytest.MonkeyPatc
     def fake_main(argv: list[str] | None = None) -> int:
         raise SystemExit(0)
 
-    monkeypatch.setitem(sys.modules, "localaws.demo", types.SimpleNamespace(main=fake_main))
+    monkeypatch.setitem(sys.modules, "snapset_cli.demo", types.SimpleNamespace(main=fake_main))
     assert cli.main(["demo", "--help"]) == 0
 
 
 def test_demo_not_available_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "localaws.demo", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "snapset_cli.demo", None)  # makes the import fail
     assert cli.main(["demo"]) == 2
-    assert "the local demo is not available: localaws.demo cannot be imported" in (
+    assert "the local demo is not available: snapset_cli.demo cannot be imported" in (
         capsys.readouterr().err
     )
 

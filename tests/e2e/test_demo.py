@@ -6,10 +6,12 @@ import io
 
 import pytest
 
-from localaws import demo
-from localaws.demo import Checks, DemoInstance, DemoVolume, Expected, Out, verify
 from localaws.lambda_runtime import Invocation
 from localaws.report_inbox import Report
+from snapset_cli import demo
+from snapset_cli.demo_checks import Checks, Expected, verify
+from snapset_cli.demo_fleet import DemoInstance, DemoVolume
+from snapset_cli.render import Out
 
 pytestmark = pytest.mark.e2e
 
