@@ -9,6 +9,18 @@ STAMP := $(VENV)/.snapset-installed
 NPM_STAMP := node_modules/.snapset-installed
 CODE := lambdas cli infra localaws tests benchmarks app.py
 
+# jsii (the bridge the CDK's Python packages run on) supports Node.js 22 and 24. An older Node
+# still synthesizes but prints a twelve-line end-of-life banner: say so once, in one line, and
+# keep the banner out of synth, the tests and the demo.
+JSII_NODE_VERSIONS := 22 24
+NODE_MAJOR := $(shell node -p "process.versions.node.split('.')[0]" 2>/dev/null)
+ifeq ($(NODE_MAJOR),)
+$(warning snapset: node not found: install Node.js 22 or 24 (jsii's supported versions) and npm)
+else ifeq ($(filter $(NODE_MAJOR),$(JSII_NODE_VERSIONS)),)
+$(info snapset: Node.js $(NODE_MAJOR) is past jsii's support (22, 24); it works, but upgrade Node)
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := $(NODE_MAJOR)
+endif
+
 .PHONY: test lint typecheck unit demo synth diff deploy bench clean install
 
 install: $(STAMP) $(NPM_STAMP)
