@@ -25,7 +25,7 @@ from snapset.policy import Trigger
 from snapset.report import RunReport, invalid_input_report, publish_report
 from snapset.run import IdempotencyStore, Ignored, build_engine, run_request
 from snapset.settings import SERVICE_NAME, Settings
-from snapset.triggers import parse_request
+from snapset.triggers import parse_request, with_deployed_retention
 
 logger = Logger()
 metrics = Metrics()
@@ -111,7 +111,10 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     if isinstance(event, dict) and event.get("detail-type") in COMPLETION_DETAIL_TYPES:
         return _completion(event, config)
     try:
-        request = parse_request(event, default_request_id=context.aws_request_id)
+        request = with_deployed_retention(
+            parse_request(event, default_request_id=context.aws_request_id),
+            config.deployed_policies,
+        )
     except InvalidInput as exc:
         return _reject(exc, config)
     logger.set_correlation_id(request.trigger.id)

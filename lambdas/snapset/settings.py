@@ -6,9 +6,14 @@ them), so they live here as constants and infra imports them.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from pydantic import TypeAdapter, ValidationError
+
+from snapset.policy import PolicyName, Retention, describe_validation_error
 
 # Powertools reads POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE; the stack sets them to
 # these, and its alarms select the metrics by the same values.
@@ -19,6 +24,12 @@ ENV_TOPIC_ARN = "SNAPSET_TOPIC_ARN"
 ENV_MAX_WORKERS = "SNAPSET_MAX_WORKERS"
 ENV_IDEMPOTENCY_TABLE = "SNAPSET_IDEMPOTENCY_TABLE"
 ENV_SAFETY_MARGIN_MS = "SNAPSET_SAFETY_MARGIN_MS"
+# The deployed policies and their retention, `{"name": {"count": 7} | null, ...}`: retention is
+# taken from here only, never from a payload.
+ENV_DEPLOYED_POLICIES = "SNAPSET_DEPLOYED_POLICIES"
+
+DeployedPolicies = Mapping[str, Retention | None]
+_DEPLOYED = TypeAdapter(dict[PolicyName, Retention | None])
 
 DEFAULT_MAX_WORKERS = 8
 DEFAULT_SAFETY_MARGIN_MS = 10_000
@@ -34,6 +45,7 @@ class Settings:
 
     topic_arn: str
     idempotency_table: str
+    deployed_policies: DeployedPolicies = field(default_factory=dict)
     max_workers: int = DEFAULT_MAX_WORKERS
     safety_margin_ms: int = DEFAULT_SAFETY_MARGIN_MS
 
@@ -51,6 +63,7 @@ class Settings:
         return cls(
             topic_arn=topic_arn,
             idempotency_table=table,
+            deployed_policies=_deployed_policies(env),
             max_workers=_int(env, ENV_MAX_WORKERS, DEFAULT_MAX_WORKERS, 1, 64),
             safety_margin_ms=_int(env, ENV_SAFETY_MARGIN_MS, DEFAULT_SAFETY_MARGIN_MS, 0, 600_000),
         )
@@ -67,3 +80,19 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high} (got {value})")
     return value
+
+
+def _deployed_policies(env: Mapping[str, str]) -> DeployedPolicies:
+    raw = env.get(ENV_DEPLOYED_POLICIES)
+    if raw is None:
+        # Without it the function cannot tell whose retention a payload may use: refuse to run.
+        raise ConfigError(
+            f"{ENV_DEPLOYED_POLICIES} must map each deployed policy to its retention (JSON)"
+        )
+    try:
+        return _DEPLOYED.validate_python(json.loads(raw))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{ENV_DEPLOYED_POLICIES} is not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        detail = describe_validation_error(exc)
+        raise ConfigError(f"{ENV_DEPLOYED_POLICIES}: {detail}") from None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -28,6 +28,7 @@ from snapset.policy import (
     POLICY_NAME_PATTERN,
     InstanceId,
     ManualRequest,
+    Retention,
     SnapshotPolicy,
     SnapshotRequest,
     Trigger,
@@ -186,7 +187,9 @@ def parse_manual(
         id=manual.request_id or default_request_id or f"manual-{uuid.uuid4()}",
         time=now,
     )
-    policy = SnapshotPolicy.model_validate(manual.model_dump(exclude={"request_id"}))
+    policy = SnapshotPolicy.model_validate(
+        manual.model_dump(exclude={"request_id"}, exclude_unset=True)
+    )
     return SnapshotRequest(policy=policy, trigger=trigger)
 
 
@@ -215,3 +218,44 @@ def parse_request(
     if "schedule" in payload:
         return parse_schedule(payload)
     return parse_manual(payload, now, default_request_id)
+
+
+def with_deployed_retention(
+    request: SnapshotRequest, deployed: Mapping[str, Retention | None]
+) -> SnapshotRequest:
+    """The request with its deployed policy's retention: retention comes from the stack only.
+
+    `deployed` maps each deployed policy's name to its retention. A manual payload may not carry
+    `retention` for a deployed policy (it runs with the deployed one); a schedule or rule input
+    must carry the deployed one unchanged; a policy that is not deployed deletes nothing, so a
+    `retention` in its payload is an error too. `lambda:InvokeFunction` alone therefore never
+    decides what is deleted. Raises `InvalidInput` naming the field.
+    """
+    policy = request.policy
+    given = "retention" in policy.model_fields_set
+    if policy.name not in deployed:
+        if given and policy.retention is not None:
+            known = ", ".join(sorted(deployed)) or "none"
+            raise InvalidInput(
+                f"retention: only a deployed policy deletes snapshots, and {policy.name!r} is "
+                f"not one (deployed: {known}); remove the field",
+                policy=policy.name,
+                trigger=request.trigger,
+            )
+        return request
+    owned = deployed[policy.name]
+    manual = request.trigger.type is TriggerType.MANUAL
+    if given and (manual or policy.retention != owned):
+        raise InvalidInput(
+            f"retention: policy {policy.name!r} is deployed and runs with its deployed "
+            f"retention ({_retention_text(owned)}); a payload may not set it, remove the field",
+            policy=policy.name,
+            trigger=request.trigger,
+        )
+    return request.model_copy(update={"policy": policy.model_copy(update={"retention": owned})})
+
+
+def _retention_text(retention: Retention | None) -> str:
+    if retention is None:
+        return "none"
+    return json.dumps(retention.model_dump(exclude_none=True))

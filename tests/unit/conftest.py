@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ from localaws.ec2_snapshots import SnapshotCompleter, install
 from localaws.events import EventSink
 from localaws.topic_queue import drain_notifications, subscribe_queue
 from snapset import handler as handler_module
-from snapset.settings import ENV_IDEMPOTENCY_TABLE, ENV_TOPIC_ARN
+from snapset.settings import ENV_DEPLOYED_POLICIES, ENV_IDEMPOTENCY_TABLE, ENV_TOPIC_ARN
 
 IDEMPOTENCY_TABLE = "snapset-idempotency"
 
@@ -69,6 +70,8 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         )
         monkeypatch.setenv(ENV_TOPIC_ARN, topic_arn)
         monkeypatch.setenv(ENV_IDEMPOTENCY_TABLE, IDEMPOTENCY_TABLE)
+        # No deployed policy by default: a test that runs retention deploys its policy.
+        monkeypatch.setenv(ENV_DEPLOYED_POLICIES, "{}")
         handler_module.settings.cache_clear()
         COMPLETER.reset()
         yield Aws(boto3.client("ec2", region_name="us-east-1"), sns, sqs, topic_arn, queue_url)
@@ -78,3 +81,9 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
 @pytest.fixture
 def context() -> LambdaContext:
     return LambdaContext()
+
+
+def deploy_policies(monkeypatch: pytest.MonkeyPatch, policies: dict[str, Any]) -> None:
+    """As the stack would: the deployed policies' names and retention, for the next invocation."""
+    monkeypatch.setenv(ENV_DEPLOYED_POLICIES, json.dumps(policies))
+    handler_module.settings.cache_clear()
