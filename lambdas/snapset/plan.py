@@ -119,7 +119,7 @@ def plan_one(ec2: EC2Client, request: SnapshotRequest, instance: Instance) -> Pl
         if isinstance(planned, InstanceOutcome):
             return _with_outcome(base, planned)
         # A DryRun call creates nothing, so botocore's retrying client may send it.
-        outcome = create_snapshot_set(ec2, request, iid, planned, create_ec2=ec2)
+        outcome = create_snapshot_set(ec2, request, iid, planned, ec2_create=ec2)
     except (ClientError, BotoCoreError) as exc:
         return base.model_copy(
             update={

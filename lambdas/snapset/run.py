@@ -91,7 +91,7 @@ def build_engine(
         clients.ec2,
         request,
         budget=RetryBudget(deadline=deadline),
-        create_ec2=clients.ec2_create,
+        ec2_create=clients.ec2_create,
     )
     if idempotency is None:
         return engine

@@ -405,7 +405,7 @@ def create_snapshot_set(
     plan: SnapshotPlan,
     *,
     budget: RetryBudget = NO_RETRY,
-    create_ec2: EC2Client,
+    ec2_create: EC2Client,
 ) -> InstanceOutcome:
     """Call CreateSnapshots for one planned instance and return its outcome.
 
@@ -415,7 +415,7 @@ def create_snapshot_set(
     limits) are retried within `budget`; after a server error or a lost connection the set may
     exist, so the retry waits `budget.settle_delay` and looks again first, and without time for
     that the instance fails as `CreateSnapshotsUnconfirmed`, for the next delivery to settle.
-    `create_ec2` makes the CreateSnapshots call: a client without botocore retries, which would
+    `ec2_create` makes the CreateSnapshots call: a client without botocore retries, which would
     resend the call blind (`clients.Clients.ec2_create`).
     """
     params = build_create_snapshots_request(request, instance_id, plan)
@@ -435,7 +435,7 @@ def create_snapshot_set(
                         excluded_volume_ids=excluded,
                         reason="set already created by an earlier delivery of this trigger",
                     )
-            response = create_ec2.create_snapshots(**params)
+            response = ec2_create.create_snapshots(**params)
         except (ClientError, BotoCoreError) as exc:
             if error_code(exc) == DRY_RUN_OPERATION:
                 return InstanceOutcome(
@@ -483,7 +483,7 @@ def snapshot_instance(
     instance: Instance,
     budget: RetryBudget = NO_RETRY,
     *,
-    create_ec2: EC2Client,
+    ec2_create: EC2Client,
 ) -> InstanceOutcome:
     """Plan and snapshot one instance; every error becomes a failed outcome for it."""
     if budget.expired():
@@ -498,7 +498,7 @@ def snapshot_instance(
         if isinstance(plan, InstanceOutcome):
             return plan
         return create_snapshot_set(
-            ec2, request, instance.instance_id, plan, budget=budget, create_ec2=create_ec2
+            ec2, request, instance.instance_id, plan, budget=budget, ec2_create=ec2_create
         )
     except (ClientError, BotoCoreError) as exc:
         return _error_outcome(instance.instance_id, exc, ())

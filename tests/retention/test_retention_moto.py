@@ -416,7 +416,7 @@ def test_engine_then_retention_deletes_old_sets_and_keeps_the_new_one(
     request = SnapshotRequest(policy=pol, trigger=trigger)
     instance = describe_instance(aws.ec2, a.instance_id)
     assert instance is not None
-    outcome = snapshot_instance(aws.ec2, request, instance, create_ec2=aws.ec2)
+    outcome = snapshot_instance(aws.ec2, request, instance, ec2_create=aws.ec2)
     assert outcome.status is InstanceStatus.STARTED
     new_ids = {s.snapshot_id for s in outcome.snapshots}
 

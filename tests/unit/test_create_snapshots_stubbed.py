@@ -103,7 +103,7 @@ def run(
                 )
             else:
                 stub.add_response("create_snapshots", response or {}, expected)
-        outcome = snapshot_instance(ec2, req, inst, create_ec2=ec2)
+        outcome = snapshot_instance(ec2, req, inst, ec2_create=ec2)
         stub.assert_no_pending_responses()
     return outcome
 

@@ -167,7 +167,7 @@ def test_transient_errors_are_retried_within_the_budget(code: str) -> None:
                 ]
             },
         )
-        outcome = snapshot_instance(ec2, request, inst, budget, create_ec2=ec2)
+        outcome = snapshot_instance(ec2, request, inst, budget, ec2_create=ec2)
         stub.assert_no_pending_responses()
     assert outcome.status is InstanceStatus.STARTED
     assert len(sleeps) == 3
@@ -185,7 +185,7 @@ def test_transient_error_past_the_deadline_is_a_timeout() -> None:
         for _ in range(20):
             stub.add_response("describe_snapshots", {"Snapshots": []})
             stub.add_client_error("create_snapshots", "ConcurrentSnapshotLimitExceeded")
-        outcome = snapshot_instance(ec2, request, inst, budget, create_ec2=ec2)
+        outcome = snapshot_instance(ec2, request, inst, budget, ec2_create=ec2)
     assert outcome.status is InstanceStatus.FAILED
     assert outcome.error is not None
     assert outcome.error.code == TIMEOUT
@@ -199,7 +199,7 @@ def test_permanent_errors_are_not_retried() -> None:
         stub.add_response("describe_snapshots", {"Snapshots": []})
         stub.add_client_error("create_snapshots", "UnauthorizedOperation", http_status_code=403)
         outcome = snapshot_instance(
-            ec2, request, inst, RetryBudget(sleep=lambda s: None), create_ec2=ec2
+            ec2, request, inst, RetryBudget(sleep=lambda s: None), ec2_create=ec2
         )
         stub.assert_no_pending_responses()
     assert outcome.error is not None
@@ -271,7 +271,7 @@ def test_server_error_waits_to_settle_then_finds_the_set_instead_of_making_anoth
         stub.add_client_error("create_snapshots", "InternalError", http_status_code=500)
         stub.add_response("describe_snapshots", {"Snapshots": [made]})  # it was created after all
         outcome = snapshot_instance(
-            ec2, request, inst, RetryBudget(sleep=sleeps.append), create_ec2=ec2
+            ec2, request, inst, RetryBudget(sleep=sleeps.append), ec2_create=ec2
         )
         stub.assert_no_pending_responses()
     assert outcome.status is InstanceStatus.STARTED
@@ -288,7 +288,7 @@ def test_server_error_without_time_to_settle_is_left_to_the_next_delivery() -> N
     with Stubber(ec2) as stub:
         stub.add_response("describe_snapshots", {"Snapshots": []})
         stub.add_client_error("create_snapshots", "ServiceUnavailable", http_status_code=503)
-        outcome = snapshot_instance(ec2, request, inst, budget, create_ec2=ec2)
+        outcome = snapshot_instance(ec2, request, inst, budget, ec2_create=ec2)
     assert outcome.error is not None
     assert outcome.error.code == CREATE_UNCONFIRMED
     assert outcome.error.retry_on_redelivery
