@@ -313,6 +313,20 @@ class SnapsetConfig(BaseModel):
         | None
     ) = None
 
+    def deployed_policies(self) -> str:
+        """The function's SNAPSET_DEPLOYED_POLICIES: each policy's name and its retention."""
+        return json.dumps(
+            {
+                p.name: p.retention.model_dump(exclude_none=True) if p.retention else None
+                for p in self.policies
+            },
+            separators=(",", ":"),
+        )
+
+    def retaining_policies(self) -> list[str]:
+        """Names of the policies with retention: the only ones whose snapshots may be deleted."""
+        return [p.name for p in self.policies if p.retention is not None]
+
     @model_validator(mode="after")
     def _check(self) -> SnapsetConfig:
         seen: dict[str, str] = {}

@@ -1,4 +1,4 @@
-"""`SnapsetStack`: a thin stack around `SnapshotPolicies`, with the outputs operators need."""
+"""`SnapsetStack`: a thin stack around the `Snapset` construct, with the outputs operators need."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
 from infra.config import SnapsetConfig
-from infra.snapshot_policies import SnapshotPolicies
+from infra.snapset import Snapset
 
 
 class SnapsetStack(Stack):
@@ -19,7 +19,7 @@ class SnapsetStack(Stack):
     ) -> None:
         kwargs.setdefault("description", "Snapset: crash-consistent multi-volume EBS snapshot sets")
         super().__init__(scope, construct_id, **kwargs)
-        self.snapset = SnapshotPolicies(self, "Snapset", config=config)
+        self.snapset = Snapset(self, "Snapset", config=config)
         CfnOutput(
             self,
             "TopicArn",

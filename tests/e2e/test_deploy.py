@@ -27,43 +27,43 @@ _TABLE = "AWS::DynamoDB::Table"
 _FUNCTION = "AWS::Lambda::Function"
 EXPECTED_SUBSTITUTIONS = [
     ("CDKMetadata", "AWS::CDK::Metadata", NOT_CREATED, "-"),
-    ("SnapsetFunctionDlqAlarm77E5459D", *_ALARM),
-    ("SnapsetFunctionDlqPolicy2280FB33", *_QUEUE_POLICY),
-    ("SnapsetFunctionErrorsAlarmEC2833E3", *_ALARM),
+    ("SnapsetAlarmsFunctionDlqAlarmF68AA805", *_ALARM),
+    ("SnapsetAlarmsFunctionErrorsAlarm50222F6A", *_ALARM),
+    ("SnapsetAlarmsFunctionThrottlesAlarm7E474812", *_ALARM),
+    ("SnapsetAlarmsInstancesFailedAlarm0nightlyappE41ACB65", *_ALARM),
+    ("SnapsetAlarmsInstancesFailedAlarm1onstopC11D54E9", *_ALARM),
+    ("SnapsetAlarmsRulesDlqAlarmB2D2C28E", *_ALARM),
+    ("SnapsetAlarmsSchedulerDlqAlarm6C6558CD", *_ALARM),
     (
-        "SnapsetFunctionEventInvokeConfigA9013228",
+        "SnapsetFunctionEventInvokeConfigEFE211CC",
         "AWS::Lambda::EventInvokeConfig",
         SUBSTITUTED,
         "lambda:PutFunctionEventInvokeConfig",
     ),
-    ("SnapsetFunctionThrottlesAlarm6C51E722", *_ALARM),
-    ("SnapsetInstancesFailedAlarm0nightlyappDC575724", *_ALARM),
-    ("SnapsetInstancesFailedAlarm1onstopCD30C780", *_ALARM),
-    ("SnapsetRulesDlqAlarm8BE14ECA", *_ALARM),
-    ("SnapsetRulesDlqPolicy203F4EEC", *_QUEUE_POLICY),
+    ("SnapsetFunctionFunctionDlqPolicyB7318FDD", *_QUEUE_POLICY),
     (
-        "SnapsetSchedule0x0nightlyappE4EA1A5B",
-        "AWS::Scheduler::Schedule",
-        SUBSTITUTED,
-        "scheduler:CreateSchedule",
-    ),
-    ("SnapsetSchedulerDlqAlarm4F4B7723", *_ALARM),
-    ("SnapsetSchedulerDlqPolicyCCBACCAF", *_QUEUE_POLICY),
-    (
-        "SnapsetTopicPolicy9DE8EB0B",
+        "SnapsetNotificationsTopicPolicy59E095A7",
         "AWS::SNS::TopicPolicy",
         SUBSTITUTED,
         "sns:SetTopicAttributes(Policy)",
     ),
     ("SnapsetTopicopsexamplecomECC97009", "AWS::SNS::Subscription", SUBSTITUTED, "sns:Subscribe"),
+    ("SnapsetTriggersRulesDlqPolicyF5400E49", *_QUEUE_POLICY),
+    (
+        "SnapsetTriggersSchedule0x0nightlyappA39D8889",
+        "AWS::Scheduler::Schedule",
+        SUBSTITUTED,
+        "scheduler:CreateSchedule",
+    ),
+    ("SnapsetTriggersSchedulerDlqPolicyB3290BF6", *_QUEUE_POLICY),
     ("SnapsetTopicKey6C445C0D", "AWS::KMS::Key", FIXED, "KeyPolicy"),
     ("SnapsetIdempotencyTable95404CC0", _TABLE, FIXED, "TimeToLiveSpecification"),
     ("SnapsetIdempotencyTable95404CC0", _TABLE, FIXED, "PointInTimeRecoverySpecification"),
     ("SnapsetIdempotencyTable95404CC0", _TABLE, NOT_APPLIED, "SSESpecification"),
-    ("SnapsetFunction003C2387", _FUNCTION, NOT_APPLIED, "Layers"),
-    ("SnapsetFunction003C2387", _FUNCTION, NOT_APPLIED, "Architectures"),
-    ("SnapsetFunction003C2387", _FUNCTION, NOT_APPLIED, "TracingConfig"),
-    ("SnapsetFunction003C2387", _FUNCTION, NOT_APPLIED, "LoggingConfig"),
+    ("SnapsetFunctionCB87E822", _FUNCTION, NOT_APPLIED, "Layers"),
+    ("SnapsetFunctionCB87E822", _FUNCTION, NOT_APPLIED, "Architectures"),
+    ("SnapsetFunctionCB87E822", _FUNCTION, NOT_APPLIED, "TracingConfig"),
+    ("SnapsetFunctionCB87E822", _FUNCTION, NOT_APPLIED, "LoggingConfig"),
 ]
 
 
@@ -110,7 +110,7 @@ def test_bootstrap_and_assets_are_staged_as_the_default_synthesizer_expects(
 ) -> None:
     version = local_aws.client("ssm").get_parameter(Name=BOOTSTRAP_VERSION_PARAMETER)
     assert int(version["Parameter"]["Value"]) >= 6  # the template's CheckBootstrapVersion rule
-    code = deployment.template["Resources"]["SnapsetFunction003C2387"]["Properties"]["Code"]
+    code = deployment.template["Resources"]["SnapsetFunctionCB87E822"]["Properties"]["Code"]
     bucket = f"cdk-hnb659fds-assets-123456789012-{local_aws.region}"
     assert code["S3Bucket"] == {"Fn::Sub": "cdk-hnb659fds-assets-${AWS::AccountId}-${AWS::Region}"}
     body = local_aws.client("s3").get_object(Bucket=bucket, Key=code["S3Key"])["Body"].read()

@@ -146,7 +146,9 @@ def test_the_deployed_input_transformer_output_parses_as_an_instance_event(
     assert request.trigger.type is TriggerType.INSTANCE_EVENT
     assert request.trigger.id == event["id"]
     assert request.event_instance_id == "i-0123456789abcdef0"
-    assert rule_target.rule_name == deployment.physical_id("SnapsetInstanceRule1onstop9B4FD974")
+    assert rule_target.rule_name == deployment.physical_id(
+        "SnapsetTriggersInstanceRule1onstop0859D0E5"
+    )
 
 
 def test_the_deployed_schedule_input_parses_with_scheduler_attributes(router: Router) -> None:

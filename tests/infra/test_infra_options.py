@@ -97,3 +97,17 @@ def test_alarm_settings(s: Synth) -> None:
     ]
     assert len(failed) == 3
     assert {(a["Threshold"], a["Period"]) for a in failed} == {(3, 900)}
+
+
+def test_no_policy_with_retention_means_no_delete_grant() -> None:
+    config: dict[str, Any] = example_config()
+    for policy in config["policies"]:
+        policy.pop("retention", None)
+    actions = {
+        action
+        for res in synth(config, nag=False).resources("AWS::IAM::Policy").values()
+        for st in res["Properties"]["PolicyDocument"]["Statement"]
+        for action in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])
+    }
+    assert "ec2:DescribeSnapshots" in actions
+    assert "ec2:DeleteSnapshot" not in actions

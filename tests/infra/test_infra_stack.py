@@ -19,15 +19,24 @@ from cfnlint.api import lint
 from infra_support import Synth, example_config, synth
 
 from infra.config import load_config
-from infra.snapshot_policies import HANDLER, METRICS_NAMESPACE, SERVICE_NAME
+from infra.function import HANDLER
 from snapset.settings import (
+    ENV_DEPLOYED_POLICIES,
     ENV_IDEMPOTENCY_TABLE,
     ENV_MAX_WORKERS,
     ENV_SAFETY_MARGIN_MS,
     ENV_TOPIC_ARN,
+    METRICS_NAMESPACE,
+    SERVICE_NAME,
     Settings,
 )
-from snapset.triggers import EVENT_JSON_ATTR, SCHEDULE_ARN_ATTR, SCHEDULED_TIME_ATTR, parse_request
+from snapset.triggers import (
+    EVENT_JSON_ATTR,
+    SCHEDULE_ARN_ATTR,
+    SCHEDULED_TIME_ATTR,
+    parse_request,
+    with_deployed_retention,
+)
 
 SCHEDULED_TIME = "2026-11-27T01:30:00Z"
 SCHEDULE_ARN = "arn:aws:scheduler:eu-central-1:123456789012:schedule/default/nightly"
@@ -94,6 +103,7 @@ def test_function_environment_is_the_lambda_contract(s: Synth) -> None:
         ENV_MAX_WORKERS: "8",
         ENV_IDEMPOTENCY_TABLE: ref(s, "AWS::DynamoDB::Table"),
         ENV_SAFETY_MARGIN_MS: "10000",
+        ENV_DEPLOYED_POLICIES: '{"nightly-app":{"count":7},"on-stop":{"max_age_days":30}}',
         "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
         "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
         "POWERTOOLS_LOG_LEVEL": "INFO",
@@ -336,7 +346,10 @@ def test_retention_grants(s: Synth) -> None:
     delete = sids["RetentionDeleteOwnSnapshots"]
     assert delete["Action"] == "ec2:DeleteSnapshot"
     assert delete["Resource"] == ec2_arn("snapshot", account=False)
-    assert delete["Condition"] == {"Null": {"aws:ResourceTag/snapset:policy": "false"}}
+    # only snapshots of the deployed policies that have retention (both shipped ones do)
+    assert delete["Condition"] == {
+        "StringEquals": {"aws:ResourceTag/snapset:policy": ["nightly-app", "on-stop"]}
+    }
     attr = sids["RetentionDescribeSnapshotAttribute"]
     assert attr["Action"] == "ec2:DescribeSnapshotAttribute"
     assert attr["Resource"] == ec2_arn("snapshot", account=False)
@@ -522,6 +535,16 @@ def test_outputs(s: Synth, config: Any) -> None:
     payload = tail.split("--payload '", 1)[1].rsplit("' ", 1)[0]
     request = parse_request(json.loads(payload))
     assert request.trigger.type.value == "manual"
+    # the payload carries no retention: a deployed policy runs with the stack's own
+    env = s.only("AWS::Lambda::Function")["Properties"]["Environment"]["Variables"]
+    deployed = Settings.from_env(
+        {
+            ENV_TOPIC_ARN: "arn:aws:sns:eu-central-1:123456789012:Snapset-Topic",
+            ENV_IDEMPOTENCY_TABLE: "Snapset-IdempotencyTable",
+            ENV_DEPLOYED_POLICIES: env[ENV_DEPLOYED_POLICIES],
+        }
+    ).deployed_policies
+    request = with_deployed_retention(request, deployed)
     assert request.policy == config.policies[0].snapshot_policy()
 
 
@@ -530,20 +553,20 @@ def test_outputs(s: Synth, config: Any) -> None:
 
 PARTITION_REGION = "arn:<AWS::Partition>:ec2:<AWS::Region>"
 EXPECTED_ACKS = {
-    "FunctionDlq": {"AwsSolutions-SQS3"},
-    "SchedulerDlq": {"AwsSolutions-SQS3"},
-    "RulesDlq": {"AwsSolutions-SQS3"},
-    "FunctionRole/DefaultPolicy": {
+    "Function/FunctionDlq": {"AwsSolutions-SQS3"},
+    "Triggers/SchedulerDlq": {"AwsSolutions-SQS3"},
+    "Triggers/RulesDlq": {"AwsSolutions-SQS3"},
+    "Function/FunctionRole/DefaultPolicy": {
         "AwsSolutions-IAM5[Resource::*]",  # X-Ray
         "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
     },
-    "SnapshotPolicy": {
+    "Function/SnapshotPolicy": {
         "AwsSolutions-IAM5[Resource::*]",
         f"AwsSolutions-IAM5[Resource::{PARTITION_REGION}:<AWS::AccountId>:instance/*]",
         f"AwsSolutions-IAM5[Resource::{PARTITION_REGION}:<AWS::AccountId>:volume/*]",
         f"AwsSolutions-IAM5[Resource::{PARTITION_REGION}::snapshot/*]",
     },
-    "RetentionPolicy": {
+    "Function/RetentionPolicy": {
         "AwsSolutions-IAM5[Resource::*]",
         f"AwsSolutions-IAM5[Resource::{PARTITION_REGION}::snapshot/*]",
     },
@@ -569,7 +592,7 @@ def test_cdk_nag_acknowledgments_are_exactly_the_documented_ones(s: Synth) -> No
 
 
 def test_nag_fails_synth_without_acknowledgments(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("infra.snapshot_policies._ack", lambda *_a, **_k: None)
+    monkeypatch.setattr("infra.nag.acknowledge", lambda *_a, **_k: None)
     with pytest.raises(RuntimeError, match="ValidationFailed"):
         synth()
 

@@ -1,0 +1,95 @@
+"""CloudWatch alarms on the function, the dead-letter queues and each policy's failures, all
+notifying the report topic."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from infra.config import SnapsetConfig
+from snapset.settings import METRICS_NAMESPACE, SERVICE_NAME
+
+
+def failed_instances_metric(policy: str, period: Duration) -> cloudwatch.Metric:
+    """The `InstancesFailed` EMF metric of one policy, with the exact emitted dimensions."""
+    return cloudwatch.Metric(
+        namespace=METRICS_NAMESPACE,
+        metric_name="InstancesFailed",
+        dimensions_map={"policy": policy, "service": SERVICE_NAME},
+        statistic="Sum",
+        period=period,
+    )
+
+
+class Alarms(Construct):
+    """Errors and throttles of `function`, depth of each of `dead_letter_queues` (name ->
+    queue), and `InstancesFailed` per policy; each alarm notifies `topic`. Exposes `alarms`."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: SnapsetConfig,
+        function: lambda_.IFunction,
+        dead_letter_queues: Mapping[str, sqs.IQueue],
+        topic: sns.ITopic,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self._topic = topic
+        self.alarms: list[cloudwatch.Alarm] = []
+        a = config.alarms
+        period = Duration.minutes(a.period_minutes)
+        self._alarm(
+            "FunctionErrorsAlarm",
+            function.metric_errors(period=period, statistic="Sum"),
+            a.errors_threshold,
+            "Snapset: the snapshot Lambda failed (an invocation raised or timed out)",
+        )
+        self._alarm(
+            "FunctionThrottlesAlarm",
+            function.metric_throttles(period=period, statistic="Sum"),
+            a.throttles_threshold,
+            "Snapset: the snapshot Lambda was throttled",
+        )
+        for name, queue in dead_letter_queues.items():
+            self._alarm(
+                f"{name}Alarm",
+                queue.metric_approximate_number_of_messages_visible(
+                    period=period, statistic="Maximum"
+                ),
+                a.dlq_messages_threshold,
+                f"Snapset: messages in the {name} dead-letter queue (undelivered or failed runs)",
+            )
+        # One alarm per configured policy on the engine's EMF metric. Dimensions must match the
+        # emitted set exactly: the handler adds `policy`, Powertools adds `service`.
+        for index, policy in enumerate(config.policies):
+            self._alarm(
+                f"InstancesFailedAlarm{index}-{policy.name}",
+                failed_instances_metric(policy.name, period),
+                a.failed_instances_threshold,
+                f"Snapset policy {policy.name}: instances failed to snapshot",
+            )
+
+    def _alarm(
+        self, construct_id: str, metric: cloudwatch.IMetric, threshold: int, description: str
+    ) -> None:
+        alarm = cloudwatch.Alarm(
+            self,
+            construct_id,
+            metric=metric,
+            threshold=threshold,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            alarm_description=description,
+        )
+        alarm.add_alarm_action(cw_actions.SnsAction(self._topic))
+        self.alarms.append(alarm)

@@ -1,0 +1,353 @@
+"""The snapshot Lambda: its code, layer, role and least-privilege grants, log group, failure
+destination and idempotency table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsii
+from aws_cdk import CfnElement, Duration, Fn, RemovalPolicy, Stack
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from infra import nag
+from infra.config import SnapsetConfig
+from infra.logical_ids import keep_logical_id
+from infra.queues import dead_letter_queue
+from snapset.policy import TAG_POLICY
+from snapset.settings import (
+    ENV_DEPLOYED_POLICIES,
+    ENV_IDEMPOTENCY_TABLE,
+    ENV_MAX_WORKERS,
+    ENV_SAFETY_MARGIN_MS,
+    ENV_TOPIC_ARN,
+    METRICS_NAMESPACE,
+    SERVICE_NAME,
+)
+
+HANDLER = "snapset.handler.handler"
+CODE_PATH = Path(__file__).resolve().parent.parent / "lambdas"
+CODE_EXCLUDE = [
+    "requirements.txt",
+    "**/__pycache__",
+    "**/*.pyc",
+    ".mypy_cache",
+    ".pytest_cache",
+    "*.egg-info",
+]
+# Newest Python runtime in aws-cdk-lib 2.275; the Powertools layer name must match it.
+RUNTIME = lambda_.Runtime.PYTHON_3_14
+# Powertools for AWS Lambda (Python) v3, published by AWS in account 017000801446 in every
+# commercial region. The layer is built with `aws-lambda-powertools[all]`, so it carries pydantic
+# and aws-xray-sdk as well.
+POWERTOOLS_LAYER_ACCOUNT = "017000801446"
+POWERTOOLS_LAYER_NAME = "AWSLambdaPowertoolsPythonV3-python314-arm64"
+
+# Statement ids (Sid) of the Lambda role's policies; tests and reviewers find grants by them.
+SID_CREATE_SNAPSHOTS = "CreateSnapshots"
+SID_TAG_NEW_SNAPSHOTS = "TagSnapshotsAtCreation"
+SID_DESCRIBE = "DescribeUnscopable"
+SID_RETENTION_DELETE = "RetentionDeleteOwnSnapshots"
+SID_RETENTION_DESCRIBE_SNAPSHOTS = "RetentionDescribeSnapshotAttribute"
+SID_RETENTION_DESCRIBE = "RetentionDescribeUnscopable"
+SID_PUBLISH = "PublishReports"
+SID_TOPIC_KEY = "UseTopicKey"
+SID_IDEMPOTENCY = "IdempotencyRecords"
+SID_DESTINATION = "AsyncFailureDestination"
+
+R = logs.RetentionDays
+RETENTION = {
+    1: R.ONE_DAY, 3: R.THREE_DAYS, 5: R.FIVE_DAYS, 7: R.ONE_WEEK, 14: R.TWO_WEEKS,
+    30: R.ONE_MONTH, 60: R.TWO_MONTHS, 90: R.THREE_MONTHS, 120: R.FOUR_MONTHS,
+    150: R.FIVE_MONTHS, 180: R.SIX_MONTHS, 365: R.ONE_YEAR, 400: R.THIRTEEN_MONTHS,
+    545: R.EIGHTEEN_MONTHS, 731: R.TWO_YEARS, 1096: R.THREE_YEARS, 1827: R.FIVE_YEARS,
+    2192: R.SIX_YEARS, 2557: R.SEVEN_YEARS, 2922: R.EIGHT_YEARS, 3288: R.NINE_YEARS,
+    3653: R.TEN_YEARS,
+}  # fmt: skip
+
+
+@jsii.implements(lambda_.IDestination)
+class _QueueDestination:
+    """An SQS on-failure destination that grants only sqs:SendMessage.
+
+    `aws_lambda_destinations.SqsDestination` grants `grantSendMessages` (SendMessage plus
+    GetQueueAttributes and GetQueueUrl); Lambda needs only SendMessage for a destination.
+    """
+
+    def __init__(self, queue: sqs.IQueue) -> None:
+        self._queue = queue
+
+    def bind(
+        self,
+        scope: Construct,  # noqa: ARG002
+        fn: lambda_.IFunction,
+        *,
+        type: lambda_.DestinationType | None = None,  # noqa: ARG002
+    ) -> lambda_.DestinationConfig:
+        fn.add_to_role_policy(
+            iam.PolicyStatement(
+                sid=SID_DESTINATION,
+                actions=["sqs:SendMessage"],
+                resources=[self._queue.queue_arn],
+            )
+        )
+        return lambda_.DestinationConfig(destination=self._queue.queue_arn)
+
+
+def function_code() -> lambda_.Code:
+    """The runtime package alone (`lambdas/`); dependencies come from the Powertools layer."""
+    return lambda_.Code.from_asset(str(CODE_PATH), exclude=CODE_EXCLUDE)
+
+
+class SnapshotFunction(Construct):
+    """The Lambda with exactly the permissions its code uses.
+
+    Takes the topic it reports to and the topic's key. Exposes `function`, `role`,
+    `idempotency_table`, `log_group`, `dlq` (failed async invocations), and the role's two
+    managed policies `create_grants` (CreateSnapshots and its lookups) and `retention_grants`.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: SnapsetConfig,
+        topic: sns.ITopic,
+        topic_key: kms.IKey,
+        code: lambda_.Code | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.dlq = dead_letter_queue(self, "FunctionDlq", "failed asynchronous invocations")
+        self.idempotency_table = dynamodb.Table(
+            self,
+            "IdempotencyTable",
+            partition_key=dynamodb.Attribute(name="id", type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            time_to_live_attribute="expiration",
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            # Records are short-lived idempotency keys, not data worth keeping after the stack.
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        keep_logical_id(self, self.idempotency_table, "IdempotencyTable")
+        self.log_group = logs.LogGroup(
+            self,
+            "Logs",
+            retention=RETENTION[config.log_retention_days],
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        keep_logical_id(self, self.log_group, "Logs")
+        self.role = iam.Role(
+            self,
+            "FunctionRole",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description="Snapset snapshot Lambda: EC2 snapshots, report topic, idempotency table",
+        )
+        layer_arn = config.powertools_layer_arn or Fn.sub(
+            f"arn:${{AWS::Partition}}:lambda:${{AWS::Region}}:{POWERTOOLS_LAYER_ACCOUNT}:layer:"
+            f"{POWERTOOLS_LAYER_NAME}:{config.powertools_layer_version}"
+        )
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            description="Snapset: crash-consistent multi-volume EBS snapshot sets",
+            runtime=RUNTIME,
+            architecture=lambda_.Architecture.ARM_64,
+            handler=HANDLER,
+            code=code or function_code(),
+            layers=[lambda_.LayerVersion.from_layer_version_arn(self, "Powertools", layer_arn)],
+            role=self.role,
+            memory_size=config.lambda_memory_mb,
+            timeout=Duration.seconds(config.lambda_timeout_seconds),
+            reserved_concurrent_executions=config.max_concurrency,
+            log_group=self.log_group,
+            tracing=lambda_.Tracing.ACTIVE,
+            retry_attempts=2,
+            max_event_age=Duration.minutes(config.max_event_age_minutes),
+            # An on-failure destination keeps the event plus the error and request context,
+            # which a function dead-letter queue (event only) would lose.
+            on_failure=_QueueDestination(self.dlq),
+            environment={
+                ENV_TOPIC_ARN: topic.topic_arn,
+                ENV_MAX_WORKERS: str(config.max_workers),
+                ENV_IDEMPOTENCY_TABLE: self.idempotency_table.table_name,
+                ENV_SAFETY_MARGIN_MS: str(config.safety_margin_ms),
+                ENV_DEPLOYED_POLICIES: config.deployed_policies(),
+                "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
+                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
+                "POWERTOOLS_LOG_LEVEL": config.log_level,
+            },
+        )
+        self.create_grants, self.retention_grants = self._grant(config, topic, topic_key)
+        self._depend_on_grants()
+
+    def _grant(
+        self, config: SnapsetConfig, topic: sns.ITopic, topic_key: kms.IKey
+    ) -> tuple[iam.Policy, iam.Policy]:
+        stack = Stack.of(self)
+        role = self.role
+        self.log_group.grant_write(role)
+
+        def ec2_arn(resource: str, account: str | None = None) -> str:
+            return stack.format_arn(
+                service="ec2", resource=resource, resource_name="*", account=account
+            )
+
+        instance_arn, volume_arn = ec2_arn("instance"), ec2_arn("volume")
+        snapshot_arn = ec2_arn("snapshot", account="")
+        outposts = sorted({p.outpost_arn for p in config.policies if p.outpost_arn})
+
+        create = iam.Policy(
+            self,
+            "SnapshotPolicy",
+            roles=[role],
+            statements=[
+                iam.PolicyStatement(
+                    sid=SID_CREATE_SNAPSHOTS,
+                    actions=["ec2:CreateSnapshots"],
+                    resources=[instance_arn, volume_arn, snapshot_arn, *outposts],
+                ),
+                iam.PolicyStatement(
+                    sid=SID_TAG_NEW_SNAPSHOTS,
+                    actions=["ec2:CreateTags"],
+                    resources=[snapshot_arn],
+                    conditions={"StringEquals": {"ec2:CreateAction": "CreateSnapshots"}},
+                ),
+                iam.PolicyStatement(
+                    sid=SID_DESCRIBE,
+                    actions=[
+                        "ec2:DescribeInstances",
+                        "ec2:DescribeSnapshots",
+                        "ec2:DescribeVolumes",
+                    ],
+                    resources=["*"],
+                ),
+            ],
+        )
+        retention = iam.Policy(
+            self,
+            "RetentionPolicy",
+            roles=[role],
+            statements=[
+                iam.PolicyStatement(
+                    sid=SID_RETENTION_DESCRIBE_SNAPSHOTS,
+                    actions=["ec2:DescribeSnapshotAttribute"],
+                    resources=[snapshot_arn],
+                ),
+                iam.PolicyStatement(
+                    sid=SID_RETENTION_DESCRIBE,
+                    actions=["ec2:DescribeImages", "ec2:DescribeLockedSnapshots"],
+                    resources=["*"],
+                ),
+            ],
+        )
+        # DeleteSnapshot only on snapshots tagged with a deployed policy that has retention, so
+        # a payload naming any other policy cannot delete anything; none retains, none deletes.
+        if retaining := config.retaining_policies():
+            retention.add_statements(
+                iam.PolicyStatement(
+                    sid=SID_RETENTION_DELETE,
+                    actions=["ec2:DeleteSnapshot"],
+                    resources=[snapshot_arn],
+                    conditions={"StringEquals": {f"aws:ResourceTag/{TAG_POLICY}": retaining}},
+                )
+            )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid=SID_PUBLISH, actions=["sns:Publish"], resources=[topic.topic_arn]
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid=SID_TOPIC_KEY,
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                resources=[topic_key.key_arn],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid=SID_IDEMPOTENCY,
+                actions=[
+                    "dynamodb:DeleteItem",
+                    "dynamodb:GetItem",
+                    "dynamodb:PutItem",
+                    "dynamodb:UpdateItem",
+                ],
+                resources=[self.idempotency_table.table_arn],
+            )
+        )
+        self._acknowledge(create, retention)
+        return create, retention
+
+    def _acknowledge(self, create: iam.Policy, retention: iam.Policy) -> None:
+        wildcards = {
+            "instance": "<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/*",
+            "volume": "<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:volume/*",
+            "snapshot": "<AWS::Partition>:ec2:<AWS::Region>::snapshot/*",
+        }
+        why = {
+            "instance": "CreateSnapshots targets instances chosen at run time (by ID or tag); "
+            "the grant is limited to this account and region",
+            "volume": "CreateSnapshots reads every attached volume of the chosen instance, so it "
+            "needs the volumes of this account and region",
+            "snapshot": "snapshot IDs do not exist before CreateSnapshots makes them; snapshot "
+            "ARNs have no account, the grant is limited to this region",
+        }
+        for kind, pattern in wildcards.items():
+            nag.acknowledge(create, f"AwsSolutions-IAM5[Resource::arn:{pattern}]", why[kind])
+            if kind == "snapshot":
+                nag.acknowledge(retention, f"AwsSolutions-IAM5[Resource::arn:{pattern}]", why[kind])
+        nag.acknowledge(
+            create,
+            "AwsSolutions-IAM5[Resource::*]",
+            "ec2:DescribeInstances, DescribeVolumes and DescribeSnapshots support no "
+            "resource-level permissions (Resource must be *).",
+        )
+        nag.acknowledge(
+            retention,
+            "AwsSolutions-IAM5[Resource::*]",
+            "ec2:DescribeImages and ec2:DescribeLockedSnapshots support no resource-level "
+            "permissions (Resource must be *).",
+        )
+        default_policy = self.role.node.find_child("DefaultPolicy")
+        nag.acknowledge(
+            default_policy,
+            "AwsSolutions-IAM5[Resource::*]",
+            "Active tracing: xray:PutTraceSegments and xray:PutTelemetryRecords support no "
+            "resource-level permissions (Resource must be *).",
+        )
+        nag.acknowledge(
+            default_policy,
+            "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
+            "Publishing to an SSE-KMS topic needs kms:GenerateDataKey* (AWS SNS documentation); "
+            "the grant is scoped to the topic's own key.",
+        )
+
+    def _depend_on_grants(self) -> None:
+        """Create the function after all its permissions, and name each dependency once.
+
+        CDK makes the function depend on its role and the role's default policy; the role is
+        already implied by the `Role` GetAtt (cfn-lint W3005), while the two separate policies
+        are not, so DependsOn is set explicitly.
+        """
+        cfn_fn = self.function.node.default_child
+        assert isinstance(cfn_fn, lambda_.CfnFunction)
+        stack = Stack.of(self)
+        policies = [
+            self.role.node.find_child("DefaultPolicy").node.find_child("Resource"),
+            self.create_grants.node.default_child,
+            self.retention_grants.node.default_child,
+        ]
+        cfn_fn.add_override(
+            "DependsOn",
+            [stack.get_logical_id(p) for p in policies if isinstance(p, CfnElement)],
+        )

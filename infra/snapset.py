@@ -1,0 +1,83 @@
+"""`Snapset`: every Snapset resource for a validated `SnapsetConfig`, composed from one construct
+per concern.
+
+Add it to any stack: `Snapset(stack, "Snapset", config=load_config(raw))`. It needs no AWS
+credentials, context lookups or Docker at synth time and stays region/account-agnostic (ARNs are
+built from `AWS::Partition`, `AWS::Region` and `AWS::AccountId`).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
+
+from infra.alarms import Alarms
+from infra.config import SnapsetConfig
+from infra.function import SnapshotFunction
+from infra.notifications import Notifications
+from infra.triggers import Triggers
+
+
+class Snapset(Construct):
+    """Snapset for one account and region.
+
+    `notifications` (topic and key), `snapshot_function` (function, role, grants, table, DLQ),
+    `triggers` (schedules, rules, their DLQs) and `alarms`; the most used parts are also
+    attributes here: `function`, `role`, `topic`, `topic_key`, `idempotency_table`.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: SnapsetConfig,
+        code: lambda_.Code | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.config = config
+        self.notifications = Notifications(self, "Notifications", config=config)
+        self.topic = self.notifications.topic
+        self.topic_key = self.notifications.key
+        self.snapshot_function = SnapshotFunction(
+            self, "Function", config=config, topic=self.topic, topic_key=self.topic_key, code=code
+        )
+        self.function = self.snapshot_function.function
+        self.role = self.snapshot_function.role
+        self.idempotency_table = self.snapshot_function.idempotency_table
+        self.notifications.only_publisher(self.role)
+        self.triggers = Triggers(self, "Triggers", config=config, function=self.function)
+        self.alarms = Alarms(
+            self,
+            "Alarms",
+            config=config,
+            function=self.function,
+            dead_letter_queues={
+                "FunctionDlq": self.snapshot_function.dlq,
+                "SchedulerDlq": self.triggers.scheduler_dlq,
+                "RulesDlq": self.triggers.rules_dlq,
+            },
+            topic=self.topic,
+        )
+
+    def example_payload(self) -> dict[str, Any]:
+        """A manual-invoke payload: the first policy, as the Lambda's request model (without
+        retention, which a deployed policy takes from the stack)."""
+        policy = self.config.policies[0].snapshot_policy()
+        payload: dict[str, Any] = policy.model_dump(
+            mode="json", exclude_defaults=True, exclude={"retention"}
+        )
+        return payload
+
+    def invoke_command(self) -> str:
+        """`aws lambda invoke ...` for the first policy (a token string; resolves at deploy)."""
+        payload = json.dumps(self.example_payload(), separators=(",", ":"))
+        return (
+            f"aws lambda invoke --function-name {self.function.function_name} "
+            f"--cli-binary-format raw-in-base64-out --payload {shlex.quote(payload)} "
+            "snapset-report.json"
+        )
