@@ -301,7 +301,12 @@ class SnapsetConfig(BaseModel):
     trigger_retry_attempts: Annotated[int, Field(strict=True, ge=0, le=185)] = 3
     completion_events: StrictBool = True
     alarms: AlarmConfig = AlarmConfig()
-    powertools_layer_version: Annotated[int, Field(strict=True, ge=1)] = 38
+    # Replaced by the public SSM parameter of the pinned Powertools release (see infra.function):
+    # a layer version number nobody checked against the pin is what it used to be.
+    powertools_layer_version: Any = Field(
+        default=None,
+        description="removed: the layer comes from the pinned release's SSM parameter",
+    )
     # A full layer version ARN overrides the public Powertools layer (other partitions, mirrors).
     powertools_layer_arn: (
         Annotated[
@@ -337,6 +342,12 @@ class SnapsetConfig(BaseModel):
                     f"policies: policy names must be unique (ignoring case): {other!r} and "
                     f"{policy.name!r}"
                 )
+        if "powertools_layer_version" in self.model_fields_set:
+            raise ValueError(
+                "powertools_layer_version is no longer used: the layer is resolved at deploy "
+                "time from Powertools' SSM parameter for the release in lambdas/requirements.txt; "
+                "set powertools_layer_arn to pin another layer"
+            )
         if self.safety_margin_ms >= self.lambda_timeout_seconds * 1000 // 2:
             raise ValueError(
                 f"safety_margin_ms ({self.safety_margin_ms}) must be less than half of "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jsii
-from aws_cdk import CfnElement, Duration, Fn, RemovalPolicy, Stack
+from aws_cdk import CfnElement, Duration, RemovalPolicy, Stack, Token
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -14,10 +14,11 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from infra import nag
-from infra.config import SnapsetConfig
+from infra.config import ConfigError, SnapsetConfig
 from infra.logical_ids import keep_logical_id
 from infra.queues import dead_letter_queue
 from snapset.policy import TAG_POLICY
@@ -41,13 +42,48 @@ CODE_EXCLUDE = [
     ".pytest_cache",
     "*.egg-info",
 ]
-# Newest Python runtime in aws-cdk-lib 2.275; the Powertools layer name must match it.
+# Newest Python runtime in aws-cdk-lib 2.275; the Powertools layer is published per runtime.
 RUNTIME = lambda_.Runtime.PYTHON_3_14
-# Powertools for AWS Lambda (Python) v3, published by AWS in account 017000801446 in every
-# commercial region. The layer is built with `aws-lambda-powertools[all]`, so it carries pydantic
-# and aws-xray-sdk as well.
-POWERTOOLS_LAYER_ACCOUNT = "017000801446"
-POWERTOOLS_LAYER_NAME = "AWSLambdaPowertoolsPythonV3-python314-arm64"
+ARCHITECTURE = lambda_.Architecture.ARM_64
+RUNTIME_REQUIREMENTS = CODE_PATH / "requirements.txt"
+# Powertools for AWS Lambda (Python) publishes each release's layer ARN as a public SSM parameter
+# in the regions it publishes layers to; the runtime is written with its dot (python3.14).
+POWERTOOLS_PARAMETER = "/aws/service/powertools/python/{arch}/{runtime}/{version}"
+# Partitions Powertools publishes no public parameter in (AWS GovCloud, China, ISO): a stack
+# there must name its layer with powertools_layer_arn.
+_UNPUBLISHED_REGION_PREFIXES = ("us-gov-", "cn-", "us-iso", "eu-isoe-", "us-isof-")
+
+
+def powertools_version(requirements: Path = RUNTIME_REQUIREMENTS) -> str:
+    """The aws-lambda-powertools release pinned for the function (what the tests ran)."""
+    for line in requirements.read_text().splitlines():
+        name, sep, version = line.split("#", 1)[0].strip().partition("==")
+        if sep and name.strip().lower().split("[")[0] == "aws-lambda-powertools":
+            return version.strip()
+    raise ConfigError(f"{requirements}: no aws-lambda-powertools==VERSION pin")
+
+
+def powertools_parameter() -> str:
+    """The SSM parameter holding the pinned release's layer ARN for our runtime and arch."""
+    return POWERTOOLS_PARAMETER.format(
+        arch=ARCHITECTURE.name, runtime=RUNTIME.name, version=powertools_version()
+    )
+
+
+def _layer_arn(scope: Construct, config: SnapsetConfig) -> str:
+    if config.powertools_layer_arn:
+        return config.powertools_layer_arn
+    region = Stack.of(scope).region
+    if not Token.is_unresolved(region) and region.startswith(_UNPUBLISHED_REGION_PREFIXES):
+        raise ConfigError(
+            f"Powertools publishes no layer parameter in {region}: set powertools_layer_arn to "
+            "a Powertools layer (or a mirror) that carries aws-lambda-powertools=="
+            f"{powertools_version()}"
+        )
+    # Resolved by CloudFormation when the change set is made: where the parameter does not
+    # exist, the deploy stops before any resource changes.
+    return ssm.StringParameter.value_for_string_parameter(scope, powertools_parameter())
+
 
 # Statement ids (Sid) of the Lambda role's policies; tests and reviewers find grants by them.
 SID_CREATE_SNAPSHOTS = "CreateSnapshots"
@@ -152,16 +188,13 @@ class SnapshotFunction(Construct):
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
             description="Snapset snapshot Lambda: EC2 snapshots, report topic, idempotency table",
         )
-        layer_arn = config.powertools_layer_arn or Fn.sub(
-            f"arn:${{AWS::Partition}}:lambda:${{AWS::Region}}:{POWERTOOLS_LAYER_ACCOUNT}:layer:"
-            f"{POWERTOOLS_LAYER_NAME}:{config.powertools_layer_version}"
-        )
+        layer_arn = _layer_arn(self, config)
         self.function = lambda_.Function(
             self,
             "Function",
             description="Snapset: crash-consistent multi-volume EBS snapshot sets",
             runtime=RUNTIME,
-            architecture=lambda_.Architecture.ARM_64,
+            architecture=ARCHITECTURE,
             handler=HANDLER,
             code=code or function_code(),
             layers=[lambda_.LayerVersion.from_layer_version_arn(self, "Powertools", layer_arn)],

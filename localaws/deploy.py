@@ -21,6 +21,7 @@ map of logical to physical ids, the stack's resources and the substituted ones.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,6 +170,26 @@ def _stack_resources(cfn: Any, stack_name: str) -> dict[str, str]:
     return out
 
 
+_SSM_PARAMETER_TYPE = "AWS::SSM::Parameter::Value<String>"
+
+
+def stage_public_parameters(aws: LocalAws, template: Mapping[str, Any], account: str) -> list[str]:
+    """Publish stand-ins for the AWS public SSM parameters (`/aws/...`) the template reads.
+
+    Only the Lambda's Powertools layer reads one; local Lambda applies no layers (see the
+    substitution list), so the stand-in is a well-formed layer ARN that names itself as one.
+    Returns the parameters published.
+    """
+    published = []
+    for spec in template.get("Parameters", {}).values():
+        name = str(spec.get("Default", ""))
+        if spec.get("Type") == _SSM_PARAMETER_TYPE and name.startswith("/aws/"):
+            stand_in = f"arn:aws:lambda:{aws.region}:{account}:layer:localaws-public-parameter:1"
+            aws.put_public_parameter(name, stand_in, account)
+            published.append(name)
+    return published
+
+
 def deploy(
     aws: LocalAws,
     synth: Synthesized | None = None,
@@ -190,6 +211,7 @@ def deploy(
         "Capabilities": ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
         "Tags": [],
     }
+    stage_public_parameters(aws, synth.template, account)
     if len(body.encode()) <= _MAX_TEMPLATE_BODY:
         kwargs["TemplateBody"] = body
     else:  # as the CLI: the template asset, already published to the assets bucket

@@ -265,6 +265,14 @@ class LocalAws:
         """Delay for snapshots created from now on; None: only on `complete_snapshots`."""
         self._control("POST", "config", {"snapshot_delay_seconds": seconds})
 
+    def put_public_parameter(self, name: str, value: str, account_id: str) -> None:
+        """Publish an AWS public SSM parameter (`/aws/...`), which PutParameter refuses."""
+        self._control(
+            "POST",
+            "public-parameters",
+            {"account_id": account_id, "region": self.region, "name": name, "value": value},
+        )
+
     def reset(self) -> None:
         """moto's ``/moto-api/reset``: every backend, plus faults, events, pending snapshots
         and the snapshot delay."""

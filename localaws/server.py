@@ -28,7 +28,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from localaws import ec2_images, ec2_snapshots
+from localaws import ec2_images, ec2_snapshots, ssm_public
 from localaws import events as event_patches
 from localaws.ec2_snapshots import SnapshotCompleter
 from localaws.events import EventSink
@@ -210,6 +210,12 @@ class LocalAwsApp:
                 "snapshot_delay_seconds": state.completer.delay,
                 "pending_snapshots": state.completer.pending_count(),
             }
+        if route == "public-parameters" and method == "POST":
+            body = body or {}
+            ssm_public.put_public_parameter(
+                body["account_id"], body["region"], body["name"], body["value"]
+            )
+            return 200, {"name": body["name"]}
         if route == "reset" and method == "POST":
             state.reset()
             return 200, {"reset": True}

@@ -235,6 +235,10 @@ def test_policy_names_are_unique_ignoring_case() -> None:
         ({"log_level": "TRACE"}, "log_level: Input should be"),
         ({"powertools_layer_arn": "arn:aws:lambda:eu-west-1:1:layer:x"}, "powertools_layer_arn"),
         ({"unknown": True}, "unknown: Extra inputs are not permitted"),
+        (
+            {"powertools_layer_version": 38},
+            "powertools_layer_version is no longer used: the layer is resolved at deploy time",
+        ),
     ],
 )
 def test_bad_stack_setting_names_the_field(settings: dict[str, Any], expected: str) -> None:

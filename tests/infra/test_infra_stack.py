@@ -7,18 +7,21 @@ One synth per module (module-scoped fixture); the stack is env-agnostic like a c
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
+import aws_cdk as cdk
 import pytest
 from aws_cdk import Validations
 from aws_cdk.assertions import Match
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from cfnlint.api import lint
-from infra_support import Synth, example_config, synth
+from infra_support import ROOT, Synth, example_config, synth
 
-from infra.config import load_config
+from app import build_app
+from infra.config import ConfigError, load_config
 from infra.function import HANDLER
 from snapset.settings import (
     ENV_DEPLOYED_POLICIES,
@@ -119,11 +122,35 @@ def test_function_environment_is_the_lambda_contract(s: Synth) -> None:
 
 
 def test_powertools_layer_is_region_agnostic_and_pinned(s: Synth) -> None:
+    """The layer is the release the tests ran: Powertools' public SSM parameter for the version
+    pinned in lambdas/requirements.txt, resolved by CloudFormation at deploy time."""
     (layer,) = s.only("AWS::Lambda::Function")["Properties"]["Layers"]
-    assert layer == {
-        "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:017000801446:layer:"
-        "AWSLambdaPowertoolsPythonV3-python314-arm64:38"
+    parameter = s.raw["Parameters"][layer["Ref"]]
+    pinned = re.search(
+        r"^aws-lambda-powertools==(\S+)$",
+        (ROOT / "lambdas" / "requirements.txt").read_text(),
+        re.MULTILINE,
+    )
+    assert pinned is not None
+    assert parameter == {
+        "Type": "AWS::SSM::Parameter::Value<String>",
+        "Default": f"/aws/service/powertools/python/arm64/python3.14/{pinned.group(1)}",
     }
+    fn = s.only("AWS::Lambda::Function")["Properties"]
+    assert (fn["Runtime"], fn["Architectures"]) == ("python3.14", ["arm64"])
+
+
+@pytest.mark.parametrize("region", ["us-gov-west-1", "cn-north-1"])
+def test_synth_fails_where_powertools_publishes_no_parameter(
+    region: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CDK_DEFAULT_ACCOUNT", "123456789012")
+    monkeypatch.setenv("CDK_DEFAULT_REGION", region)
+    app = cdk.App(context={"snapset": example_config()})
+    with pytest.raises(
+        ConfigError, match=f"no layer parameter in {region}: set powertools_layer_arn"
+    ):
+        build_app(app, nag=False)
 
 
 def test_code_asset_is_the_lambdas_dir_without_requirements(s: Synth) -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from localaws import LocalAws
 
@@ -127,3 +128,15 @@ def test_start_failure_is_reported_and_cleaned_up(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="did not start"):
         aws.start()
     assert aws.pid is None
+
+
+def test_public_parameters_are_published_through_the_control_api(aws: LocalAws) -> None:
+    name = "/aws/service/powertools/python/arm64/python3.14/9.9.9"
+    ssm = aws.client("ssm")
+    with pytest.raises(ClientError, match="reserved parameter name"):
+        ssm.put_parameter(Name=name, Value="x", Type="String")
+    account = aws.client("sts").get_caller_identity()["Account"]
+    aws.put_public_parameter(name, "arn:aws:lambda:us-east-1:1:layer:x:1", account)
+    assert (
+        ssm.get_parameter(Name=name)["Parameter"]["Value"] == "arn:aws:lambda:us-east-1:1:layer:x:1"
+    )
