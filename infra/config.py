@@ -35,6 +35,7 @@ from snapset.policy import SnapshotPolicy, describe_validation_error
 from snapset.settings import DEFAULT_MAX_WORKERS, DEFAULT_SAFETY_MARGIN_MS
 
 CONTEXT_KEY = "snapset"
+DEFAULT_MAX_CONCURRENCY = 5
 CDK_JSON = "cdk.json"
 # `cdk --context snapset.policies=...` sets a flat key; it is read beside context.snapset.policies.
 FLAT_POLICIES_KEY = "snapset.policies"
@@ -290,8 +291,14 @@ class SnapsetConfig(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     lambda_memory_mb: Annotated[int, Field(strict=True, ge=128, le=10240)] = 256
     lambda_timeout_seconds: Annotated[int, Field(strict=True, ge=30, le=900)] = 300
-    # Reserved concurrency for the function; None leaves it on the account's unreserved pool.
-    max_concurrency: Annotated[int, Field(strict=True, ge=1, le=1000)] | None = None
+    # Reserved concurrency for the function: a burst of instance events (a fleet stopped at once)
+    # then queues in Lambda's async queue instead of running hundreds of invocations that share
+    # EC2's CreateSnapshots bucket (5 per s refill) and throttle each other and the account.
+    # Throttled async events are retried by Lambda for up to max_event_age_minutes; none is lost.
+    # None leaves the function on the account's unreserved pool.
+    max_concurrency: Annotated[int, Field(strict=True, ge=1, le=1000)] | None = (
+        DEFAULT_MAX_CONCURRENCY
+    )
     max_workers: Annotated[int, Field(strict=True, ge=1, le=64)] = DEFAULT_MAX_WORKERS
     safety_margin_ms: Annotated[int, Field(strict=True, ge=0, le=600_000)] = (
         DEFAULT_SAFETY_MARGIN_MS

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
+from aws_cdk import Annotations, ArnFormat, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
@@ -23,6 +23,17 @@ class Notifications(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, config: SnapsetConfig) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
+        alarm_source = {
+            "StringEquals": {"aws:SourceAccount": stack.account},
+            "ArnLike": {
+                "aws:SourceArn": stack.format_arn(
+                    service="cloudwatch",
+                    resource="alarm",
+                    resource_name="*",
+                    arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                )
+            },
+        }
         self.key = kms.Key(
             self,
             "TopicKey",
@@ -34,12 +45,14 @@ class Notifications(Construct):
         keep_logical_id(self, self.key, "TopicKey")
         # CloudWatch alarm actions publish to the encrypted topic, so CloudWatch must be able to
         # use the key (AWS: "Configure KMS permissions for AWS services").
+        # Only this account's alarms: the same source conditions as the topic policy below.
         self.key.add_to_resource_policy(
             iam.PolicyStatement(
                 sid="AllowCloudWatchAlarmsToUseTheKey",
                 principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
                 actions=["kms:Decrypt", "kms:GenerateDataKey*"],
                 resources=["*"],
+                conditions=alarm_source,
             )
         )
         self.topic = sns.Topic(
@@ -66,19 +79,15 @@ class Notifications(Construct):
                 principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
                 actions=["sns:Publish"],
                 resources=[self.topic.topic_arn],
-                conditions={
-                    "StringEquals": {"aws:SourceAccount": stack.account},
-                    "ArnLike": {
-                        "aws:SourceArn": stack.format_arn(
-                            service="cloudwatch",
-                            resource="alarm",
-                            resource_name="*",
-                            arn_format=ArnFormat.COLON_RESOURCE_NAME,
-                        )
-                    },
-                },
+                conditions=alarm_source,
             )
         )
+        if not config.notification_emails and not config.subscriptions:
+            Annotations.of(self).add_warning_v2(
+                "snapset:no-subscription",
+                "the report topic has no subscription, so run reports and alarms reach nobody: "
+                "add notification_emails or subscriptions to context.snapset in cdk.json",
+            )
 
     def only_publisher(self, role: iam.IRole) -> None:
         """Let `role` publish and refuse every other principal but AWS services."""

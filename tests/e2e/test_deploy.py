@@ -47,7 +47,6 @@ EXPECTED_SUBSTITUTIONS = [
         SUBSTITUTED,
         "sns:SetTopicAttributes(Policy)",
     ),
-    ("SnapsetTopicopsexamplecomECC97009", "AWS::SNS::Subscription", SUBSTITUTED, "sns:Subscribe"),
     ("SnapsetTriggersRulesDlqPolicyF5400E49", *_QUEUE_POLICY),
     (
         "SnapsetTriggersSchedule0x0nightlyappA39D8889",

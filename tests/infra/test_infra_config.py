@@ -51,7 +51,8 @@ def test_defaults_for_every_stack_setting() -> None:
     assert config.log_level == "INFO"
     assert config.lambda_memory_mb == 256
     assert config.lambda_timeout_seconds == 300
-    assert config.max_concurrency is None
+    # a burst of instance events queues instead of sharing EC2's bucket with hundreds of runs
+    assert config.max_concurrency == 5
     assert config.max_workers == DEFAULT_MAX_WORKERS
     assert config.safety_margin_ms == DEFAULT_SAFETY_MARGIN_MS
     assert config.max_event_age_minutes == 60

@@ -25,6 +25,7 @@ def s() -> Synth:
     )
     config.update(
         {
+            "notification_emails": ["ops@example.com"],
             "subscriptions": [
                 {"protocol": "sqs", "endpoint": "arn:aws:sqs:eu-central-1:123456789012:ops"},
                 {"protocol": "https", "endpoint": "https://hooks.example.com/snapset"},
