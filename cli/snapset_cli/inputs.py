@@ -64,6 +64,8 @@ def read_json(source: str, stdin: IO[str], what: str) -> Any:
         raise CliError(
             f"{what} in {name} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise CliError(f"{what} in {name} is nested too deeply to read") from None
 
 
 def policy_from_payload(data: Any, source: str) -> SnapshotPolicy:

@@ -272,3 +272,19 @@ def test_max_workers_is_checked(
     payload = write_json(tmp_path / "p.json", {"policy": "p", "instance_ids": [UNKNOWN_INSTANCE]})
     assert cli.main(["run", "--payload", payload, "--max-workers", value]) == 2
     assert "--max-workers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "what"),
+    [(["run", "--payload", "-"], "payload"), (["plan", "--policy", "-"], "policy")],
+)
+def test_a_deeply_nested_payload_exits_2_with_one_line(
+    command: list[str],
+    what: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("[" * 10_000 + "]" * 10_000))
+    assert cli.main(command) == 2
+    expected = f"snapset {command[0]}: error: {what} in stdin is nested too deeply to read\n"
+    assert capsys.readouterr().err == expected
