@@ -16,6 +16,7 @@ import json
 import re
 import zoneinfo
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from infra.schedule_times import DstFindings, dst_findings
 from snapset.policy import SnapshotPolicy, describe_validation_error
 from snapset.settings import DEFAULT_MAX_WORKERS, DEFAULT_SAFETY_MARGIN_MS
 
@@ -161,7 +163,11 @@ def _check_timezone(name: str) -> str:
 
 
 class ScheduleConfig(BaseModel):
-    """One EventBridge Scheduler schedule: a cron or rate expression in an IANA time zone."""
+    """One EventBridge Scheduler schedule: a cron or rate expression in an IANA time zone.
+
+    A cron that can fire in the hour skipped when clocks go forward loses that night's run
+    (Scheduler skips it): an error unless `allow_dst_skip` says it is meant.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -169,6 +175,34 @@ class ScheduleConfig(BaseModel):
     timezone: Annotated[str, StringConstraints(strict=True), AfterValidator(_check_timezone)] = (
         "UTC"
     )
+    allow_dst_skip: StrictBool = False
+
+    @model_validator(mode="after")
+    def _no_skipped_run(self) -> ScheduleConfig:
+        gap = self.dst().gap
+        if gap is not None and not self.allow_dst_skip:
+            raise ValueError(
+                f"{self.expression} in {self.timezone} falls in the hour skipped when clocks go "
+                f"forward (next on {gap:%Y-%m-%d} at {gap:%H:%M}, a time that does not exist "
+                "there), and EventBridge Scheduler skips that run: move it out of the "
+                "daylight-saving change, or set allow_dst_skip: true to accept the lost run"
+            )
+        return self
+
+    def dst(self) -> DstFindings:
+        """Where this schedule meets daylight saving, from today on."""
+        return dst_findings(self.expression, self.timezone, datetime.now(UTC).date())
+
+    def dst_warning(self) -> str | None:
+        """A warning when the schedule can fire in the repeated hour (once, at either offset)."""
+        repeated = self.dst().repeated
+        if repeated is None:
+            return None
+        return (
+            f"{self.expression} in {self.timezone} falls in the hour repeated when clocks go "
+            f"back (next on {repeated:%Y-%m-%d} at {repeated:%H:%M}): Scheduler runs it once, "
+            "and which of the two offsets it uses is not documented"
+        )
 
 
 def _schedule_shorthand(value: Any) -> Any:
@@ -334,6 +368,15 @@ class SnapsetConfig(BaseModel):
             },
             separators=(",", ":"),
         )
+
+    def schedule_warnings(self) -> list[str]:
+        """One line per schedule that can fire in a repeated hour, naming its policy."""
+        return [
+            f'policy "{p.name}": schedules[{n}]: {warning}'
+            for p in self.policies
+            for n, schedule in enumerate(p.schedules)
+            if (warning := schedule.dst_warning()) is not None
+        ]
 
     def retaining_policies(self) -> list[str]:
         """Names of the policies with retention: the only ones whose snapshots may be deleted."""

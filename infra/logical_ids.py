@@ -1,10 +1,18 @@
-"""Stable logical ids for stateful resources across construct refactors.
+"""Stable logical ids across construct refactors.
 
 Until the constructs were split by concern, every resource stood directly under the top-level
-construct. CloudFormation replaces a resource whose logical id changes, and for the KMS key, the
-topic, the table, the dead-letter queues and the log group that would lose keys, subscriptions,
-records and messages. `keep_logical_id` gives such a resource the id CDK computed for it at its
-old place, whatever construct now holds it.
+construct. CloudFormation replaces a resource whose logical id changes: it creates the new one,
+then deletes the old one. `keep_logical_id` gives a resource the id CDK computed for it at its old
+place, whatever construct now holds it. It is used where a replacement would lose something:
+
+- state: the KMS key, the topic, the table, the dead-letter queues and the log group (keys,
+  records, messages, logs);
+- what is attached to a kept resource: a queue policy, the topic policy and an event invoke
+  config are settings of their queue, topic or function, so deleting the old resource undoes what
+  the new one has just set; SNS answers a repeated Subscribe with the existing subscription, so
+  deleting the old one unsubscribes the endpoint (an email endpoint must also confirm again);
+- the function: a new one gets a new name and drops the asynchronous events the old one still
+  retries.
 """
 
 from __future__ import annotations

@@ -59,12 +59,14 @@ class Notifications(Construct):
             self, "Topic", display_name="Snapset", master_key=self.key, enforce_ssl=True
         )
         keep_logical_id(self, self.topic, "Topic")
+        # enforce_ssl made the topic's policy; the statements below and in `only_publisher` join it.
+        keep_logical_id(self, self.topic.node.find_child("Policy"), "Topic", "Policy")
         for email in config.notification_emails:
             self.topic.add_subscription(subs.EmailSubscription(email))
             # An email subscription replaced by CloudFormation must be confirmed again.
             keep_logical_id(self, self.topic.node.find_child(email), "Topic", email)
         for index, sub in enumerate(config.subscriptions):
-            sns.Subscription(
+            subscription = sns.Subscription(
                 self,
                 f"Subscription{index}",
                 topic=self.topic,
@@ -73,6 +75,7 @@ class Notifications(Construct):
                 raw_message_delivery=sub.raw_message_delivery or None,
                 subscription_role_arn=sub.subscription_role_arn,
             )
+            keep_logical_id(self, subscription, f"Subscription{index}")
         self.topic.add_to_resource_policy(
             iam.PolicyStatement(
                 sid="AlarmsPublish",

@@ -11,8 +11,8 @@ from infra.logical_ids import keep_logical_id
 
 
 def dead_letter_queue(owner: Construct, construct_id: str, what: str) -> sqs.Queue:
-    """An SQS-encrypted, SSL-only queue keeping messages 14 days; its logical id is kept stable
-    (it may hold messages)."""
+    """An SQS-encrypted, SSL-only queue keeping messages 14 days; the queue (it may hold messages)
+    and its policy keep their logical ids."""
     queue = sqs.Queue(
         owner,
         construct_id,
@@ -21,6 +21,8 @@ def dead_letter_queue(owner: Construct, construct_id: str, what: str) -> sqs.Que
         retention_period=Duration.days(14),
     )
     keep_logical_id(owner, queue, construct_id)
+    # The SSL-only statement made the queue's policy; later statements (rule targets) join it.
+    keep_logical_id(owner, queue.node.find_child("Policy"), construct_id, "Policy")
     nag.acknowledge(
         queue,
         "AwsSolutions-SQS3",

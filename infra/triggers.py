@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_cdk import Duration, Stack
+from aws_cdk import Annotations, Duration, Stack
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -87,6 +87,8 @@ class Triggers(Construct):
             if policy.on_instance_states:
                 self.instance_rules[policy.name] = self._instance_rule(index, policy)
         self.completion_rule = self._completion_rule() if config.completion_events else None
+        for warning in config.schedule_warnings():
+            Annotations.of(self).add_warning_v2("snapset:schedule-repeated-hour", warning)
 
     def _scheduler_role(self) -> iam.Role:
         role = iam.Role(

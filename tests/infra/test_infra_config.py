@@ -21,7 +21,7 @@ def policy(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "policy": "prod-db",
         "target_tags": {"Backup": ["nightly"]},
-        "schedules": [{"expression": "cron(0 2 * * ? *)", "timezone": "Europe/Paris"}],
+        "schedules": [{"expression": "cron(0 3 * * ? *)", "timezone": "Europe/Paris"}],
     }
     base.update(overrides)
     return base

@@ -81,7 +81,7 @@ def test_triggers_for_every_policy_and_no_completion_rule(s: Synth) -> None:
         for v in s.resources("AWS::Scheduler::Schedule").values()
     ]
     assert schedules == [
-        ("cron(30 2 * * ? *)", "Europe/Berlin"),
+        ("cron(30 3 * * ? *)", "Europe/Berlin"),
         ("rate(1 hour)", "UTC"),
         ("cron(0 12 ? * MON-FRI *)", "UTC"),
     ]
