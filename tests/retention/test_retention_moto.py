@@ -217,6 +217,36 @@ def test_a_failed_lock_or_image_check_keeps_everything(
     assert aws.existing() == before
 
 
+@pytest.mark.parametrize(
+    ("method", "api"),
+    [
+        ("describe_images", "DescribeImages"),
+        ("describe_locked_snapshots", "DescribeLockedSnapshots"),
+    ],
+)
+@pytest.mark.parametrize("code", ["UnauthorizedOperation", "RequestLimitExceeded", "InternalError"])
+def test_any_failed_protection_lookup_keeps_every_set_and_says_why(
+    aws: Aws, instances: list[FleetInstance], method: str, api: str, code: str
+) -> None:
+    """Fail closed: an AMI or lock check that cannot be made could be hiding a protected
+    snapshot, so nothing is deleted and the report names the check."""
+    a = instances[0]
+    history(aws, a, "nightly", range(1, 6))
+    before = aws.existing()
+
+    def refuse(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": code, "Message": "no"}}, api)
+
+    # set before retention builds its paginator, which binds the client's method
+    setattr(aws.ec2, method, refuse)
+    result = apply_retention(aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW)
+    assert result.deleted == ()
+    [error] = result.errors
+    assert error.code == code
+    assert error.message.startswith(f"{api} failed, kept 4 set(s) unchecked")
+    assert aws.existing() == before
+
+
 def test_a_failed_sharing_check_keeps_that_set(aws: Aws, instances: list[FleetInstance]) -> None:
     a = instances[0]
     sets = history(aws, a, "nightly", range(1, 5))
