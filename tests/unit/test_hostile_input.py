@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from localaws.fleet import launch_instance
 from snapset import handler as handler_module
 from snapset.clients import Clients
 from snapset.errors import InvalidInput
@@ -60,9 +61,11 @@ def ec2_calls(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     def spying_clients(*args: Any, **kwargs: Any) -> Clients:
         clients = real(*args, **kwargs)
-        clients.ec2.meta.events.register(
-            "before-call.ec2.*", lambda model, **_: calls.append(model.name)
-        )
+        # both EC2 clients: the retrying one and the one CreateSnapshots goes through
+        for client in (clients.ec2, clients.ec2_create):
+            client.meta.events.register(
+                "before-call.ec2.*", lambda model, **_: calls.append(model.name)
+            )
         return clients
 
     monkeypatch.setattr(handler_module, "make_clients", spying_clients)
@@ -88,3 +91,12 @@ def test_hostile_input_is_rejected_with_a_named_problem(
         assert case["error_contains"] in raised.value.message
         assert aws.messages() == []
     assert ec2_calls == []
+
+
+def test_the_spy_sees_both_clients(aws: Aws, context: LambdaContext, ec2_calls: list[str]) -> None:
+    """Negative control: a valid run is seen reading and creating, so an empty list above means
+    that no call was made, not that the spy missed it."""
+    inst = launch_instance(aws.ec2)
+    handler_module.handler({"policy": "p", "instance_ids": [inst.instance_id]}, context)
+    assert "DescribeInstances" in ec2_calls  # the retrying client
+    assert "CreateSnapshots" in ec2_calls  # the CreateSnapshots client
