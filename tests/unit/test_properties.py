@@ -3,23 +3,19 @@ CreateSnapshots (every request that parses yields parameters AWS accepts)."""
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from snapset.errors import InvalidInput
-from snapset.policy import (
-    MAX_DESCRIPTION_LEN,
-    MAX_EXCLUDED_DATA_VOLUMES,
-    MAX_TAG_KEY_LEN,
-    MAX_TAG_VALUE_LEN,
-    MAX_TAGS_PER_RESOURCE,
-)
 from snapset.snapshots import SnapshotPlan, build_create_snapshots_request
 from snapset.triggers import parse_request
-from tests.conftest import load_event
+from tests.conftest import FIXTURES, load_event
 
 NOW = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
@@ -119,6 +115,23 @@ def wrap(policy: dict[str, Any], how: int) -> Any:
     return {"policy": policy, "event": event}
 
 
+def _reference_limit(pattern: str) -> int:
+    """A number stated in the CreateSnapshots API reference (fixtures/create_snapshots.txt)."""
+    match = re.search(pattern, (FIXTURES / "create_snapshots.txt").read_text())
+    assert match is not None, pattern
+    return int(match.group(1))
+
+
+# AWS's limits as AWS states them, never the code's own constants (a wrong constant would
+# otherwise pass its own test).
+_OTHER_LIMITS = json.loads((FIXTURES / "aws_limits.json").read_text())
+MAX_EXCLUDED_DATA_VOLUMES = _reference_limit(r"You can specify up to (\d+) volume IDs per request")
+MAX_TAG_KEY_LEN = _reference_limit(r"Tag keys are case-sensitive and accept a maximum of (\d+)")
+MAX_TAG_VALUE_LEN = _reference_limit(r"Tag values are case-sensitive and accept a maximum of (\d+)")
+MAX_DESCRIPTION_LEN = _OTHER_LIMITS["snapshot_description_max_chars"]["value"]
+MAX_TAGS_PER_RESOURCE = _OTHER_LIMITS["tags_per_resource_max"]["value"]
+
+
 def assert_acceptable_to_aws(params: Any) -> None:
     spec = params["InstanceSpecification"]
     assert len(spec.get("ExcludeDataVolumeIds", [])) <= MAX_EXCLUDED_DATA_VOLUMES
@@ -165,3 +178,61 @@ def test_every_request_that_parses_is_acceptable_to_create_snapshots(
         excluded_volume_ids=tuple(request.policy.exclude_data_volume_ids),
     )
     assert_acceptable_to_aws(build_create_snapshots_request(request, instance_id, plan))
+
+
+def _parses(policy: dict[str, Any]) -> bool:
+    try:
+        parse_request(policy, now=NOW)
+    except InvalidInput:
+        return False
+    return True
+
+
+BASE = {"policy": "p", "instance_ids": ["i-0123456789abcdef0"]}
+
+
+@pytest.mark.parametrize(
+    ("field", "at_limit", "over_limit"),
+    [
+        (
+            "tag key",
+            {"tags": {"k" * MAX_TAG_KEY_LEN: "v"}},
+            {"tags": {"k" * (MAX_TAG_KEY_LEN + 1): "v"}},
+        ),
+        (
+            "tag value",
+            {"tags": {"k": "v" * MAX_TAG_VALUE_LEN}},
+            {"tags": {"k": "v" * (MAX_TAG_VALUE_LEN + 1)}},
+        ),
+        (
+            "description",
+            {"description": "d" * MAX_DESCRIPTION_LEN},
+            {"description": "d" * (MAX_DESCRIPTION_LEN + 1)},
+        ),
+        (
+            "excluded volumes",
+            {
+                "exclude_data_volume_ids": [
+                    f"vol-{n:017x}" for n in range(MAX_EXCLUDED_DATA_VOLUMES)
+                ]
+            },
+            {
+                "exclude_data_volume_ids": [
+                    f"vol-{n:017x}" for n in range(MAX_EXCLUDED_DATA_VOLUMES + 1)
+                ]
+            },
+        ),
+        (
+            # Snapset adds its three managed tags to every snapshot
+            "tags per snapshot",
+            {"tags": {f"k{n}": "v" for n in range(MAX_TAGS_PER_RESOURCE - 3)}},
+            {"tags": {f"k{n}": "v" for n in range(MAX_TAGS_PER_RESOURCE - 2)}},
+        ),
+    ],
+)
+def test_everything_aws_accepts_parses_and_nothing_more(
+    field: str, at_limit: dict[str, Any], over_limit: dict[str, Any]
+) -> None:
+    """Both sides of each AWS limit: a policy is neither looser nor stricter than AWS."""
+    assert _parses({**BASE, **at_limit}), field
+    assert not _parses({**BASE, **over_limit}), field
