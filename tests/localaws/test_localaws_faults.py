@@ -122,10 +122,18 @@ def test_throttled_create_snapshots_creates_nothing(
 
 
 def test_throttled_calls_are_retried_by_botocore(aws: LocalAws) -> None:
-    aws.set_faults(FaultRule("ec2:DescribeVolumes", throttle=Throttle(1, 20.0)))
+    # Deterministic, not timed: the next two calls are refused with EC2's throttling error.
+    refusal = ErrorFault(fail_next=2, probability=0.0, code="RequestLimitExceeded", status=503)
+    aws.set_faults(FaultRule("ec2:DescribeVolumes", error=refusal))
     ec2 = aws.client("ec2", max_attempts=5)
-    for _ in range(3):
-        ec2.describe_volumes()  # standard retry mode backs off and gets through
+    response = ec2.describe_volumes()  # standard retry mode backs off and gets through
+    assert response["ResponseMetadata"]["RetryAttempts"] == 2
+    [rule] = aws.faults()["stats"]
+    assert (rule["calls"], rule["errors"]) == (3, 2)
+    aws.set_faults(FaultRule("ec2:DescribeVolumes", error=refusal))
+    single = aws.client("ec2", max_attempts=1)
+    with pytest.raises(ClientError):  # without retries the refusal reaches the caller
+        single.describe_volumes()
 
 
 def test_sns_query_protocol_throttle(aws: LocalAws) -> None:
@@ -240,12 +248,13 @@ def test_added_latency(aws: LocalAws, ec2: Any) -> None:
 
 
 def test_faults_are_cleared_by_reset_and_by_clear(aws: LocalAws, ec2: Any) -> None:
-    aws.set_faults(FaultRule("ec2:*", error=ErrorFault(probability=1.0)))
-    aws.clear_faults()
-    ec2.describe_volumes()
-    aws.set_faults(FaultRule("ec2:*", error=ErrorFault(probability=1.0)))
-    aws.reset()
-    ec2.describe_volumes()
+    for clear in (aws.clear_faults, aws.reset):
+        aws.set_faults(FaultRule("ec2:*", error=ErrorFault(probability=1.0)))
+        with pytest.raises(ClientError):
+            ec2.describe_volumes()  # the fault applies...
+        clear()
+        ec2.describe_volumes()  # ...and no longer does
+        assert aws.faults()["rules"] == []
 
 
 def test_invalid_fault_config_is_a_400(aws: LocalAws) -> None:

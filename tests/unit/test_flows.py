@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from localaws.fleet import DataVolume, launch_instance, snapshots_by_volume
+from snapset.errors import InvalidInput
 from snapset.handler import handler
 from snapset.report import RunReport
 from tests.conftest import load_event
@@ -192,22 +193,28 @@ def test_invalid_manual_payload_publishes_a_failure_report_naming_the_field(
     assert report.error is not None
     assert field in report.error.message
     assert snapshots_by_volume(aws.ec2) == {}
-    assert inst.instance_id
+    # nothing was even looked at: the report lists no instance, the existing one included
+    assert report.instances == ()
+    assert inst.instance_id not in json.dumps(result)
 
 
 @pytest.mark.parametrize(
-    "event",
+    ("event", "message"),
     [
-        [],
-        "snapshot please",
-        {"instance_ids": ["i-12345678"]},
-        load_event("ec2-instance-state-change"),
-        {"detail-type": "Something Else", "source": "aws.ec2", "detail": {}},
+        ([], "input must be a JSON object, got list"),
+        ("snapshot please", "input must be a JSON object, got str"),
+        ({"instance_ids": ["i-12345678"]}, "invalid manual payload: policy: Field required"),
+        (load_event("ec2-instance-state-change"), "state-change event arrived without its policy"),
+        (
+            {"detail-type": "Something Else", "source": "aws.ec2", "detail": {}},
+            "unsupported event detail-type 'Something Else'",
+        ),
     ],
 )
 def test_input_naming_no_policy_fails_the_invocation(
-    aws: Aws, context: LambdaContext, event: Any
+    aws: Aws, context: LambdaContext, event: Any, message: str
 ) -> None:
-    with pytest.raises(ValueError, match=r"expected|policy"):
+    with pytest.raises(InvalidInput) as raised:
         handler(event, context)
+    assert message in raised.value.message
     assert aws.messages() == []

@@ -300,9 +300,30 @@ def test_create_client_never_resends_create_snapshots_itself() -> None:
     assert clients.ec2.meta.config.retries["mode"] == "adaptive"
 
 
-def test_client_side_errors_are_not_retried() -> None:
-    assert create_error_kind(NoCredentialsError()) == "permanent"
-    assert create_error_kind(ParamValidationError(report="bad")) == "permanent"
+@pytest.mark.parametrize(
+    "error", [NoCredentialsError(), ParamValidationError(report="bad")], ids=type
+)
+def test_client_side_errors_are_not_retried(error: Exception) -> None:
+    assert create_error_kind(error) == "permanent"
+    # behaviour, not the label: CreateSnapshots is tried once, nothing waits, the instance
+    # fails with the error's own name
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    calls, sleeps = [], []
+
+    def create_snapshots(**_: Any) -> Any:
+        calls.append(1)
+        raise error
+
+    creator = type("Creator", (), {"create_snapshots": staticmethod(create_snapshots)})()
+    request, inst = _one_instance_request()
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_snapshots", {"Snapshots": []})
+        outcome = snapshot_instance(
+            ec2, request, inst, RetryBudget(sleep=sleeps.append), ec2_create=creator
+        )
+    assert (len(calls), sleeps) == (1, [])
+    assert outcome.error is not None
+    assert outcome.error.code == type(error).__name__
 
 
 def test_manual_payload_without_request_id_keeps_lambdas_request_id_across_retries(
