@@ -1,1 +1,2 @@
-"""Snapset's CDK app: configuration model, the `SnapshotPolicies` construct and its stack."""
+"""Snapset's CDK app: configuration model, the `Snapset` construct (one construct per concern)
+and its stack."""

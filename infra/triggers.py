@@ -12,6 +12,7 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_scheduler as scheduler
+from aws_cdk import aws_sqs as sqs
 from aws_cdk.interfaces.aws_events import IRuleRef
 from constructs import Construct
 
@@ -79,18 +80,24 @@ class Triggers(Construct):
             self, "SchedulerDlq", "schedule deliveries Scheduler gave up"
         )
         self.rules_dlq = dead_letter_queue(self, "RulesDlq", "event deliveries EventBridge gave up")
-        self.scheduler_role = self._scheduler_role()
+        self.scheduler_role = self._scheduler_role(self.scheduler_dlq)
         self.schedules: dict[str, list[scheduler.CfnSchedule]] = {}
         self.instance_rules: dict[str, events.Rule] = {}
         for index, policy in enumerate(config.policies):
-            self.schedules[policy.name] = self._schedules(index, policy)
+            self.schedules[policy.name] = self._schedules(
+                index, policy, self.scheduler_role, self.scheduler_dlq
+            )
             if policy.on_instance_states:
-                self.instance_rules[policy.name] = self._instance_rule(index, policy)
-        self.completion_rule = self._completion_rule() if config.completion_events else None
+                self.instance_rules[policy.name] = self._instance_rule(
+                    index, policy, self.rules_dlq
+                )
+        self.completion_rule = (
+            self._completion_rule(self.rules_dlq) if config.completion_events else None
+        )
         for warning in config.schedule_warnings():
             Annotations.of(self).add_warning_v2("snapset:schedule-repeated-hour", warning)
 
-    def _scheduler_role(self) -> iam.Role:
+    def _scheduler_role(self, dlq: sqs.IQueue) -> iam.Role:
         role = iam.Role(
             self,
             "SchedulerRole",
@@ -111,12 +118,14 @@ class Triggers(Construct):
             iam.PolicyStatement(
                 sid="DeadLetter",
                 actions=["sqs:SendMessage"],
-                resources=[self.scheduler_dlq.queue_arn],
+                resources=[dlq.queue_arn],
             )
         )
         return role
 
-    def _schedules(self, index: int, policy: PolicyConfig) -> list[scheduler.CfnSchedule]:
+    def _schedules(
+        self, index: int, policy: PolicyConfig, role: iam.IRole, dlq: sqs.IQueue
+    ) -> list[scheduler.CfnSchedule]:
         config = self._config
         payload = json.dumps(schedule_input(policy.snapshot_policy()), separators=(",", ":"))
         return [
@@ -130,30 +139,32 @@ class Triggers(Construct):
                 state="ENABLED",
                 target=scheduler.CfnSchedule.TargetProperty(
                     arn=self._function.function_arn,
-                    role_arn=self.scheduler_role.role_arn,
+                    role_arn=role.role_arn,
                     input=payload,
                     retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(
                         maximum_retry_attempts=config.trigger_retry_attempts,
                         maximum_event_age_in_seconds=config.max_event_age_minutes * 60,
                     ),
                     dead_letter_config=scheduler.CfnSchedule.DeadLetterConfigProperty(
-                        arn=self.scheduler_dlq.queue_arn
+                        arn=dlq.queue_arn
                     ),
                 ),
             )
             for n, sched in enumerate(policy.schedules)
         ]
 
-    def _lambda_target(self, event: events.RuleTargetInput | None) -> targets.LambdaFunction:
+    def _lambda_target(
+        self, event: events.RuleTargetInput | None, dlq: sqs.IQueue
+    ) -> targets.LambdaFunction:
         return targets.LambdaFunction(
             self._function,
             event=event,
-            dead_letter_queue=self.rules_dlq,
+            dead_letter_queue=dlq,
             retry_attempts=self._config.trigger_retry_attempts,
             max_event_age=Duration.minutes(self._config.max_event_age_minutes),
         )
 
-    def _instance_rule(self, index: int, policy: PolicyConfig) -> events.Rule:
+    def _instance_rule(self, index: int, policy: PolicyConfig, dlq: sqs.IQueue) -> events.Rule:
         template = instance_event_input_template(policy.snapshot_policy())
         return events.Rule(
             self,
@@ -165,16 +176,16 @@ class Triggers(Construct):
                 detail_type=[STATE_CHANGE_DETAIL_TYPE],
                 detail={"state": list(policy.on_instance_states)},
             ),
-            targets=[self._lambda_target(_RawInputTemplate(template))],
+            targets=[self._lambda_target(_RawInputTemplate(template), dlq)],
         )
 
-    def _completion_rule(self) -> events.Rule:
+    def _completion_rule(self, dlq: sqs.IQueue) -> events.Rule:
         rule = events.Rule(
             self,
             "CompletionRule",
             description="Snapset: snapshot set completion and snapshot failures",
             event_pattern=events.EventPattern(source=["aws.ec2"]),
-            targets=[self._lambda_target(None)],
+            targets=[self._lambda_target(None, dlq)],
         )
         # The L2 EventPattern cannot express `$or`; the pattern is set on the L1 as a whole.
         cfn_rule = rule.node.default_child
