@@ -15,7 +15,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_ssm as ssm
-from constructs import Construct
+from constructs import Construct, IConstruct
 
 from infra import nag
 from infra.config import ConfigError, SnapsetConfig
@@ -146,7 +146,8 @@ class SnapshotFunction(Construct):
 
     Takes the topic it reports to and the topic's key. Exposes `function`, `role`,
     `idempotency_table`, `log_group`, `dlq` (failed async invocations), and the role's two
-    managed policies `create_grants` (CreateSnapshots and its lookups) and `retention_grants`.
+    policies besides its default one: `create_snapshots_policy` (CreateSnapshots, tagging new
+    snapshots, the lookups) and `retention_policy` (deleting expired snapshots and its checks).
     """
 
     def __init__(
@@ -220,167 +221,190 @@ class SnapshotFunction(Construct):
                 "POWERTOOLS_LOG_LEVEL": config.log_level,
             },
         )
-        self.create_grants, self.retention_grants = self._grant(config, topic, topic_key)
-        self._depend_on_grants()
-
-    def _grant(
-        self, config: SnapsetConfig, topic: sns.ITopic, topic_key: kms.IKey
-    ) -> tuple[iam.Policy, iam.Policy]:
-        stack = Stack.of(self)
-        role = self.role
-        self.log_group.grant_write(role)
-
-        def ec2_arn(resource: str, account: str | None = None) -> str:
-            return stack.format_arn(
-                service="ec2", resource=resource, resource_name="*", account=account
-            )
-
-        instance_arn, volume_arn = ec2_arn("instance"), ec2_arn("volume")
-        snapshot_arn = ec2_arn("snapshot", account="")
-        outposts = sorted({p.outpost_arn for p in config.policies if p.outpost_arn})
-
-        create = iam.Policy(
+        # A replaced function would get a new name and drop the events it still retries; its
+        # invoke config is a setting of the function (see infra.logical_ids).
+        keep_logical_id(self, self.function, "Function")
+        keep_logical_id(
             self,
-            "SnapshotPolicy",
-            roles=[role],
-            statements=[
-                iam.PolicyStatement(
-                    sid=SID_CREATE_SNAPSHOTS,
-                    actions=["ec2:CreateSnapshots"],
-                    resources=[instance_arn, volume_arn, snapshot_arn, *outposts],
-                ),
-                iam.PolicyStatement(
-                    sid=SID_TAG_NEW_SNAPSHOTS,
-                    actions=["ec2:CreateTags"],
-                    resources=[snapshot_arn],
-                    conditions={"StringEquals": {"ec2:CreateAction": "CreateSnapshots"}},
-                ),
-                iam.PolicyStatement(
-                    sid=SID_DESCRIBE,
-                    actions=[
-                        "ec2:DescribeInstances",
-                        "ec2:DescribeSnapshots",
-                        "ec2:DescribeVolumes",
-                    ],
-                    resources=["*"],
-                ),
-            ],
+            self.function.node.find_child("EventInvokeConfig"),
+            "Function",
+            "EventInvokeConfig",
         )
-        retention = iam.Policy(
-            self,
-            "RetentionPolicy",
-            roles=[role],
-            statements=[
-                iam.PolicyStatement(
-                    sid=SID_RETENTION_DESCRIBE_SNAPSHOTS,
-                    actions=["ec2:DescribeSnapshotAttribute"],
-                    resources=[snapshot_arn],
-                ),
-                iam.PolicyStatement(
-                    sid=SID_RETENTION_DESCRIBE,
-                    actions=["ec2:DescribeImages", "ec2:DescribeLockedSnapshots"],
-                    resources=["*"],
-                ),
-            ],
-        )
-        # DeleteSnapshot only on snapshots tagged with a deployed policy that has retention, so
-        # a payload naming any other policy cannot delete anything; none retains, none deletes.
-        if retaining := config.retaining_policies():
-            retention.add_statements(
-                iam.PolicyStatement(
-                    sid=SID_RETENTION_DELETE,
-                    actions=["ec2:DeleteSnapshot"],
-                    resources=[snapshot_arn],
-                    conditions={"StringEquals": {f"aws:ResourceTag/{TAG_POLICY}": retaining}},
-                )
-            )
-        role.add_to_policy(
-            iam.PolicyStatement(
-                sid=SID_PUBLISH, actions=["sns:Publish"], resources=[topic.topic_arn]
-            )
-        )
-        role.add_to_policy(
-            iam.PolicyStatement(
-                sid=SID_TOPIC_KEY,
-                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
-                resources=[topic_key.key_arn],
-            )
-        )
-        role.add_to_policy(
-            iam.PolicyStatement(
-                sid=SID_IDEMPOTENCY,
-                actions=[
-                    "dynamodb:DeleteItem",
-                    "dynamodb:GetItem",
-                    "dynamodb:PutItem",
-                    "dynamodb:UpdateItem",
-                ],
-                resources=[self.idempotency_table.table_arn],
-            )
-        )
-        self._acknowledge(create, retention)
-        return create, retention
-
-    def _acknowledge(self, create: iam.Policy, retention: iam.Policy) -> None:
-        wildcards = {
-            "instance": "<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/*",
-            "volume": "<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:volume/*",
-            "snapshot": "<AWS::Partition>:ec2:<AWS::Region>::snapshot/*",
-        }
-        why = {
-            "instance": "CreateSnapshots targets instances chosen at run time (by ID or tag); "
-            "the grant is limited to this account and region",
-            "volume": "CreateSnapshots reads every attached volume of the chosen instance, so it "
-            "needs the volumes of this account and region",
-            "snapshot": "snapshot IDs do not exist before CreateSnapshots makes them; snapshot "
-            "ARNs have no account, the grant is limited to this region",
-        }
-        for kind, pattern in wildcards.items():
-            nag.acknowledge(create, f"AwsSolutions-IAM5[Resource::arn:{pattern}]", why[kind])
-            if kind == "snapshot":
-                nag.acknowledge(retention, f"AwsSolutions-IAM5[Resource::arn:{pattern}]", why[kind])
-        nag.acknowledge(
-            create,
-            "AwsSolutions-IAM5[Resource::*]",
-            "ec2:DescribeInstances, DescribeVolumes and DescribeSnapshots support no "
-            "resource-level permissions (Resource must be *).",
-        )
-        nag.acknowledge(
-            retention,
-            "AwsSolutions-IAM5[Resource::*]",
-            "ec2:DescribeImages and ec2:DescribeLockedSnapshots support no resource-level "
-            "permissions (Resource must be *).",
-        )
+        self.log_group.grant_write(self.role)
+        self.create_snapshots_policy = _create_snapshots_policy(self, self.role, config)
+        self.retention_policy = _retention_policy(self, self.role, config)
+        _grant_reports_and_idempotency(self.role, topic, topic_key, self.idempotency_table)
         default_policy = self.role.node.find_child("DefaultPolicy")
-        nag.acknowledge(
-            default_policy,
-            "AwsSolutions-IAM5[Resource::*]",
-            "Active tracing: xray:PutTraceSegments and xray:PutTelemetryRecords support no "
-            "resource-level permissions (Resource must be *).",
-        )
-        nag.acknowledge(
-            default_policy,
-            "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
-            "Publishing to an SSE-KMS topic needs kms:GenerateDataKey* (AWS SNS documentation); "
-            "the grant is scoped to the topic's own key.",
+        _acknowledge(default_policy, self.create_snapshots_policy, self.retention_policy)
+        _depend_on(
+            self.function, [default_policy, self.create_snapshots_policy, self.retention_policy]
         )
 
-    def _depend_on_grants(self) -> None:
-        """Create the function after all its permissions, and name each dependency once.
 
-        CDK makes the function depend on its role and the role's default policy; the role is
-        already implied by the `Role` GetAtt (cfn-lint W3005), while the two separate policies
-        are not, so DependsOn is set explicitly.
-        """
-        cfn_fn = self.function.node.default_child
-        assert isinstance(cfn_fn, lambda_.CfnFunction)
-        stack = Stack.of(self)
-        policies = [
-            self.role.node.find_child("DefaultPolicy").node.find_child("Resource"),
-            self.create_grants.node.default_child,
-            self.retention_grants.node.default_child,
-        ]
-        cfn_fn.add_override(
-            "DependsOn",
-            [stack.get_logical_id(p) for p in policies if isinstance(p, CfnElement)],
+def _ec2_arn(scope: Construct, resource: str, account: str | None = None) -> str:
+    return Stack.of(scope).format_arn(
+        service="ec2", resource=resource, resource_name="*", account=account
+    )
+
+
+def _create_snapshots_policy(
+    scope: Construct, role: iam.IRole, config: SnapsetConfig
+) -> iam.Policy:
+    """CreateSnapshots on this account's instances and volumes (and the policies' Outposts),
+    tags only on the snapshots it creates, and the lookups that support no resource ARN."""
+    snapshot_arn = _ec2_arn(scope, "snapshot", account="")
+    outposts = sorted({p.outpost_arn for p in config.policies if p.outpost_arn})
+    return iam.Policy(
+        scope,
+        "CreateSnapshotsPolicy",
+        roles=[role],
+        statements=[
+            iam.PolicyStatement(
+                sid=SID_CREATE_SNAPSHOTS,
+                actions=["ec2:CreateSnapshots"],
+                resources=[
+                    _ec2_arn(scope, "instance"),
+                    _ec2_arn(scope, "volume"),
+                    snapshot_arn,
+                    *outposts,
+                ],
+            ),
+            iam.PolicyStatement(
+                sid=SID_TAG_NEW_SNAPSHOTS,
+                actions=["ec2:CreateTags"],
+                resources=[snapshot_arn],
+                conditions={"StringEquals": {"ec2:CreateAction": "CreateSnapshots"}},
+            ),
+            iam.PolicyStatement(
+                sid=SID_DESCRIBE,
+                actions=[
+                    "ec2:DescribeInstances",
+                    "ec2:DescribeSnapshots",
+                    "ec2:DescribeVolumes",
+                ],
+                resources=["*"],
+            ),
+        ],
+    )
+
+
+def _retention_policy(scope: Construct, role: iam.IRole, config: SnapsetConfig) -> iam.Policy:
+    """The retention checks, and DeleteSnapshot only where a deployed policy retains."""
+    snapshot_arn = _ec2_arn(scope, "snapshot", account="")
+    retention = iam.Policy(
+        scope,
+        "RetentionPolicy",
+        roles=[role],
+        statements=[
+            iam.PolicyStatement(
+                sid=SID_RETENTION_DESCRIBE_SNAPSHOTS,
+                actions=["ec2:DescribeSnapshotAttribute"],
+                resources=[snapshot_arn],
+            ),
+            iam.PolicyStatement(
+                sid=SID_RETENTION_DESCRIBE,
+                actions=["ec2:DescribeImages", "ec2:DescribeLockedSnapshots"],
+                resources=["*"],
+            ),
+        ],
+    )
+    # DeleteSnapshot only on snapshots tagged with a deployed policy that has retention, so
+    # a payload naming any other policy cannot delete anything; none retains, none deletes.
+    if retaining := config.retaining_policies():
+        retention.add_statements(
+            iam.PolicyStatement(
+                sid=SID_RETENTION_DELETE,
+                actions=["ec2:DeleteSnapshot"],
+                resources=[snapshot_arn],
+                conditions={"StringEquals": {f"aws:ResourceTag/{TAG_POLICY}": retaining}},
+            )
         )
+    return retention
+
+
+def _grant_reports_and_idempotency(
+    role: iam.IRole, topic: sns.ITopic, topic_key: kms.IKey, table: dynamodb.ITable
+) -> None:
+    """Publish to the report topic (with its key) and use the idempotency records."""
+    role.add_to_principal_policy(
+        iam.PolicyStatement(sid=SID_PUBLISH, actions=["sns:Publish"], resources=[topic.topic_arn])
+    )
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            sid=SID_TOPIC_KEY,
+            actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+            resources=[topic_key.key_arn],
+        )
+    )
+    role.add_to_principal_policy(
+        iam.PolicyStatement(
+            sid=SID_IDEMPOTENCY,
+            actions=[
+                "dynamodb:DeleteItem",
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+            ],
+            resources=[table.table_arn],
+        )
+    )
+
+
+def _acknowledge(default_policy: IConstruct, create: iam.Policy, retention: iam.Policy) -> None:
+    wildcards = {
+        "instance": "<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/*",
+        "volume": "<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:volume/*",
+        "snapshot": "<AWS::Partition>:ec2:<AWS::Region>::snapshot/*",
+    }
+    why = {
+        "instance": "CreateSnapshots targets instances chosen at run time (by ID or tag); "
+        "the grant is limited to this account and region",
+        "volume": "CreateSnapshots reads every attached volume of the chosen instance, so it "
+        "needs the volumes of this account and region",
+        "snapshot": "snapshot IDs do not exist before CreateSnapshots makes them; snapshot "
+        "ARNs have no account, the grant is limited to this region",
+    }
+    for kind, pattern in wildcards.items():
+        nag.acknowledge(create, f"AwsSolutions-IAM5[Resource::arn:{pattern}]", why[kind])
+        if kind == "snapshot":
+            nag.acknowledge(retention, f"AwsSolutions-IAM5[Resource::arn:{pattern}]", why[kind])
+    nag.acknowledge(
+        create,
+        "AwsSolutions-IAM5[Resource::*]",
+        "ec2:DescribeInstances, DescribeVolumes and DescribeSnapshots support no "
+        "resource-level permissions (Resource must be *).",
+    )
+    nag.acknowledge(
+        retention,
+        "AwsSolutions-IAM5[Resource::*]",
+        "ec2:DescribeImages and ec2:DescribeLockedSnapshots support no resource-level "
+        "permissions (Resource must be *).",
+    )
+    nag.acknowledge(
+        default_policy,
+        "AwsSolutions-IAM5[Resource::*]",
+        "Active tracing: xray:PutTraceSegments and xray:PutTelemetryRecords support no "
+        "resource-level permissions (Resource must be *).",
+    )
+    nag.acknowledge(
+        default_policy,
+        "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
+        "Publishing to an SSE-KMS topic needs kms:GenerateDataKey* (AWS SNS documentation); "
+        "the grant is scoped to the topic's own key.",
+    )
+
+
+def _depend_on(function: lambda_.Function, policies: list[IConstruct]) -> None:
+    """Create the function after all its permissions, and name each dependency once.
+
+    CDK makes the function depend on its role and the role's default policy; the role is
+    already implied by the `Role` GetAtt (cfn-lint W3005), while the two separate policies
+    are not, so DependsOn is set explicitly.
+    """
+    cfn_fn = function.node.default_child
+    assert isinstance(cfn_fn, lambda_.CfnFunction)
+    stack = Stack.of(function)
+    cfn_policies = [p.node.default_child for p in policies]
+    cfn_fn.add_override(
+        "DependsOn", [stack.get_logical_id(p) for p in cfn_policies if isinstance(p, CfnElement)]
+    )

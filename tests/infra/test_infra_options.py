@@ -44,7 +44,9 @@ def s() -> Synth:
 
 
 def test_outpost_arn_is_added_to_create_snapshots(s: Synth) -> None:
-    (policy,) = [v for k, v in s.resources("AWS::IAM::Policy").items() if "SnapshotPolicy" in k]
+    (policy,) = [
+        v for k, v in s.resources("AWS::IAM::Policy").items() if "CreateSnapshotsPolicy" in k
+    ]
     create = next(
         st
         for st in policy["Properties"]["PolicyDocument"]["Statement"]

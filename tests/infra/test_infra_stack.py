@@ -332,7 +332,7 @@ def ec2_arn(resource: str, account: bool = True) -> dict[str, Any]:
 
 
 def test_create_snapshots_scoped_to_account_and_region(s: Synth) -> None:
-    st = by_sid(s, "SnapshotPolicy")["CreateSnapshots"]
+    st = by_sid(s, "CreateSnapshotsPolicy")["CreateSnapshots"]
     assert st["Action"] == "ec2:CreateSnapshots"
     assert st["Resource"] == [
         ec2_arn("instance"),
@@ -343,7 +343,7 @@ def test_create_snapshots_scoped_to_account_and_region(s: Synth) -> None:
 
 
 def test_create_tags_only_on_new_snapshots(s: Synth) -> None:
-    st = by_sid(s, "SnapshotPolicy")["TagSnapshotsAtCreation"]
+    st = by_sid(s, "CreateSnapshotsPolicy")["TagSnapshotsAtCreation"]
     assert st["Action"] == "ec2:CreateTags"
     assert st["Resource"] == ec2_arn("snapshot", account=False)
     assert st["Condition"] == {"StringEquals": {"ec2:CreateAction": "CreateSnapshots"}}
@@ -352,7 +352,7 @@ def test_create_tags_only_on_new_snapshots(s: Synth) -> None:
 def test_only_unscopable_describes_get_resource_star(s: Synth) -> None:
     star = {
         a
-        for part in ("FunctionRoleDefaultPolicy", "SnapshotPolicy", "RetentionPolicy")
+        for part in ("FunctionRoleDefaultPolicy", "CreateSnapshotsPolicy", "RetentionPolicy")
         for st in statements(s, part)
         if st["Resource"] == "*"
         for a in as_list(st["Action"])
@@ -623,7 +623,7 @@ EXPECTED_ACKS = {
         "AwsSolutions-IAM5[Resource::*]",  # X-Ray
         "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
     },
-    "Function/SnapshotPolicy": {
+    "Function/CreateSnapshotsPolicy": {
         "AwsSolutions-IAM5[Resource::*]",
         f"AwsSolutions-IAM5[Resource::{PARTITION_REGION}:<AWS::AccountId>:instance/*]",
         f"AwsSolutions-IAM5[Resource::{PARTITION_REGION}:<AWS::AccountId>:volume/*]",
