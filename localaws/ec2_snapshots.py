@@ -23,6 +23,7 @@ from typing import Any
 
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
+from moto.ec2.models import ec2_backends
 from moto.ec2.models.elastic_block_store import Snapshot
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 
@@ -378,3 +379,17 @@ def install(completer: SnapshotCompleter) -> None:
     Snapshot.progress = property(  # type: ignore[method-assign,assignment]
         lambda self: getattr(self, "localaws_progress", "100%")
     )
+
+
+def set_start_times(snapshot_ids: list[str], start_time: datetime) -> list[str]:
+    """Backdate snapshots (any account and region), as if their sets had been started then:
+    history for retention tests, which AWS itself never lets anyone write."""
+    wanted = set(snapshot_ids)
+    changed = []
+    for account in ec2_backends.values():
+        for backend in account.values():
+            for snapshot_id, snapshot in backend.snapshots.items():
+                if snapshot_id in wanted:
+                    snapshot.start_time = start_time
+                    changed.append(snapshot_id)
+    return sorted(changed)

@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -264,6 +265,14 @@ class LocalAws:
     def set_snapshot_delay(self, seconds: float | None) -> None:
         """Delay for snapshots created from now on; None: only on `complete_snapshots`."""
         self._control("POST", "config", {"snapshot_delay_seconds": seconds})
+
+    def set_snapshot_start_times(self, snapshot_ids: list[str], start_time: datetime) -> None:
+        """Backdate snapshots (retention history); see `ec2_snapshots.set_start_times`."""
+        self._control(
+            "POST",
+            "snapshot-start-times",
+            {"snapshot_ids": snapshot_ids, "start_time": start_time.isoformat()},
+        )
 
     def put_public_parameter(self, name: str, value: str, account_id: str) -> None:
         """Publish an AWS public SSM parameter (`/aws/...`), which PutParameter refuses."""

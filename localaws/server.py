@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -210,6 +211,12 @@ class LocalAwsApp:
                 "snapshot_delay_seconds": state.completer.delay,
                 "pending_snapshots": state.completer.pending_count(),
             }
+        if route == "snapshot-start-times" and method == "POST":
+            body = body or {}
+            changed = ec2_snapshots.set_start_times(
+                body["snapshot_ids"], datetime.fromisoformat(body["start_time"])
+            )
+            return 200, {"changed": changed}
         if route == "public-parameters" and method == "POST":
             body = body or {}
             ssm_public.put_public_parameter(
