@@ -34,35 +34,35 @@ EXPECTED_SUBSTITUTIONS = [
     ("SnapsetAlarmsInstancesFailedAlarm1onstopC11D54E9", *_ALARM),
     ("SnapsetAlarmsRulesDlqAlarmB2D2C28E", *_ALARM),
     ("SnapsetAlarmsSchedulerDlqAlarm6C6558CD", *_ALARM),
+    ("SnapsetFunctionDlqPolicy2280FB33", *_QUEUE_POLICY),
     (
-        "SnapsetFunctionEventInvokeConfigEFE211CC",
+        "SnapsetFunctionEventInvokeConfigA9013228",
         "AWS::Lambda::EventInvokeConfig",
         SUBSTITUTED,
         "lambda:PutFunctionEventInvokeConfig",
     ),
-    ("SnapsetFunctionFunctionDlqPolicyB7318FDD", *_QUEUE_POLICY),
+    ("SnapsetRulesDlqPolicy203F4EEC", *_QUEUE_POLICY),
+    ("SnapsetSchedulerDlqPolicyCCBACCAF", *_QUEUE_POLICY),
     (
-        "SnapsetNotificationsTopicPolicy59E095A7",
+        "SnapsetTopicPolicy9DE8EB0B",
         "AWS::SNS::TopicPolicy",
         SUBSTITUTED,
         "sns:SetTopicAttributes(Policy)",
     ),
-    ("SnapsetTriggersRulesDlqPolicyF5400E49", *_QUEUE_POLICY),
     (
         "SnapsetTriggersSchedule0x0nightlyappA39D8889",
         "AWS::Scheduler::Schedule",
         SUBSTITUTED,
         "scheduler:CreateSchedule",
     ),
-    ("SnapsetTriggersSchedulerDlqPolicyB3290BF6", *_QUEUE_POLICY),
     ("SnapsetTopicKey6C445C0D", "AWS::KMS::Key", FIXED, "KeyPolicy"),
     ("SnapsetIdempotencyTable95404CC0", _TABLE, FIXED, "TimeToLiveSpecification"),
     ("SnapsetIdempotencyTable95404CC0", _TABLE, FIXED, "PointInTimeRecoverySpecification"),
     ("SnapsetIdempotencyTable95404CC0", _TABLE, NOT_APPLIED, "SSESpecification"),
-    ("SnapsetFunctionCB87E822", _FUNCTION, NOT_APPLIED, "Layers"),
-    ("SnapsetFunctionCB87E822", _FUNCTION, NOT_APPLIED, "Architectures"),
-    ("SnapsetFunctionCB87E822", _FUNCTION, NOT_APPLIED, "TracingConfig"),
-    ("SnapsetFunctionCB87E822", _FUNCTION, NOT_APPLIED, "LoggingConfig"),
+    ("SnapsetFunction003C2387", _FUNCTION, NOT_APPLIED, "Layers"),
+    ("SnapsetFunction003C2387", _FUNCTION, NOT_APPLIED, "Architectures"),
+    ("SnapsetFunction003C2387", _FUNCTION, NOT_APPLIED, "TracingConfig"),
+    ("SnapsetFunction003C2387", _FUNCTION, NOT_APPLIED, "LoggingConfig"),
 ]
 
 
@@ -109,7 +109,7 @@ def test_bootstrap_and_assets_are_staged_as_the_default_synthesizer_expects(
 ) -> None:
     version = local_aws.client("ssm").get_parameter(Name=BOOTSTRAP_VERSION_PARAMETER)
     assert int(version["Parameter"]["Value"]) >= 6  # the template's CheckBootstrapVersion rule
-    code = deployment.template["Resources"]["SnapsetFunctionCB87E822"]["Properties"]["Code"]
+    code = deployment.template["Resources"]["SnapsetFunction003C2387"]["Properties"]["Code"]
     bucket = f"cdk-hnb659fds-assets-123456789012-{local_aws.region}"
     assert code["S3Bucket"] == {"Fn::Sub": "cdk-hnb659fds-assets-${AWS::AccountId}-${AWS::Region}"}
     body = local_aws.client("s3").get_object(Bucket=bucket, Key=code["S3Key"])["Body"].read()
