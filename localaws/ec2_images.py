@@ -46,6 +46,8 @@ from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 
+from localaws.clock import CLOCK
+
 LOCK_MODES = ("compliance", "governance")
 LOCK_STATES = ("compliance-cooloff", "governance", "compliance", "expired")
 MAX_LOCK_DAYS = 36500
@@ -55,7 +57,7 @@ _INSTALLED = "_localaws_ec2_images"
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    return CLOCK.now()
 
 
 def _invalid(message: str, code: str = "InvalidParameterValue") -> Exception:

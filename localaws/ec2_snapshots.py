@@ -15,10 +15,9 @@ import itertools
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from moto.core.responses import ActionResult
@@ -27,6 +26,7 @@ from moto.ec2.models import ec2_backends
 from moto.ec2.models.elastic_block_store import Snapshot
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 
+from localaws.clock import CLOCK, Clock
 from localaws.events import EventSink, iso_millis
 
 log = logging.getLogger("localaws.ec2")
@@ -53,7 +53,7 @@ def volume_arn(region: str, volume_id: str) -> str:
 
 @dataclass(order=True)
 class _Batch:
-    due: float  # time.monotonic() deadline, or +inf when completion is manual
+    due: float  # the clock's monotonic() deadline, or +inf when completion is manual
     seq: int
     account: str = field(compare=False)
     region: str = field(compare=False)
@@ -71,8 +71,10 @@ class SnapshotCompleter:
         events: EventSink,
         error_volumes: Callable[[], Collection[str]],
         delay: float | None = 0.5,
+        clock: Clock = CLOCK,
     ) -> None:
         self.events = events
+        self.clock = clock
         self._error_volumes = error_volumes
         self.delay = delay
         self._cond = threading.Condition()
@@ -84,7 +86,7 @@ class SnapshotCompleter:
 
     # scheduling
     def add(self, account: str, region: str, start_time: datetime, snapshots: list[Any]) -> None:
-        due = float("inf") if self.delay is None else time.monotonic() + max(self.delay, 0.0)
+        due = float("inf") if self.delay is None else self.clock.monotonic() + max(self.delay, 0.0)
         with self._cond:
             batch = _Batch(
                 due, next(self._seq), account, region, start_time, snapshots, self._generation
@@ -93,7 +95,7 @@ class SnapshotCompleter:
             self._cond.notify()
 
     def _pop(self, *, everything: bool) -> list[_Batch]:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self._cond:
             taken = []
             while self._heap and (everything or self._heap[0].due <= now):
@@ -134,7 +136,7 @@ class SnapshotCompleter:
                     return
                 timeout = 1.0
                 if self._heap:
-                    timeout = min(timeout, max(self._heap[0].due - time.monotonic(), 0.0))
+                    timeout = min(timeout, max(self._heap[0].due - self.clock.monotonic(), 0.0))
                 if timeout > 0:
                     self._cond.wait(timeout)
                 if self._stopped:
@@ -156,7 +158,7 @@ class SnapshotCompleter:
 
     def _complete_batch(self, batch: _Batch) -> None:
         failing = set(self._error_volumes())
-        end = datetime.now(UTC)
+        end = self.clock.now()
         region, start = batch.region, iso_millis(batch.start_time)
         entries, causes = [], []
         for snap in batch.snapshots:
@@ -333,7 +335,7 @@ def make_handler(completer: SnapshotCompleter) -> Callable[[Any], Any]:
         volumes = _resolve_volumes(backend, spec)
         self.error_on_dryrun()  # DryRunOperation (HTTP 412) only after validation passed
 
-        start = datetime.now(UTC)
+        start = completer.clock.now()
         snapshots = []
         for volume in volumes:
             snap = backend.create_snapshot(volume.id, description)

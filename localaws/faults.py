@@ -128,6 +128,10 @@ class FaultConfig:
         )
 
 
+# Elapsed times are differences of large floats: a whole token may come out a hair short.
+_EPSILON = 1e-9
+
+
 class TokenBucket:
     def __init__(self, throttle: Throttle, clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = float(throttle.capacity)
@@ -138,10 +142,11 @@ class TokenBucket:
 
     def try_take(self) -> bool:
         now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+        elapsed = max(now - self._last, 0.0)  # a clock reset never takes tokens away
+        self._tokens = min(self.capacity, self._tokens + elapsed * self.rate)
         self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= 1.0 - _EPSILON:
+            self._tokens = max(self._tokens - 1.0, 0.0)
             return True
         return False
 

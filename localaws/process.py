@@ -266,6 +266,19 @@ class LocalAws:
         """Delay for snapshots created from now on; None: only on `complete_snapshots`."""
         self._control("POST", "config", {"snapshot_delay_seconds": seconds})
 
+    def clock(self) -> dict[str, Any]:
+        """The server's clock: `frozen`, `offset_seconds`, `now`."""
+        return self._control("GET", "clock")
+
+    def freeze_clock(self) -> dict[str, Any]:
+        """Stop the server's clock (token buckets, completion delays, lock expiry) until it is
+        advanced; `reset()` makes it real again."""
+        return self._control("POST", "clock", {"freeze": True})
+
+    def advance_clock(self, seconds: float) -> dict[str, Any]:
+        """Move the server's clock forward; snapshots due by then complete now."""
+        return self._control("POST", "clock", {"advance_seconds": seconds})
+
     def set_snapshot_start_times(self, snapshot_ids: list[str], start_time: datetime) -> None:
         """Backdate snapshots (retention history); see `ec2_snapshots.set_start_times`."""
         self._control(

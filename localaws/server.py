@@ -31,6 +31,7 @@ from werkzeug.serving import make_server
 
 from localaws import ec2_images, ec2_snapshots, ssm_public
 from localaws import events as event_patches
+from localaws.clock import CLOCK
 from localaws.ec2_snapshots import SnapshotCompleter
 from localaws.events import EventSink
 from localaws.faults import FaultConfig, FaultInjector, error_response, throttling_error
@@ -47,7 +48,7 @@ _CREDENTIAL = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/]+)/([^/]+)/aws4_reques
 @dataclass
 class ServerState:
     default_delay: float | None = 0.5
-    faults: FaultInjector = field(default_factory=FaultInjector)
+    faults: FaultInjector = field(default_factory=lambda: FaultInjector(CLOCK.monotonic))
     events: EventSink = field(default_factory=EventSink)
     completer: SnapshotCompleter = field(init=False)
 
@@ -56,9 +57,11 @@ class ServerState:
             self.events,
             error_volumes=lambda: self.faults.config.snapshot_error_volumes,
             delay=self.default_delay,
+            clock=CLOCK,
         )
 
     def reset(self) -> None:
+        CLOCK.reset()
         self.completer.reset()
         self.completer.delay = self.default_delay
         self.faults.reset()
@@ -223,10 +226,28 @@ class LocalAwsApp:
                 body["account_id"], body["region"], body["name"], body["value"]
             )
             return 200, {"name": body["name"]}
+        if route == "clock":
+            if method == "POST":
+                self._set_clock(body or {})
+            elif method != "GET":
+                return 405, {"error": f"{method} not allowed"}
+            return 200, CLOCK.state()
         if route == "reset" and method == "POST":
             state.reset()
             return 200, {"reset": True}
         return 404, {"error": f"no control endpoint {method} {CONTROL_PREFIX}{route}"}
+
+    def _set_clock(self, body: dict[str, Any]) -> None:
+        unknown = set(body) - {"freeze", "advance_seconds", "real"}
+        if unknown:
+            raise ValueError(f"unknown clock fields: {sorted(unknown)}")
+        if body.get("real"):
+            CLOCK.reset()
+        if body.get("freeze"):
+            CLOCK.freeze()
+        if "advance_seconds" in body:
+            CLOCK.advance(float(body["advance_seconds"]))
+            self.state.completer.complete_due()  # what is due now completes now
 
 
 def build_app(state: ServerState) -> LocalAwsApp:

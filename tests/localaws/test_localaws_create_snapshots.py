@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -337,6 +336,7 @@ def test_response_fields(ec2: Any, make_instance: MaybeInstance) -> None:
 def test_pending_then_completed_after_the_delay(
     aws: LocalAws, ec2: Any, make_instance: MaybeInstance
 ) -> None:
+    aws.freeze_clock()  # the delay runs on the server's clock, moved by the test alone
     aws.set_snapshot_delay(1.0)
     inst = make_instance()
     ids = [
@@ -346,13 +346,12 @@ def test_pending_then_completed_after_the_delay(
         ]
     ]
     described = ec2.describe_snapshots(SnapshotIds=ids)["Snapshots"]
-    assert {s["State"] for s in described} == {"pending"}
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        described = ec2.describe_snapshots(SnapshotIds=ids)["Snapshots"]
-        if {s["State"] for s in described} == {"completed"}:
-            break
-        time.sleep(0.1)
+    assert {(s["State"], s["Progress"]) for s in described} == {("pending", "0%")}
+    aws.advance_clock(0.9)
+    described = ec2.describe_snapshots(SnapshotIds=ids)["Snapshots"]
+    assert {s["State"] for s in described} == {"pending"}  # not due yet
+    aws.advance_clock(0.1)
+    described = ec2.describe_snapshots(SnapshotIds=ids)["Snapshots"]
     assert {(s["State"], s["Progress"]) for s in described} == {("completed", "100%")}
 
 
@@ -365,7 +364,8 @@ def test_manual_completion(aws: LocalAws, ec2: Any, make_instance: MaybeInstance
             "Snapshots"
         ]
     ]
-    time.sleep(0.7)  # longer than the default delay (0.5 s): nothing completes on its own
+    aws.freeze_clock()
+    aws.advance_clock(3600)  # far past any delay: nothing completes on its own
     states = {s["State"] for s in ec2.describe_snapshots(SnapshotIds=ids)["Snapshots"]}
     assert states == {"pending"}
     assert sorted(aws.complete_snapshots()) == sorted(ids)

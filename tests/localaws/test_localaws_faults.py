@@ -74,36 +74,35 @@ def test_ec2_throttle_uses_the_ec2_xml_error_format(aws: LocalAws) -> None:
     assert root.findtext("RequestID")
 
 
-def _timed(n: int, call: Any) -> tuple[int, float]:
-    """(successes, seconds) of n back-to-back calls."""
-    start = time.monotonic()
-    ok = _outcomes(call, n).count("ok")
-    return ok, time.monotonic() - start
-
-
 def test_token_bucket_burst_then_refill_rate(aws: LocalAws, ec2: Any) -> None:
+    # The server's clock stands still between the calls: the counts are exact, however slow
+    # the machine, and nothing here sleeps.
+    aws.freeze_clock()
     capacity, rate = 3, 5.0
     aws.set_faults(FaultRule("ec2:DescribeVolumes", throttle=Throttle(capacity, rate)))
-    # Bounds allow for the tokens refilled while the calls themselves ran (a loaded machine).
-    burst, took = _timed(8, ec2.describe_volumes)
-    assert capacity <= burst <= capacity + int(took * rate) + 1
+    throttled = ["RequestLimitExceeded"]
+    assert _outcomes(ec2.describe_volumes, 5) == ["ok"] * 3 + throttled * 2  # the burst
 
-    time.sleep(1.0)  # 5 tokens/s for 1 s, capped at the capacity
-    refilled, took = _timed(8, ec2.describe_volumes)
-    assert capacity <= refilled <= capacity + int(took * rate) + 1
+    aws.advance_clock(10.0)  # 50 tokens' worth of time, capped at the capacity
+    assert _outcomes(ec2.describe_volumes, 5) == ["ok"] * 3 + throttled * 2
 
-    # Sustained: back-to-back calls for ~1.5 s on an empty bucket get ~rate/s through.
-    ok = calls = 0
-    start = time.monotonic()
-    while time.monotonic() - start < 1.5:
-        ok += _outcomes(ec2.describe_volumes, 1).count("ok")
-        calls += 1
-    elapsed = time.monotonic() - start
-    assert calls > ok + 2, "too few calls to saturate the bucket"
-    assert int(elapsed * rate) - 2 <= ok <= int(elapsed * rate) + 2
-    stats = aws.faults()["stats"][0]
-    assert stats["calls"] == 8 + 8 + calls
-    assert stats["throttled"] == stats["calls"] - (burst + refilled + ok)
+    aws.advance_clock(0.1)  # half a token: still throttled
+    assert _outcomes(ec2.describe_volumes, 1) == throttled
+    aws.advance_clock(0.1)  # the other half: one call gets through
+    assert _outcomes(ec2.describe_volumes, 2) == ["ok", *throttled]
+    aws.advance_clock(0.4)  # the sustained rate: 5 per second
+    assert _outcomes(ec2.describe_volumes, 4) == ["ok"] * 2 + throttled * 2
+
+    [stats] = aws.faults()["stats"]
+    assert (stats["calls"], stats["throttled"]) == (17, 8)
+
+
+def test_the_clock_is_real_again_after_reset(aws: LocalAws) -> None:
+    frozen = aws.freeze_clock()
+    assert frozen["frozen"] is True
+    assert aws.advance_clock(3600)["offset_seconds"] == 3600
+    aws.reset()
+    assert (aws.clock()["frozen"], aws.clock()["offset_seconds"]) == (False, 0)
 
 
 def test_throttled_create_snapshots_creates_nothing(
