@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from snapset.errors import UNEXPECTED_ERROR, error_code, error_message
 from snapset.outcomes import ErrorInfo, InstanceOutcome, InstanceStatus
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
+from snapset.retention import RetentionPreview, preview_retention
 from snapset.snapshots import (
     UNSNAPSHOTTABLE_STATES,
     Instance,
@@ -75,6 +76,10 @@ class Plan(BaseModel):
     summary: PlanSummary
     instances: tuple[PlanEntry, ...]
     error: ErrorInfo | None = None
+    # Set by `with_retention_preview` for a policy with retention: what a run at
+    # `retention_as_of` would delete and keep of each instance it would snapshot.
+    retention_as_of: datetime | None = None
+    retention: tuple[RetentionPreview, ...] | None = None
 
 
 # Called once per planned instance, from worker threads.
@@ -198,3 +203,19 @@ def make_plan(
             entries = list(pool.map(plan, targets.instances))
     ordered = tuple(sorted(missing + entries, key=lambda e: e.instance_id))
     return Plan(policy=policy.name, region=region, summary=_summary(ordered), instances=ordered)
+
+
+def with_retention_preview(
+    ec2: EC2Client, policy: SnapshotPolicy, plan: Plan, now: datetime, *, workers: int
+) -> Plan:
+    """The plan with its retention preview: for each instance whose set would start, what
+    retention would delete and keep at `now` (read-only calls only). Unchanged without
+    retention."""
+    if policy.retention is None:
+        return plan
+    ids = [e.instance_id for e in plan.instances if e.status is InstanceStatus.DRY_RUN_OK]
+    previews: list[RetentionPreview] = []
+    if ids:
+        with ThreadPoolExecutor(max_workers=min(workers, len(ids))) as pool:
+            previews = list(pool.map(lambda i: preview_retention(ec2, policy, i, now), ids))
+    return plan.model_copy(update={"retention_as_of": now, "retention": tuple(previews)})
