@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,7 +19,14 @@ from botocore.exceptions import (
 )
 from pydantic import ValidationError
 
-from infra.config import CDK_JSON, ConfigError, policy_by_name, read_cdk_context
+from infra.config import (
+    CDK_JSON,
+    FLAT_POLICIES_KEY,
+    ConfigError,
+    context_policies,
+    policy_by_name,
+    read_cdk_context,
+)
 from snapset.clients import Clients, make_clients
 from snapset.policy import ManualRequest, SnapshotPolicy, describe_validation_error
 from snapset.settings import DEFAULT_MAX_WORKERS, ENV_MAX_WORKERS, ENV_TOPIC_ARN
@@ -66,6 +74,8 @@ def read_json(source: str, stdin: IO[str], what: str) -> Any:
         ) from None
     except RecursionError:
         raise CliError(f"{what} in {name} is nested too deeply to read") from None
+    except ValueError as exc:  # e.g. an integer longer than Python converts (4300 digits)
+        raise CliError(f"{what} in {name} cannot be read: {exc}") from None
 
 
 def policy_from_payload(data: Any, source: str) -> SnapshotPolicy:
@@ -93,9 +103,53 @@ def policy_from_config(name: str, config: str | None) -> SnapshotPolicy:
         raise CliError(str(exc)) from None
 
 
+def _context(config: str | None) -> tuple[dict[str, Any], str]:
+    path = Path(config) if config else Path.cwd() / CDK_JSON
+    if not path.is_file():
+        raise CliError(f"config file not found: {path}")
+    try:
+        return read_cdk_context(path), str(path)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def is_policy_file(ref: str) -> bool:
+    """Whether `plan --policy REF` reads a file (or stdin) rather than looking a NAME up."""
+    return ref == "-" or Path(ref).is_file()
+
+
+def policy_entry(name: str, config: str | None) -> Mapping[str, Any]:
+    """The raw cdk.json entry of a policy `policy_from_config` found: its triggers too."""
+    context, _ = _context(config)
+    found = context_policies(context)
+    entries = found[0] if found else []
+    return next(e for e in entries if isinstance(e, Mapping) and e.get("policy") == name)
+
+
+def all_policies(config: str | None) -> list[tuple[SnapshotPolicy, Mapping[str, Any]]]:
+    """Every policy of cdk.json (./cdk.json, or `config`), each with its raw entry; any invalid
+    policy is an error naming it."""
+    context, source = _context(config)
+    found = context_policies(context)
+    if found is None:
+        raise CliError(f"{source}: no list of policies at context.{FLAT_POLICIES_KEY}")
+    policies = []
+    for index, entry in enumerate(found[0]):
+        name = entry.get("policy") if isinstance(entry, Mapping) else None
+        if not isinstance(name, str):
+            raise CliError(f"{source}: policy {index} has no 'policy' name")
+        try:
+            policies.append((policy_by_name(context, name, source), entry))
+        except ConfigError as exc:
+            raise CliError(str(exc)) from None
+    if not policies:
+        raise CliError(f"{source}: the list of policies is empty")
+    return policies
+
+
 def load_policy(ref: str, config: str | None, stdin: IO[str]) -> SnapshotPolicy:
     """FILE (an existing file, or `-`) wins over NAME; a missing .json or path is an error."""
-    if ref == "-" or Path(ref).is_file():
+    if is_policy_file(ref):
         return policy_from_payload(read_json(ref, stdin, "policy"), "stdin" if ref == "-" else ref)
     if ref.endswith(".json") or os.sep in ref or "/" in ref:
         raise CliError(f"policy file not found: {ref}")

@@ -13,10 +13,11 @@ import importlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO
+from datetime import UTC, datetime
+from typing import IO, Any
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -27,11 +28,14 @@ from botocore.exceptions import (
 )
 
 from infra.config import CDK_JSON, FLAT_POLICIES_KEY
+from infra.schedule_times import MAX_FIRE_TIMES
 from snapset import __version__
+from snapset.clients import Clients
 from snapset.deadline import Deadline
 from snapset.errors import InvalidInput, describe_error
 from snapset.outcomes import InstanceStatus
-from snapset.plan import make_plan
+from snapset.plan import Plan, make_plan, with_retention_preview
+from snapset.policy import SnapshotPolicy
 from snapset.report import ReportStatus, publish_report
 from snapset.run import Ignored, build_engine, run_request
 from snapset.settings import DEFAULT_MAX_WORKERS, ENV_MAX_WORKERS, ENV_TOPIC_ARN
@@ -46,15 +50,33 @@ from snapset_cli.inputs import (
     NO_CREDENTIALS,
     NO_REGION,
     CliError,
+    all_policies,
     build_clients,
+    is_policy_file,
     load_policy,
     max_workers,
+    policy_entry,
     read_json,
     topic_arn,
     worker_count,
 )
+from snapset_cli.overview import (
+    ScheduleView,
+    coverage,
+    instance_states,
+    list_instances,
+    next_run,
+    schedule_views,
+    volume_sizes,
+)
 from snapset_cli.progress import progress_bar
-from snapset_cli.render import render_plan
+from snapset_cli.render import (
+    Out,
+    render_coverage,
+    render_plan,
+    render_retention,
+    render_schedules,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +98,14 @@ class Console:
 # --- plan -------------------------------------------------------------------------------------
 
 
-def cmd_plan(args: argparse.Namespace, console: Console) -> int:
-    policy = load_policy(args.policy, args.config, console.stdin)
-    clients = build_clients(args)
+def _planned(
+    args: argparse.Namespace,
+    console: Console,
+    clients: Clients,
+    policy: SnapshotPolicy,
+    at: datetime,
+) -> Plan:
+    """One policy's plan with its retention preview; a failed discovery is exit 1."""
     workers = max_workers(args)
     with progress_bar(args, console.stderr, f"planning {policy.name}") as bar:
         plan = make_plan(
@@ -95,12 +122,115 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
             raise CliError(NO_CREDENTIALS)
         message = plan.error.message.removeprefix("finding target instances: ")
         raise CliError(f"finding target instances: {plan.error.code}: {message}", EXIT_FAILED)
+    return with_retention_preview(clients.ec2, policy, plan, at, workers=workers)
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    """A policy's plan and its triggers, as `plan` prints them."""
+
+    plan: Plan
+    schedules: list[ScheduleView]
+    states: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        dumped = self.plan.model_dump(mode="json", exclude={"error"})
+        dumped["schedules"] = [v.to_json() for v in self.schedules]
+        dumped["on_instance_states"] = self.states
+        return dumped
+
+    def write(self, console: Console) -> None:
+        console.stdout.write(render_plan(self.plan) + "\n")
+        out = Out(console.stdout)
+        render_schedules(out, self.plan.policy, self.schedules, self.states)
+        render_retention(out, self.plan)
+
+
+def _policy_view(
+    args: argparse.Namespace,
+    console: Console,
+    clients: Clients,
+    policy: SnapshotPolicy,
+    entry: Mapping[str, Any] | None,
+) -> PolicyView:
+    views = schedule_views(entry, args.at, args.next)
+    plan = _planned(args, console, clients, policy, next_run(views, args.at))
+    return PolicyView(plan, views, instance_states(entry))
+
+
+def _write_json(console: Console, data: Any) -> None:
+    console.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def cmd_plan(args: argparse.Namespace, console: Console) -> int:
+    if not args.all and args.policy is None:
+        raise CliError("the following arguments are required: --policy FILE|NAME, or --all")
+    args.at = args.at or datetime.now(UTC)
+    if args.all:
+        return _plan_all(args, console)
+    policy = load_policy(args.policy, args.config, console.stdin)
+    entry = None if is_policy_file(args.policy) else policy_entry(args.policy, args.config)
+    clients = build_clients(args)
+    view = _policy_view(args, console, clients, policy, entry)
     if args.json:
-        dumped = plan.model_dump(mode="json", exclude={"error"})
-        console.stdout.write(json.dumps(dumped, indent=2) + "\n")
+        _write_json(console, view.to_json())
     else:
-        console.stdout.write(render_plan(plan) + "\n")
+        view.write(console)
     return EXIT_OK
+
+
+def _plan_all(args: argparse.Namespace, console: Console) -> int:
+    policies = all_policies(args.config)
+    clients = build_clients(args)
+    views = [_policy_view(args, console, clients, p, entry) for p, entry in policies]
+    try:
+        instances = list_instances(clients.ec2)
+        sizes = volume_sizes(clients.ec2)
+    except (ClientError, BotoCoreError) as exc:
+        raise CliError(
+            f"listing instances and volumes: {describe_error(exc)}", EXIT_FAILED
+        ) from None
+    cov = coverage([v.plan for v in views], instances, sizes)
+    region = clients.ec2.meta.region_name
+    if args.json:
+        _write_json(
+            console,
+            {
+                "kind": "plan-all",
+                "region": region,
+                "as_of": args.at.isoformat(),
+                "plans": [v.to_json() for v in views],
+                "coverage": cov.to_json(),
+            },
+        )
+        return EXIT_OK
+    for view in views:
+        view.write(console)
+        console.stdout.write("\n")
+    render_coverage(Out(console.stdout), region, cov)
+    return EXIT_OK
+
+
+def plan_time(raw: str) -> datetime:
+    """An argparse type: an ISO 8601 time, UTC unless it names an offset."""
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an ISO 8601 time, e.g. 2027-03-28T01:00Z (got {raw!r})"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def fire_count(raw: str) -> int:
+    """An argparse type: 1 to MAX_FIRE_TIMES."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer (got {raw!r})") from None
+    if not 1 <= value <= MAX_FIRE_TIMES:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_FIRE_TIMES} (got {value})")
+    return value
 
 
 # --- run --------------------------------------------------------------------------------------
@@ -183,6 +313,7 @@ DESCRIPTION = """\
 Crash-consistent multi-volume EBS snapshots with EC2 CreateSnapshots.
 
   snapset plan --policy FILE|NAME   what a policy would snapshot (DryRun only, creates nothing)
+  snapset plan --all                every policy of cdk.json, and what none of them covers
   snapset run --payload FILE|-      run a payload as the Lambda would, print the report JSON
   snapset demo [ARGS...]            run the local demo (ARGS go to the demo)
 """
@@ -208,6 +339,18 @@ PLAN_EPILOG = f"""\
 FILE is a JSON policy (or manual payload); `-` reads stdin. NAME is looked up in cdk.json's
 context.{FLAT_POLICIES_KEY} (./cdk.json, or --config PATH); an existing file wins over a
 name. Exit 0 whenever a plan is printed, also when instances would fail.
+
+Beside the table, plan shows when the policy runs (the next N fire times of each of its cdk.json
+schedules, in the schedule's time zone and in UTC, with daylight-saving days, skipped and
+repeated hours flagged) and, for a policy with retention, what a run at its next fire time (or
+--at, or now) would delete and keep of each instance's sets and why. It only reads: DryRun
+CreateSnapshots, DescribeSnapshots, DescribeLockedSnapshots, DescribeImages,
+DescribeSnapshotAttribute.
+
+--all plans every policy of cdk.json and adds the account's coverage in the region: instances no
+policy targets, instances several policies snapshot, and per policy the instances, volumes and
+provisioned GiB a run snapshots (DescribeInstances and DescribeVolumes, one paginated call each).
+--json prints the same data as JSON.
 """
 
 
@@ -265,13 +408,32 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=PLAN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    plan.add_argument(
-        "--policy", required=True, metavar="FILE|NAME", help="policy file, `-`, or name"
+    which = plan.add_mutually_exclusive_group()
+    which.add_argument("--policy", metavar="FILE|NAME", help="policy file, `-`, or name")
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help=f"every policy of {CDK_JSON}, and the account's coverage",
     )
     plan.add_argument(
-        "--config", metavar="PATH", help=f"the {CDK_JSON} to look NAME up in (default: ./)"
+        "--config",
+        metavar="PATH",
+        help=f"the {CDK_JSON} to look NAME up in, or to read with --all (default: ./)",
     )
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument(
+        "--next",
+        type=fire_count,
+        default=5,
+        metavar="N",
+        help=f"fire times shown per schedule, 1-{MAX_FIRE_TIMES} (default: 5)",
+    )
+    plan.add_argument(
+        "--at",
+        type=plan_time,
+        metavar="TIME",
+        help="plan as of this ISO 8601 time, UTC unless it says (default: now)",
+    )
     plan.set_defaults(handler=cmd_plan)
 
     run = commands.add_parser(

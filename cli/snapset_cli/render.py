@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TextIO
+from typing import IO
 
 from snapset.outcomes import InstanceStatus
 from snapset.plan import Plan, PlanEntry
+from snapset_cli.overview import Coverage, ScheduleView
 
 
 def table_lines(header: Sequence[str], rows: Sequence[Sequence[str]], indent: int = 0) -> list[str]:
@@ -26,7 +27,7 @@ def table_lines(header: Sequence[str], rows: Sequence[Sequence[str]], indent: in
 class Out:
     """Plain text; bold and colour only on a terminal (and never with NO_COLOR)."""
 
-    def __init__(self, stream: TextIO, colour: bool | None = None) -> None:
+    def __init__(self, stream: IO[str], colour: bool | None = None) -> None:
         self.stream = stream
         if colour is None:
             colour = (
@@ -107,3 +108,100 @@ def render_plan(plan: Plan) -> str:
         f"{s.skipped} skipped, {s.failed} would fail.",
     ]
     return "\n".join(lines)
+
+
+# --- beside the plan: schedules, retention, coverage ------------------------------------------
+
+_FIRE_NOTES = {
+    "gap": "skipped: the wall time does not exist (clocks go forward); Scheduler does not run it",
+    "repeated": "repeated hour (clocks go back): runs once; UTC shown for the first pass",
+}
+
+
+def _fire_rows(view: ScheduleView) -> list[tuple[str, str, str]]:
+    rows = []
+    for f in view.fires:
+        note = _FIRE_NOTES.get(f.kind, "daylight-saving day" if f.dst_day else "")
+        utc = f"{f.utc:%Y-%m-%d %H:%M}" if f.utc else "-"
+        rows.append((f"{f.local:%a %Y-%m-%d %H:%M %Z}", utc, note))
+    return rows
+
+
+def render_schedules(
+    out: Out, policy: str, views: Sequence[ScheduleView], states: Sequence[str]
+) -> None:
+    """Each schedule's next fire times, local and UTC, daylight-saving days flagged."""
+    out.heading(f"When {policy!r} runs")
+    if states:
+        out.line(f"  on instance state changes: {', '.join(states)}")
+    if not views and not states:
+        out.line("  no triggers known (a policy file has none; plan a cdk.json NAME to see them)")
+    for view in views:
+        out.line(f"  {view.expression} in {view.timezone}")
+        if view.error is not None:
+            out.line(f"    {out.bad('fire times unavailable')}: {view.error}")
+        elif not view.fires:
+            out.line("    never fires again")
+        else:
+            if view.expression.startswith("rate("):
+                out.line(
+                    out.dim(
+                        "    (fixed intervals from the schedule's start, not known here: "
+                        "counted from the plan's time)"
+                    )
+                )
+            out.table((f"NEXT {len(view.fires)} (LOCAL)", "UTC", "NOTE"), _fire_rows(view), 4)
+
+
+def render_retention(out: Out, plan: Plan) -> None:
+    """What retention would delete and keep on the next run, per instance, and why."""
+    if plan.retention is None:
+        out.heading(f"Retention of {plan.policy!r}: none (snapshots are never deleted)")
+        return
+    when = f"{plan.retention_as_of:%Y-%m-%d %H:%M} UTC" if plan.retention_as_of else "now"
+    out.heading(f"Retention of {plan.policy!r} on a run at {when}")
+    if not plan.retention:
+        out.line("  no instance would be snapshotted, so retention would not run")
+    for preview in plan.retention:
+        doomed = sum(s.action == "delete" for s in preview.sets)
+        out.line(
+            f"  {preview.instance_id}: {len(preview.sets)} set(s), would delete {doomed}, "
+            f"keep {len(preview.sets) - doomed}"
+        )
+        rows = [
+            (
+                s.action.upper() if s.action == "delete" else s.action,
+                s.trigger_id,
+                f"{s.start_time:%Y-%m-%d %H:%M}",
+                f"{s.age_days}d",
+                str(len(s.snapshot_ids)),
+                f"{s.reason}: {s.detail}" if s.reason not in s.detail else s.detail,
+            )
+            for s in preview.sets
+        ]
+        if rows:
+            out.table(("ACTION", "SET", "STARTED (UTC)", "AGE", "SNAPSHOTS", "WHY"), rows, 4)
+        for error in preview.errors:
+            out.line(f"    {out.bad('check failed')}: {error.code}: {error.message}")
+
+
+def render_coverage(out: Out, region: str, cov: Coverage) -> None:
+    """Per policy what a run snapshots, untargeted instances, instances several policies take."""
+    out.heading(f"Coverage in {region}")
+    rows = [(p.policy, str(p.instances), str(p.volumes), str(p.gib)) for p in cov.policies]
+    out.table(("POLICY", "INSTANCES", "VOLUMES", "GIB"), rows)
+    if cov.unsized_volumes:
+        out.line(f"  (no size known for {', '.join(cov.unsized_volumes)}: counted as 0 GiB)")
+    out.line()
+    if cov.untargeted:
+        out.line(out.bad(f"  {len(cov.untargeted)} instance(s) no policy targets:"))
+        untargeted = [(u.instance_id, u.state, u.name or "-") for u in cov.untargeted]
+        out.table(("INSTANCE", "STATE", "NAME"), untargeted, 4)
+    else:
+        out.line(out.good("  every instance is targeted by a policy"))
+    if cov.overlaps:
+        out.line(f"  {len(cov.overlaps)} instance(s) several policies snapshot (a set each):")
+        overlaps = [(o.instance_id, ", ".join(o.policies)) for o in cov.overlaps]
+        out.table(("INSTANCE", "POLICIES"), overlaps, 4)
+    else:
+        out.line("  no instance is snapshotted by more than one policy")
