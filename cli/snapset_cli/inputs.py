@@ -156,15 +156,20 @@ def load_policy(ref: str, config: str | None, stdin: IO[str]) -> SnapshotPolicy:
     return policy_from_config(ref, config)
 
 
-def worker_count(raw: str) -> int:
-    """An argparse type: 1 to MAX_WORKERS_LIMIT."""
+def count_between(raw: str, high: int) -> int:
+    """An integer from 1 to `high`, for argparse types."""
     try:
         value = int(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer (got {raw!r})") from None
-    if not 1 <= value <= MAX_WORKERS_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_WORKERS_LIMIT} (got {value})")
+    if not 1 <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {high} (got {value})")
     return value
+
+
+def worker_count(raw: str) -> int:
+    """An argparse type: 1 to MAX_WORKERS_LIMIT."""
+    return count_between(raw, MAX_WORKERS_LIMIT)
 
 
 def max_workers(args: argparse.Namespace) -> int:

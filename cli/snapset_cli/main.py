@@ -52,6 +52,7 @@ from snapset_cli.inputs import (
     CliError,
     all_policies,
     build_clients,
+    count_between,
     is_policy_file,
     load_policy,
     max_workers,
@@ -224,13 +225,7 @@ def plan_time(raw: str) -> datetime:
 
 def fire_count(raw: str) -> int:
     """An argparse type: 1 to MAX_FIRE_TIMES."""
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer (got {raw!r})") from None
-    if not 1 <= value <= MAX_FIRE_TIMES:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_FIRE_TIMES} (got {value})")
-    return value
+    return count_between(raw, MAX_FIRE_TIMES)
 
 
 # --- run --------------------------------------------------------------------------------------
