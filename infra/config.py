@@ -195,7 +195,13 @@ class ScheduleConfig(BaseModel):
 
     def dst_warning(self) -> str | None:
         """A warning when the schedule can fire in the repeated hour (once, at either offset)."""
-        repeated = self.dst().repeated
+        findings = self.dst()
+        if findings.unchecked is not None:
+            return (
+                f"{self.expression} in {self.timezone}: daylight saving could not be checked "
+                f"({findings.unchecked}); make sure it cannot fire in a skipped hour"
+            )
+        repeated = findings.repeated
         if repeated is None:
             return None
         return (

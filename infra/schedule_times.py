@@ -55,10 +55,12 @@ def transition_days(timezone: str, start: date, years: int = LOOKAHEAD_YEARS) ->
 
 @dataclass(frozen=True)
 class DstFindings:
-    """The next fire time of a cron in the skipped hour (`gap`) and in the repeated hour."""
+    """The next fire time of a cron in the skipped hour (`gap`) and in the repeated hour, or
+    why they could not be computed (`unchecked`)."""
 
     gap: datetime | None
     repeated: datetime | None
+    unchecked: str | None = None
 
 
 def cron_fields(expression: str) -> str | None:
@@ -77,22 +79,24 @@ def dst_findings(expression: str, timezone: str, start: date) -> DstFindings:
     if fields is None:
         return DstFindings(None, None)
     zone = ZoneInfo(timezone)
-    for day in transition_days(timezone, start):
-        # pyawscron works on one clock; given the wall clock as if it were UTC, it yields wall
-        # times, which is how Scheduler reads the cron in the zone.
-        begin = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        fires = AWSCron.get_all_schedule_bw_dates(begin, begin + timedelta(days=1), fields)
-        for fire in fires:
-            wall = fire.replace(tzinfo=None)
-            if wall.date() != day:
-                continue
-            kind = wall_time_kind(wall, zone)
-            if kind == "gap" and gap is None:
-                gap = wall
-            elif kind == "repeated" and repeated is None:
-                repeated = wall
-        if gap is not None and repeated is not None:
-            break
+    try:
+        for day in transition_days(timezone, start):
+            # Scheduler reads the cron on the zone's wall clock, as cron_wall_times does.
+            midnight = datetime(day.year, day.month, day.day)
+            for wall in cron_wall_times(fields, midnight - timedelta(seconds=1)):
+                if wall.date() != day:
+                    break
+                kind = wall_time_kind(wall, zone)
+                if kind == "gap" and gap is None:
+                    gap = wall
+                elif kind == "repeated" and repeated is None:
+                    repeated = wall
+            if gap is not None and repeated is not None:
+                break
+    except UnsupportedSchedule as exc:
+        # AWS accepts forms pyawscron cannot follow (a reversed range such as FRI-MON): the
+        # schedule stays valid, and the daylight-saving check says it could not be made.
+        return DstFindings(gap, repeated, unchecked=str(exc))
     return DstFindings(gap, repeated)
 
 

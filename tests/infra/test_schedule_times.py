@@ -132,3 +132,16 @@ AFTER = datetime(2026, 12, 1, tzinfo=UTC)
 def test_the_cron_dialect_matches_awss_examples(fields: str, first: list[datetime]) -> None:
     got = AWSCron.get_next_n_schedule(2, AFTER, fields)
     assert [g.replace(tzinfo=None) for g in got] == first
+
+
+@pytest.mark.parametrize(
+    "expression", ["cron(0 10 ? * L *)", "cron(30 2 LW * ? *)", "cron(30 2 ? * FRI-MON *)"]
+)
+def test_forms_the_cron_library_cannot_follow_never_crash_synth(expression: str) -> None:
+    config = load_config(config_with({"expression": expression, "timezone": "Europe/Berlin"}))
+    warnings = config.schedule_warnings()
+    if "FRI-MON" in expression:  # a reversed range: valid for AWS, unreadable for pyawscron
+        [warning] = warnings
+        assert "daylight saving could not be checked" in warning
+    else:
+        assert warnings == []
