@@ -225,6 +225,7 @@ class FunctionConfiguration:
     timeout: int
     memory: int
     env: dict[str, str]
+    role: str = ""  # the execution role's ARN
 
 
 def runtime_environment(
@@ -233,16 +234,26 @@ def runtime_environment(
     region: str,
     endpoint_url: str,
     overrides: Mapping[str, str] | None = None,
+    credentials: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The function's environment in Lambda: its variables, the runtime's, the local AWS's."""
+    """The function's environment in Lambda: its variables, the runtime's, the local AWS's.
+
+    `credentials` (`access_key_id`, `secret_access_key`, `session_token`) are the execution
+    role's, as Lambda passes them; without them, moto's dummies.
+    """
+    creds = credentials or {
+        "access_key_id": "testing",
+        "secret_access_key": "testing",
+        "session_token": "testing",
+    }
     return {
         **function.env,
         "AWS_REGION": region,
         "AWS_DEFAULT_REGION": region,
         "AWS_ENDPOINT_URL": endpoint_url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
+        "AWS_ACCESS_KEY_ID": creds["access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": creds["secret_access_key"],
+        "AWS_SESSION_TOKEN": creds["session_token"],
         # never read a developer's own AWS configuration
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,

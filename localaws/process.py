@@ -38,6 +38,7 @@ from localaws.faults import FaultConfig, FaultRule, rules_from
 
 __all__ = ["LocalAws", "LocalAwsError"]
 
+ADMIN_USER = "localaws-admin"
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -60,12 +61,17 @@ class LocalAws:
         startup_timeout: float = 30.0,
         stop_timeout: float = 5.0,
         verbose: bool = False,
+        enforce_iam: bool = False,
     ) -> None:
         self.region = region
         self.snapshot_delay = snapshot_delay
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.verbose = verbose
+        self.enforce_iam = enforce_iam
+        # (access key id, secret, session token) of `client()`: moto's dummies, or the admin
+        # user made when IAM is enforced
+        self.credentials: tuple[str, str, str | None] = ("testing", "testing", None)
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
@@ -91,6 +97,8 @@ class LocalAws:
         for _ in range(3):  # a free port can be taken between probing and binding: retry
             try:
                 self._spawn(_free_port(), deadline)
+                if self.enforce_iam:
+                    self._enforce_iam()
                 return self
             except LocalAwsError as exc:
                 last_error = str(exc)
@@ -196,15 +204,64 @@ class LocalAws:
         ``max_attempts`` counts every attempt, the first included: 1 means no retries.
         """
         config = Config(retries={"mode": "standard", "total_max_attempts": max_attempts})
+        key, secret, token = self.credentials
         return boto3.client(
             service,  # type: ignore[call-overload]
             endpoint_url=self.endpoint_url,
             region_name=kwargs.pop("region_name", self.region),
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",  # noqa: S106 - moto's dummy credentials
+            aws_access_key_id=kwargs.pop("aws_access_key_id", key),
+            aws_secret_access_key=kwargs.pop("aws_secret_access_key", secret),
+            aws_session_token=kwargs.pop("aws_session_token", token),
             config=kwargs.pop("config", config),
             **kwargs,
         )
+
+    # --- IAM ---------------------------------------------------------------------------------
+
+    def _set_moto_auth(self, unauthenticated_calls: float) -> None:
+        """moto's `/moto-api/reset-auth`: access control on after this many calls (inf: off)."""
+        request = urllib.request.Request(  # noqa: S310 - always http://127.0.0.1
+            f"{self.endpoint_url}/moto-api/reset-auth",
+            data=str(unauthenticated_calls).encode(),
+            method="POST",
+            headers={"Content-Type": "text/plain"},  # a form body would hide it from moto
+        )
+        with urllib.request.urlopen(request, timeout=10.0) as response:  # noqa: S310
+            response.read()
+
+    def _enforce_iam(self) -> None:
+        """An administrator user for `client()`, made with access control off; then on."""
+        self._set_moto_auth(float("inf"))
+        self.credentials = ("testing", "testing", None)
+        iam = self.client("iam")
+        iam.create_user(UserName=ADMIN_USER)
+        iam.put_user_policy(
+            UserName=ADMIN_USER,
+            PolicyName="administrator",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+                }
+            ),
+        )
+        key = iam.create_access_key(UserName=ADMIN_USER)["AccessKey"]
+        self.credentials = (key["AccessKeyId"], key["SecretAccessKey"], None)
+        self._set_moto_auth(0)
+
+    def assume_role(
+        self, role_arn: str, *, session_name: str, service: str = "lambda.amazonaws.com"
+    ) -> dict[str, str]:
+        """Credentials of a role, as `service` gets them (its trust policy must allow it):
+        `access_key_id`, `secret_access_key`, `session_token`."""
+        payload = {
+            "role_arn": role_arn,
+            "service": service,
+            "session_name": session_name,
+            "region": self.region,
+        }
+        credentials: dict[str, str] = self._control("POST", "assume-role", payload)
+        return credentials
 
     # --- control API -------------------------------------------------------------------------
 
@@ -279,6 +336,10 @@ class LocalAws:
         """Move the server's clock forward; snapshots due by then complete now."""
         return self._control("POST", "clock", {"advance_seconds": seconds})
 
+    def reset_clock(self) -> dict[str, Any]:
+        """Real time again, without offset."""
+        return self._control("POST", "clock", {"real": True})
+
     def set_snapshot_start_times(self, snapshot_ids: list[str], start_time: datetime) -> None:
         """Backdate snapshots (retention history); see `ec2_snapshots.set_start_times`."""
         self._control(
@@ -296,6 +357,10 @@ class LocalAws:
         )
 
     def reset(self) -> None:
-        """moto's ``/moto-api/reset``: every backend, plus faults, events, pending snapshots
-        and the snapshot delay."""
+        """moto's ``/moto-api/reset``: every backend, plus faults, events, pending snapshots,
+        the snapshot delay and the clock (with IAM enforced: a new administrator user)."""
+        if self.enforce_iam:
+            self._set_moto_auth(float("inf"))
         self._control("POST", "moto-api/reset")
+        if self.enforce_iam:
+            self._enforce_iam()

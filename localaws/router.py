@@ -92,6 +92,7 @@ class Router:
     def __post_init__(self) -> None:
         self._sink = LogSink(self.keep_log_lines, self.log_stream)
         self._functions: dict[str, FunctionConfiguration] = {}
+        self._credentials: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._events = self.aws.client("events")
         self._scheduler = self.aws.client("scheduler")
@@ -234,8 +235,24 @@ class Router:
                     timeout=int(config["Timeout"]),
                     memory=int(config["MemorySize"]),
                     env=dict(config.get("Environment", {}).get("Variables", {})),
+                    role=config["Role"],
                 )
             return self._functions[name]
+
+    def function_role(self, function_name: str | None = None) -> str:
+        """The deployed function's execution role ARN."""
+        return self._function(function_name or self.deployment.function_name).role
+
+    def function_credentials(self, function_name: str | None = None) -> dict[str, str]:
+        """The execution role's credentials the function runs with, as Lambda gets them
+        (kept for the router's life, as a warm environment keeps them)."""
+        function = self._function(function_name or self.deployment.function_name)
+        with self._lock:
+            if function.name not in self._credentials:
+                self._credentials[function.name] = self.aws.assume_role(
+                    function.role, session_name=function.name
+                )
+            return self._credentials[function.name]
 
     def _invoke(self, function_name: str, payload: Any, source: str) -> Invocation:
         function = self._function(function_name)
@@ -247,6 +264,7 @@ class Router:
             region=self.aws.region,
             endpoint_url=self.aws.endpoint_url,
             overrides=self.env_overrides,
+            credentials=self.function_credentials(function_name),
         )
         invocation = invoke_handler(
             function, payload, source=source, env=env, sink=self._sink, remaining_ms=remaining_ms

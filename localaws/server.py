@@ -29,7 +29,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from localaws import ec2_images, ec2_snapshots, ssm_public
+from localaws import ec2_images, ec2_snapshots, iam, ssm_public
 from localaws import events as event_patches
 from localaws.clock import CLOCK
 from localaws.ec2_snapshots import SnapshotCompleter
@@ -173,7 +173,7 @@ class LocalAwsApp:
         try:
             body = self._read_json(environ)
             status, payload = self._route(method, route.strip("/"), query, body)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:
             status, payload = 400, {"error": str(exc)}
         return _json(start_response, status, payload)
 
@@ -226,6 +226,14 @@ class LocalAwsApp:
                 body["account_id"], body["region"], body["name"], body["value"]
             )
             return 200, {"name": body["name"]}
+        if route == "assume-role" and method == "POST":
+            body = body or {}
+            return 200, iam.assume_role_as_service(
+                str(body["role_arn"]),
+                str(body.get("service", "lambda.amazonaws.com")),
+                str(body.get("session_name", "localaws")),
+                str(body.get("region", "us-east-1")),
+            )
         if route == "clock":
             if method == "POST":
                 self._set_clock(body or {})
@@ -255,6 +263,7 @@ def build_app(state: ServerState) -> LocalAwsApp:
     ec2_snapshots.install(state.completer)
     ec2_images.install()
     event_patches.install()
+    iam.install()
     return LocalAwsApp(DomainDispatcherApplication(create_backend_app), state)
 
 

@@ -22,7 +22,10 @@ from localaws.synth import Synthesized, synthesize
 
 @pytest.fixture(scope="session")
 def local_aws() -> Iterator[LocalAws]:
-    aws = LocalAws(snapshot_delay=None)
+    # IAM enforced: the function runs with its deployed role's credentials, and a call the role
+    # does not grant fails the run (moto's access control; the tests' own clients are an
+    # administrator's). See localaws/README.md for what moto checks.
+    aws = LocalAws(snapshot_delay=None, enforce_iam=True)
     # Only the server's environment: without moto's ~1300 public AMIs (and their snapshots)
     # DescribeSnapshots is ~30x faster; Snapset never uses them.
     with pytest.MonkeyPatch.context() as env:
@@ -63,8 +66,9 @@ def ec2(local_aws: LocalAws) -> Any:
 
 @pytest.fixture
 def inbox(local_aws: LocalAws, _inbox: ReportInbox) -> ReportInbox:
-    """The topic's notifications, starting empty for this test (faults and events reset)."""
+    """The topic's notifications, starting empty for this test (faults, events, clock reset)."""
     local_aws.clear_faults()
+    local_aws.reset_clock()
     local_aws.complete_snapshots()
     local_aws.drain_events()
     _inbox.drain()

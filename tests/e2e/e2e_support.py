@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from localaws import LocalAws
 from localaws.fleet import DataVolume, FleetInstance, launch_instance
+from localaws.router import Router
 
 ACCOUNT = "123456789012"
 SCHEDULED_TAGS = {"Backup": "nightly", "Environment": "prod"}  # cdk.json: nightly-app
@@ -87,3 +89,25 @@ def snapshots_of(ec2: Any, trigger_id: str | None = None, **tags: str) -> list[d
 
 def tags_of(resource: Mapping[str, Any]) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
+
+
+def ids_of(ec2: Any, trigger_id: str) -> set[str]:
+    return {s["SnapshotId"] for s in snapshots_of(ec2, trigger_id)}
+
+
+def nightly_history(
+    local_aws: LocalAws, router: Router, ec2: Any, days: list[int]
+) -> list[tuple[str, set[str]]]:
+    """One completed nightly set per entry of `days`, backdated that many days."""
+    history = []
+    for age in days:
+        when = unique_time()
+        router.fire_schedule(policy="nightly-app", scheduled_time=when).unwrap()
+        trigger_id = f"nightly-app@{when:%Y-%m-%dT%H:%M:%SZ}"
+        snapshot_ids = ids_of(ec2, trigger_id)
+        local_aws.complete_snapshots()
+        local_aws.set_snapshot_start_times(
+            sorted(snapshot_ids), datetime.now(UTC) - timedelta(days=age)
+        )
+        history.append((trigger_id, snapshot_ids))
+    return history

@@ -7,35 +7,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from e2e_support import ACCOUNT, SCHEDULED_TAGS, STOP_TAGS, Fleet, snapshots_of, unique_time
+from e2e_support import (
+    ACCOUNT,
+    SCHEDULED_TAGS,
+    STOP_TAGS,
+    Fleet,
+    ids_of,
+    nightly_history,
+    snapshots_of,
+    unique_time,
+)
 
 from localaws import ErrorFault, FaultRule, LocalAws
 from localaws.report_inbox import ReportInbox
 from localaws.router import Router, instance_state_change_event
 
 pytestmark = pytest.mark.e2e
-
-
-def ids_of(ec2: Any, trigger_id: str) -> set[str]:
-    return {s["SnapshotId"] for s in snapshots_of(ec2, trigger_id)}
-
-
-def nightly_history(
-    local_aws: LocalAws, router: Router, ec2: Any, days: list[int]
-) -> list[tuple[str, set[str]]]:
-    """One completed nightly set per entry of `days`, backdated that many days."""
-    history = []
-    for age in days:
-        when = unique_time()
-        router.fire_schedule(policy="nightly-app", scheduled_time=when).unwrap()
-        trigger_id = f"nightly-app@{when:%Y-%m-%dT%H:%M:%SZ}"
-        snapshot_ids = ids_of(ec2, trigger_id)
-        local_aws.complete_snapshots()
-        local_aws.set_snapshot_start_times(
-            sorted(snapshot_ids), datetime.now(UTC) - timedelta(days=age)
-        )
-        history.append((trigger_id, snapshot_ids))
-    return history
 
 
 def only_instance(report: dict[str, Any]) -> dict[str, Any]:

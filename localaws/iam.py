@@ -1,0 +1,104 @@
+"""IAM at run time: the function's role credentials, and moto's access control made usable.
+
+moto 5.2.5 checks identity policies on every request once its access control is on
+(`POST /moto-api/reset-auth`, or the `INITIAL_NO_AUTH_ACTION_COUNT` environment variable), but
+for most services (EC2, SNS, DynamoDB, Lambda, ...) it does not know which resource a request
+is on and matches each statement's `Resource` against the literal `"*"`: a statement scoped to
+ARNs never applies, so a least-privilege role is refused nearly everything. `install()` makes a
+statement's `Resource` apply to such requests (as if it matched), so roles are enforced at the
+level of their actions. SQS, S3, IAM and STS requests, where moto knows the resource, are
+matched as moto matches them.
+
+`assume_role_as_service` is what the Lambda service does with a function's execution role: it
+checks the role's trust policy names the service principal and asks STS for credentials, with
+no caller identity (moto's own AssumeRole, called by an IAM user, fails on a trust policy whose
+principal is a service).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from moto.iam.access_control import IAMPolicyStatement, IAMRequestBase
+from moto.iam.exceptions import NotFoundException as IAMNotFoundException
+from moto.iam.models import iam_backends
+from moto.sts.models import sts_backends
+
+__all__ = ["AssumeRoleRefused", "assume_role_as_service", "install"]
+
+_INSTALLED = "_localaws_iam"
+
+
+class AssumeRoleRefused(ValueError):
+    pass
+
+
+def _signature_not_checked(self: Any) -> None:
+    """moto recalculates SigV4 signatures wrongly for REST GET requests (Lambda, Scheduler):
+    the caller is known by its access key (and session token), its signature is not checked."""
+
+
+def install() -> None:
+    """Match a statement's `Resource` against requests whose resource moto does not know;
+    identify callers by their access key without checking the signature."""
+    if getattr(IAMPolicyStatement, _INSTALLED, False):
+        return
+    IAMRequestBase.check_signature = _signature_not_checked  # type: ignore[method-assign]
+    moto_matches = IAMPolicyStatement._check_element_matches
+
+    def check_element_matches(self: Any, statement_element: Any, value: str) -> bool:
+        if statement_element == "Resource" and value == "*":
+            return True  # moto passes "*" when it cannot name the request's resource
+        return bool(moto_matches(self, statement_element, value))
+
+    IAMPolicyStatement._check_element_matches = check_element_matches  # type: ignore[method-assign]
+    setattr(IAMPolicyStatement, _INSTALLED, True)
+
+
+def _names(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def _trusts(document: Any, service: str) -> bool:
+    policy = json.loads(document) if isinstance(document, str) else document
+    statements = policy.get("Statement", [])
+    for statement in statements if isinstance(statements, list) else [statements]:
+        principal = statement.get("Principal") or {}
+        services = _names(principal.get("Service")) if isinstance(principal, dict) else []
+        if (
+            statement.get("Effect") == "Allow"
+            and service in services
+            and "sts:AssumeRole" in _names(statement.get("Action"))
+        ):
+            return True
+    return False
+
+
+def assume_role_as_service(
+    role_arn: str, service: str, session_name: str, region: str
+) -> dict[str, str]:
+    """Temporary credentials of `role_arn` for `service` (e.g. `lambda.amazonaws.com`)."""
+    parts = role_arn.split(":")
+    if len(parts) != 6 or parts[2] != "iam":
+        raise AssumeRoleRefused(f"not a role ARN: {role_arn}")
+    partition, account_id = parts[1], parts[4]
+    try:
+        role = iam_backends[account_id][partition].get_role_by_arn(role_arn)
+    except IAMNotFoundException as exc:
+        raise AssumeRoleRefused(f"no role {role_arn}") from exc
+    if not _trusts(role.assume_role_policy_document, service):
+        raise AssumeRoleRefused(f"the trust policy of {role_arn} does not let {service} assume it")
+    assumed = sts_backends[account_id][partition].assume_role(
+        region_name=region,
+        role_session_name=session_name,
+        role_arn=role_arn,
+        policy="",
+        duration=43200,
+        external_id="",
+    )
+    return {
+        "access_key_id": assumed.access_key_id,
+        "secret_access_key": assumed.secret_access_key,
+        "session_token": assumed.session_token,
+    }
