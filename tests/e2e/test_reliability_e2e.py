@@ -159,22 +159,33 @@ def test_concurrent_duplicate_deliveries_make_one_set(
 def test_throttled_create_snapshots_for_200_instances_completes_by_redelivery(
     local_aws: LocalAws, short_router: Router, fleet: Fleet, inbox: ReportInbox, ec2: Any
 ) -> None:
-    """A CreateSnapshots token bucket 10x smaller than the fleet, refilling at 5 calls/s.
+    """A CreateSnapshots token bucket 4x smaller than the fleet, on the server's frozen clock.
 
-    The refill is below what even a loaded 2-core machine sends (about 8 calls/s seen in CI),
-    so the bucket runs dry whatever the machine's speed; at 10/s it did not always.
+    No tokens come while a delivery runs; 10 s pass between deliveries (Lambda's async retries
+    are minutes apart), refilling exactly the 50 of the capacity. So each delivery starts at
+    most 50 sets however fast the machine is, the bucket runs dry in the first one, and at
+    least 4 deliveries are needed.
     """
     tag = f"tb-{uuid.uuid4().hex[:8]}"
     ids = fleet.launch_many(200, {"Bench": tag})
+    local_aws.freeze_clock()
     local_aws.set_faults(
-        FaultRule("ec2:CreateSnapshots", throttle=Throttle(capacity=20, refill_per_second=5))
+        FaultRule("ec2:CreateSnapshots", throttle=Throttle(capacity=50, refill_per_second=5))
     )
     payload = {"policy": "throttled", "target_tags": {"Bench": [tag]}, "request_id": tag}
-
-    invocations = deliver_until_done(short_router, payload, rounds=60)
+    invocations: list[Invocation] = []
+    try:
+        for _ in range(20):
+            invocations.append(short_router.invoke(payload))
+            if invocations[-1].ok:
+                break
+            local_aws.advance_clock(10.0)
+    finally:
+        local_aws.reset_clock()
+    assert invocations[-1].ok, invocations[-1].error
 
     assert local_aws.faults()["stats"][0]["throttled"] > 0  # the bucket really ran dry
-    assert len(invocations) > 1
+    assert len(invocations) >= 4  # 200 sets, at most 50 per delivery
     reports = [r.message for r in inbox.drain() if r.kind == "run"]
     assert len(reports) == len(invocations)
     for report in reports:
