@@ -9,10 +9,11 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import NoCredentialsError, ParamValidationError
+from botocore.exceptions import ClientError, NoCredentialsError, ParamValidationError
 from botocore.stub import Stubber
 
 from localaws.fleet import DataVolume, launch_instance, snapshots_by_volume
+from snapset import handler as handler_module
 from snapset.clients import make_clients
 from snapset.deadline import NEVER, Deadline
 from snapset.errors import CREATE_UNCONFIRMED, TIMEOUT
@@ -54,24 +55,59 @@ def test_redelivered_schedule_trigger_makes_one_set_and_reports_the_same_ids(
     assert first["trigger"]["id"] == "nightly@2026-11-27T03:00:00Z"
 
 
-def test_retry_redoes_only_instances_that_did_not_start(aws: Aws, context: LambdaContext) -> None:
+@pytest.mark.parametrize(
+    ("refusal", "status", "code"),
+    [
+        ("RequestLimitExceeded", 503, TIMEOUT),  # throttled until the invocation's time ran out
+        ("InternalError", 500, CREATE_UNCONFIRMED),  # no time left to wait and look again
+    ],
+)
+def test_retry_redoes_only_instances_that_did_not_start(
+    aws: Aws, context: LambdaContext, refusal: str, status: int, code: str
+) -> None:
     good = launch_instance(aws.ec2, tags={"Backup": "x"})
     bad = launch_instance(aws.ec2, tags={"Backup": "x"}, data_volumes=[DataVolume()])
-    payload = {
-        "policy": "p",
-        "target_tags": {"Backup": ["x"]},
-        "exclude_data_volume_ids": [bad.root_volume_id],  # root: fails for `bad` only
-        "request_id": "retry-1",
-    }
-    first = handler(payload, context)
-    assert {i["instance_id"]: i["status"] for i in first["instances"]} == {
-        good.instance_id: "started",
-        bad.instance_id: "failed",
-    }
-    second = handler(payload, context)
-    assert second["instances"] == first["instances"]
-    # good was not snapshotted twice; bad was tried again (and failed again, as it must)
-    assert set_count(aws) == 1
+    payload = {"policy": "p", "target_tags": {"Backup": ["x"]}, "request_id": "retry-1"}
+    creates: list[str] = []
+    refusing = [True]
+
+    def create_snapshots(params: dict[str, Any], **_: Any) -> None:
+        instance_id = params["InstanceSpecification"]["InstanceId"]
+        creates.append(instance_id)
+        if refusing[0] and instance_id == bad.instance_id:
+            error = {"Code": refusal, "Message": "refused"}
+            meta = {"HTTPStatusCode": status}
+            raise ClientError({"Error": error, "ResponseMetadata": meta}, "CreateSnapshots")
+
+    events = handler_module.session().events
+    events.register("provide-client-params.ec2.CreateSnapshots", create_snapshots)
+    try:
+        # 4 s of invocation time past the safety margin: too little to settle a server error
+        # (5 s), and throttling is retried until it runs out
+        context.remaining_ms = 10_000 + 4_000
+        with pytest.raises(IncompleteRun, match=bad.instance_id):
+            handler(payload, context)
+        (note,) = aws.messages()
+        first = {i["instance_id"]: i for i in json.loads(note["Message"])["instances"]}
+        assert first[good.instance_id]["status"] == "started"
+        assert first[bad.instance_id]["error"]["code"] == code
+        assert set_count(aws) == 1
+        assert creates.count(good.instance_id) == 1
+
+        refusing[0] = False  # the redelivery finds EC2 willing again
+        context.remaining_ms = 300_000
+        creates.clear()
+        second = handler(payload, context)
+    finally:
+        events.unregister("provide-client-params.ec2.CreateSnapshots", create_snapshots)
+    again = {i["instance_id"]: i for i in second["instances"]}
+    # bad, which did not start, was done now; good, which had started, was not done again and
+    # reports its original set
+    assert creates == [bad.instance_id]
+    assert again[bad.instance_id]["status"] == "started"
+    assert len(again[bad.instance_id]["snapshots"]) == 2
+    assert again[good.instance_id] == first[good.instance_id]
+    assert set_count(aws) == 1 + 2
 
 
 def test_concurrent_duplicate_deliveries_make_one_set(aws: Aws, context: LambdaContext) -> None:
