@@ -235,15 +235,16 @@ def test_any_failed_protection_lookup_keeps_every_set_and_says_why(
     before = aws.existing()
 
     def refuse(**_: Any) -> None:
-        raise ClientError({"Error": {"Code": code, "Message": "no"}}, api)
+        raise ClientError({"Error": {"Code": code, "Message": "refused by the test"}}, api)
 
     # set before retention builds its paginator, which binds the client's method
     setattr(aws.ec2, method, refuse)
     result = apply_retention(aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW)
     assert result.deleted == ()
     [error] = result.errors
-    assert error.code == code
-    assert error.message.startswith(f"{api} failed, kept 4 set(s) unchecked")
+    assert (error.snapshot_id, error.code) == (None, code)
+    # the check, what it kept, and AWS's own message
+    assert error.message == f"{api} failed, kept 4 set(s) unchecked: refused by the test"
     assert aws.existing() == before
 
 
