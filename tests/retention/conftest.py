@@ -13,6 +13,7 @@ AWS's faithful CreateSnapshots (tests/unit) is installed in the same session.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -148,3 +149,26 @@ def aws(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iter
 def instances(aws: Aws) -> list[FleetInstance]:
     """Three instances with a root and one data volume each."""
     return [launch_instance(aws.ec2, data_volumes=[DataVolume()]) for _ in range(3)]
+
+
+@pytest.fixture
+def retention_log() -> Iterator[list[logging.LogRecord]]:
+    """What retention logs for operators, read from its own logger (whatever the handler's
+    Powertools logger does to propagation)."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("snapset.retention")
+    keep, level = Keep(), logger.level
+    logger.addHandler(keep)
+    logger.setLevel(logging.DEBUG)
+    yield records
+    logger.removeHandler(keep)
+    logger.setLevel(level)
+
+
+def logged(records: list[logging.LogRecord]) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in records]

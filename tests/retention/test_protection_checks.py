@@ -4,6 +4,7 @@ every page, and only what no check protects is deleted."""
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -11,9 +12,10 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+from snapset.errors import UNEXPECTED_ERROR
 from snapset.policy import TAG_INSTANCE_ID, TAG_POLICY, TAG_TRIGGER_ID, SnapshotPolicy
 from snapset.retention import apply_retention
-from tests.retention.conftest import NOW, REGION
+from tests.retention.conftest import NOW, REGION, logged
 
 INSTANCE = "i-0123456789abcdef0"
 VOLUMES = 40  # an instance with 40 volumes makes sets of 40 snapshots
@@ -56,7 +58,9 @@ def _images_params(chunk: list[str]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
-def test_every_candidate_is_checked_in_batches_through_every_page(dry_run: bool) -> None:
+def test_every_candidate_is_checked_in_batches_through_every_page(
+    dry_run: bool, retention_log: list[logging.LogRecord]
+) -> None:
     t = _sets(7)  # t[6], the newest, is kept by count=1; t[0]..t[5] are candidates
     candidates = [sid for ids in t[:6] for sid in ids]
     assert len(candidates) > FILTER_VALUES_MAX
@@ -140,3 +144,27 @@ def test_every_candidate_is_checked_in_batches_through_every_page(dry_run: bool)
     assert result.deleted == tuple(doomed)
     assert result.kept == 7 - 2
     assert result.dry_run is dry_run
+    verb = "would delete" if dry_run else "deleted"
+    summary = f"{verb} 80 snapshot(s) of 2 set(s), kept 5 set(s), 0 error(s)"
+    assert logged(retention_log) == [("INFO", f"retention nightly {INSTANCE}: {summary}")]
+
+
+def test_a_bug_deletes_nothing_and_is_reported_with_its_traceback(
+    retention_log: list[logging.LogRecord],
+) -> None:
+    ec2 = boto3.client("ec2", region_name=REGION)
+    listing = _listing(_sets(3))
+    del listing["Snapshots"][0]["StartTime"]  # as if AWS changed shape: a KeyError in retention
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_snapshots", listing)
+        policy = SnapshotPolicy.model_validate(
+            {"policy": "nightly", "instance_ids": [INSTANCE], "retention": {"count": 1}}
+        )
+        result = apply_retention(ec2, policy, INSTANCE, "run-now", NOW)
+        stub.assert_no_pending_responses()
+    assert result.deleted == ()
+    [error] = result.errors
+    assert (error.snapshot_id, error.code) == (None, UNEXPECTED_ERROR)
+    assert error.message == f"{INSTANCE}: KeyError('StartTime')"
+    assert logged(retention_log) == [("ERROR", f"unexpected error in retention for {INSTANCE}")]
+    assert retention_log[0].exc_info is not None
