@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +20,7 @@ from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionResult
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
 from snapset.retention import apply_retention, with_retention
 from snapset.snapshots import describe_instance, snapshot_instance
-from tests.retention.conftest import NOW, REGION, Aws, managed_tags
+from tests.retention.conftest import NOW, REGION, Aws, logged, managed_tags
 
 CURRENT = "run-now"
 
@@ -226,7 +227,12 @@ def test_a_failed_lock_or_image_check_keeps_everything(
 )
 @pytest.mark.parametrize("code", ["UnauthorizedOperation", "RequestLimitExceeded", "InternalError"])
 def test_any_failed_protection_lookup_keeps_every_set_and_says_why(
-    aws: Aws, instances: list[FleetInstance], method: str, api: str, code: str
+    aws: Aws,
+    instances: list[FleetInstance],
+    method: str,
+    api: str,
+    code: str,
+    retention_log: list[logging.LogRecord],
 ) -> None:
     """Fail closed: an AMI or lock check that cannot be made could be hiding a protected
     snapshot, so nothing is deleted and the report names the check."""
@@ -245,10 +251,21 @@ def test_any_failed_protection_lookup_keeps_every_set_and_says_why(
     assert (error.snapshot_id, error.code) == (None, code)
     # the check, what it kept, and AWS's own message
     assert error.message == f"{api} failed, kept 4 set(s) unchecked: refused by the test"
+    warning, summary = logged(retention_log)
+    assert warning[0] == "WARNING"
+    assert warning[1].startswith(f"retention check {api} failed: ClientError(")
+    assert "refused by the test" in warning[1]
+    assert summary == (
+        "INFO",
+        f"retention nightly {a.instance_id}: deleted 0 snapshot(s) of 0 set(s), kept 5 set(s), "
+        "1 error(s)",
+    )
     assert aws.existing() == before
 
 
-def test_a_failed_sharing_check_keeps_that_set(aws: Aws, instances: list[FleetInstance]) -> None:
+def test_a_failed_sharing_check_keeps_that_set(
+    aws: Aws, instances: list[FleetInstance], retention_log: list[logging.LogRecord]
+) -> None:
     a = instances[0]
     sets = history(aws, a, "nightly", range(1, 5))
     real = aws.ec2.describe_snapshot_attribute
@@ -263,7 +280,11 @@ def test_a_failed_sharing_check_keeps_that_set(aws: Aws, instances: list[FleetIn
     assert set(result.deleted) == ids(sets, [2, 4])
     [error] = result.errors
     assert (error.snapshot_id, error.code) == (sets[3][1], "RequestLimitExceeded")
+    assert error.message == "DescribeSnapshotAttribute failed, kept its set: slow"
     assert ids(sets, [0, 1, 3]) <= aws.existing()
+    level, message = logged(retention_log)[0]
+    assert level == "WARNING"
+    assert message.startswith(f"retention check of {sets[3][1]} failed: ClientError(")
 
 
 def test_a_newer_failed_run_keeps_every_older_set(aws: Aws, instances: list[FleetInstance]) -> None:
@@ -373,7 +394,9 @@ def test_an_ami_registered_after_the_check_gives_moto_s_in_use_error(
     assert sets[3][0] in aws.existing()
 
 
-def test_listing_errors_are_reported_and_delete_nothing() -> None:
+def test_listing_errors_are_reported_and_delete_nothing(
+    retention_log: list[logging.LogRecord],
+) -> None:
     ec2 = boto3.client("ec2", region_name=REGION)
     with Stubber(ec2) as stub:
         stub.add_client_error("describe_snapshots", "UnauthorizedOperation", "not allowed")
@@ -381,7 +404,12 @@ def test_listing_errors_are_reported_and_delete_nothing() -> None:
         stub.assert_no_pending_responses()
     [error] = result.errors
     assert (error.snapshot_id, error.code) == (None, "UnauthorizedOperation")
+    assert error.message == "i-0123456789abcdef0: listing snapshots: not allowed"
     assert result.deleted == ()
+    assert result.dry_run is False
+    [(level, message)] = logged(retention_log)
+    assert level == "WARNING"
+    assert message.startswith("retention for i-0123456789abcdef0 failed: ClientError(")
 
 
 def test_deletes_issue_one_describe_snapshots_with_owner_self_and_tag_filters() -> None:
