@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.snapset-installed
 NPM_STAMP := node_modules/.snapset-installed
-CODE := lambdas cli infra localaws tests benchmarks app.py
+CODE := lambdas cli infra localaws tests benchmarks scripts app.py
 
 # jsii (the bridge the CDK's Python packages run on) supports Node.js 22 and 24. An older Node
 # still synthesizes but prints a twelve-line end-of-life banner: say so once, in one line, and
@@ -21,7 +21,7 @@ $(info snapset: Node.js $(NODE_MAJOR) is past jsii's support (22, 24); it works,
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := $(NODE_MAJOR)
 endif
 
-.PHONY: test lint typecheck unit demo synth diff deploy bench clean install
+.PHONY: test lint typecheck unit demo synth diff deploy bench mutate clean install
 
 install: $(STAMP) $(NPM_STAMP)
 
@@ -41,7 +41,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(CODE)
 
 typecheck: $(STAMP)
-	$(BIN)/mypy lambdas/snapset cli/snapset_cli infra localaws app.py
+	$(BIN)/mypy lambdas/snapset cli/snapset_cli infra localaws scripts app.py
 
 unit: $(STAMP) $(NPM_STAMP)
 	$(BIN)/pytest -n 2 -q
@@ -62,6 +62,12 @@ deploy: $(STAMP) $(NPM_STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/throttle_throughput.py
+
+# Mutation testing (mutmut) of retention, idempotency, snapshots and report against the fast
+# tests; survivors are explained in mutation/survivors.txt. Slow, so not part of `make test`.
+# `make mutate MODULES="retention idempotency"` runs some of them.
+mutate: $(STAMP)
+	$(PY) scripts/mutate.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out .mypy_cache .ruff_cache .pytest_cache .hypothesis
