@@ -451,12 +451,12 @@ def test_account_id_excludes_look_alikes_owned_by_another_account(
 
 
 def test_naive_now_and_missing_retention_are_programming_errors(aws: Aws) -> None:
-    with pytest.raises(ValueError, match="timezone-aware"):
+    with pytest.raises(ValueError, match=r"^now must be timezone-aware$"):
         apply_retention(
             aws.ec2, policy(count=1), "i-0123456789abcdef0", CURRENT, datetime(2026, 1, 1)
         )
     no_retention = SnapshotPolicy(policy="p", instance_ids=["i-0123456789abcdef0"])
-    with pytest.raises(ValueError, match="no retention"):
+    with pytest.raises(ValueError, match=r"^policy 'p' has no retention$"):
         apply_retention(aws.ec2, no_retention, "i-0123456789abcdef0", CURRENT, NOW)
 
 
