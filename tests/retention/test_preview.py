@@ -3,14 +3,28 @@ made keeps what it was about, as `unchecked`, and says which check failed and wh
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
 from localaws.fleet import FleetInstance
-from snapset.policy import SnapshotPolicy
-from snapset.retention import DELETE, KEEP, REASON_NEWEST, REASON_UNCHECKED, preview_retention
+from snapset.policy import Retention, SnapshotPolicy
+from snapset.retention import (
+    DELETE,
+    KEEP,
+    REASON_NEWER_UNSETTLED,
+    REASON_NEWEST,
+    REASON_PENDING,
+    REASON_UNCHECKED,
+    REASON_WITHIN_AGE,
+    REASON_WITHIN_COUNT,
+    SnapshotRecord,
+    SnapshotSet,
+    explain_retention,
+    preview_retention,
+)
 from tests.retention.conftest import NOW, Aws
 from tests.retention.test_retention_moto import policy
 
@@ -95,3 +109,48 @@ def test_naive_now_and_missing_retention_are_programming_errors(aws: Aws) -> Non
     naive = NOW.replace(tzinfo=None)
     with pytest.raises(ValueError, match=r"^now must be timezone-aware$"):
         preview_retention(aws.ec2, policy(count=1), "i-0123456789abcdef0", naive)
+
+
+def _set(trigger_id: str, days_ago: int, *states: str) -> SnapshotSet:
+    return SnapshotSet(
+        trigger_id,
+        tuple(
+            SnapshotRecord(f"snap-{trigger_id}-{n}", state, NOW - timedelta(days=days_ago), {})
+            for n, state in enumerate(states or ("completed",))
+        ),
+    )
+
+
+def test_every_kept_set_says_why_in_words() -> None:
+    """What `snapset plan` prints for each kept set: the reason and its detail."""
+    blocked = explain_retention(
+        [
+            _set("a", 6),
+            _set("b", 5),
+            _set("c", 4, "completed", "pending", "recoverable"),
+            _set("d", 1),
+        ],
+        Retention(count=1),
+        NOW,
+    )
+    assert [(d.trigger_id, d.action, d.reason, d.detail) for d in blocked] == [
+        ("d", KEEP, REASON_NEWEST, "the newest completed set is always kept"),
+        ("c", KEEP, REASON_PENDING, "snapshots still pending, recoverable"),
+        ("b", KEEP, REASON_NEWER_UNSETTLED, "a newer set is pending or failed"),
+        ("a", KEEP, REASON_NEWER_UNSETTLED, "a newer set is pending or failed"),
+    ]
+    by_count = explain_retention(
+        [_set("x", 3), _set("y", 2), _set("z", 1)], Retention(count=3), NOW
+    )
+    assert [(d.trigger_id, d.reason, d.detail) for d in by_count[1:]] == [
+        ("y", REASON_WITHIN_COUNT, "1 newer completed set, count is 3"),
+        ("x", REASON_WITHIN_COUNT, "2 newer completed sets, count is 3"),
+    ]
+    # beyond count (one newer set, count 1) but young enough: kept by age, and said so
+    by_age = explain_retention(
+        [_set("p", 2), _set("q", 1)], Retention(count=1, max_age_days=10), NOW
+    )
+    assert [(d.trigger_id, d.reason, d.detail) for d in by_age] == [
+        ("q", REASON_NEWEST, "the newest completed set is always kept"),
+        ("p", REASON_WITHIN_AGE, "2 days old, max_age_days is 10"),
+    ]
