@@ -14,6 +14,8 @@ from snapset.policy import Retention, SnapshotPolicy
 from snapset.retention import (
     DELETE,
     KEEP,
+    REASON_CURRENT,
+    REASON_LOCKED,
     REASON_NEWER_UNSETTLED,
     REASON_NEWEST,
     REASON_PENDING,
@@ -153,4 +155,24 @@ def test_every_kept_set_says_why_in_words() -> None:
     assert [(d.trigger_id, d.reason, d.detail) for d in by_age] == [
         ("q", REASON_NEWEST, "the newest completed set is always kept"),
         ("p", REASON_WITHIN_AGE, "2 days old, max_age_days is 10"),
+    ]
+
+
+def test_failed_sets_current_set_and_protected_snapshots_are_named() -> None:
+    failed = explain_retention(
+        [_set("f", 3, "error"), _set("g", 2, "error"), _set("n", 1)], Retention(count=3), NOW
+    )
+    assert [(d.trigger_id, d.reason, d.detail) for d in failed] == [
+        ("n", REASON_NEWEST, "the newest completed set is always kept"),
+        # a failed set is not pending: kept by count, unless a newer one failed too
+        ("g", REASON_WITHIN_COUNT, "1 newer completed set, count is 3"),
+        ("f", REASON_NEWER_UNSETTLED, "a newer set is pending or failed"),
+    ]
+    sets = [_set("old", 3, "completed", "completed", "completed"), _set("new", 1), _set("now", 0)]
+    protections = {"snap-old-0": REASON_LOCKED, "snap-old-2": REASON_LOCKED}
+    decided = explain_retention(sets, Retention(count=1), NOW, "now", protections)
+    assert [(d.trigger_id, d.action, d.reason, d.detail) for d in decided] == [
+        ("now", KEEP, REASON_CURRENT, "the set this run started"),
+        ("new", KEEP, REASON_NEWEST, "the newest completed set is always kept"),
+        ("old", KEEP, REASON_LOCKED, f"{REASON_LOCKED}: snap-old-0, snap-old-2"),
     ]
