@@ -109,9 +109,11 @@ def test_lock_until_an_expiration_date(ec2: Any) -> None:
 
 
 def test_an_expired_lock_reports_expired_and_protects_nothing(aws: LocalAws, ec2: Any) -> None:
-    aws.freeze_clock()  # frozen at or before now: the lock below expires only when advanced
+    frozen = aws.freeze_clock()
     sid = _snapshot(ec2)
-    soon = datetime.now(UTC) + timedelta(seconds=1)
+    # One second after the server's frozen time (not ours: a slow machine may be well past it),
+    # so the lock below expires only when the clock is advanced.
+    soon = datetime.fromisoformat(frozen["now"]) + timedelta(seconds=1)
     ec2.lock_snapshot(SnapshotId=sid, LockMode="compliance", ExpirationDate=soon)
     aws.advance_clock(0.5)
     with pytest.raises(ClientError) as exc:
