@@ -29,7 +29,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from localaws import ec2_images, ec2_snapshots, ec2_tag_index, iam, ssm_public
+from localaws import ec2_images, ec2_pagination, ec2_snapshots, ec2_tag_index, iam, ssm_public
 from localaws import events as event_patches
 from localaws.clock import CLOCK
 from localaws.ec2_snapshots import SnapshotCompleter
@@ -263,6 +263,7 @@ def build_app(state: ServerState) -> LocalAwsApp:
     ec2_snapshots.install(state.completer)
     ec2_images.install()
     ec2_tag_index.install()
+    ec2_pagination.install()
     event_patches.install()
     iam.install()
     return LocalAwsApp(DomainDispatcherApplication(create_backend_app), state)

@@ -1,0 +1,228 @@
+"""``MaxResults``/``NextToken`` on the EC2 Describe calls Snapset pages through (moto 5.2.5 patch).
+
+moto 5.2.5 ignores ``MaxResults`` and ``NextToken`` on DescribeSnapshots, DescribeVolumes and
+DescribeImages (every match in one response, never a token), and on DescribeInstances pages
+by reservation without checking ``MaxResults`` (any integer, 0 and negatives included) and fails
+with HTTP 500 on a token it does not know. After `install()`:
+
+* **DescribeSnapshots**: ``MaxResults`` 5-1000; above 1000 only 1000 are returned; below 5
+  ``InvalidParameterValue``; with ``SnapshotIds`` ``InvalidParameterCombination``. The EC2 API
+  reference: "This value can be between 5 and 1,000; if this value is larger than 1,000, only
+  1,000 results are returned. If this parameter is not used, then the request returns all
+  snapshots. You cannot specify this parameter and the snapshot IDs parameter in the same
+  request."
+* **DescribeVolumes**: ``MaxResults`` 5-500; above 500 only 500; below 5
+  ``InvalidParameterValue``; with ``VolumeIds`` ``InvalidParameterCombination`` ("This value
+  can be between 5 and 500; if you specify a value larger than 500, only 500 items are
+  returned. If this parameter is not used, then all items are returned. You cannot specify this
+  parameter and the volume IDs parameter in the same request.")
+* **DescribeInstances**: ``MaxResults`` 5-1000, ``InvalidParameterValue`` outside ("This value
+  can be between 5 and 1000. You cannot specify this parameter and the instance IDs parameter
+  in the same call."; the combination is moto's own ``InvalidParameterCombination``). Pages
+  count reservations, as moto's do, and without ``MaxResults`` a page holds at most 100
+  reservations, moto's default.
+* **DescribeImages**: ``MaxResults`` honoured; AWS documents no range, so only values below 1
+  are refused (``InvalidParameterValue``; our choice).
+* (DescribeLockedSnapshots is ours already, with ``MaxResults`` 5-1000: `localaws.ec2_images`.)
+
+A page holds at most ``MaxResults`` items, in moto's order, and carries a ``NextToken`` when
+items remain. Without ``MaxResults`` (and without a token) the response is moto's, untouched.
+The token is opaque: it names the call and the last item returned, and the next page starts
+after that item; if that item is gone meanwhile (deleted, or no longer matching) the next page
+starts at the same count of items instead. A token that is not ours, or is another call's, is
+``InvalidPaginationToken``. A token with no ``MaxResults`` returns the rest.
+
+`install()` is idempotent and works in-process (``mock_aws``) as well as in the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from moto.core.responses import ActionResult
+from moto.ec2.exceptions import EC2ClientError, InvalidParameterCombination
+from moto.ec2.responses.amis import AmisResponse
+from moto.ec2.responses.elastic_block_store import ElasticBlockStore
+from moto.ec2.responses.instances import InstanceResponse
+
+_INSTALLED = "_localaws_ec2_pagination"
+MOTO_INSTANCES_DEFAULT = 100  # moto's reservations per DescribeInstances page
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """``MaxResults`` as AWS documents it for one call."""
+
+    low: int
+    high: int | None  # None: no maximum
+    clamp: bool  # above `high`: True, `high` items; False, InvalidParameterValue
+
+    def limit(self, raw: Any) -> int | None:
+        if raw is None:
+            return None
+        try:
+            value = int(raw)
+        except (TypeError, ValueError) as exc:
+            raise _invalid_max_results(raw, self) from exc
+        if value < self.low or (self.high is not None and value > self.high and not self.clamp):
+            raise _invalid_max_results(value, self)
+        return value if self.high is None else min(value, self.high)
+
+
+@dataclass(frozen=True)
+class Pager:
+    """How one Describe call is paged: its action, bounds, and the ids that exclude MaxResults."""
+
+    action: str
+    bounds: Bounds
+    ids_param: str | None = None  # e.g. SnapshotIds: not together with MaxResults
+    ids_wire_name: str = ""  # the name AWS's message gives it, e.g. snapshotSet
+
+
+SNAPSHOTS = Pager("DescribeSnapshots", Bounds(5, 1000, clamp=True), "SnapshotIds", "snapshotSet")
+VOLUMES = Pager("DescribeVolumes", Bounds(5, 500, clamp=True), "VolumeIds", "volumeSet")
+INSTANCES = Pager("DescribeInstances", Bounds(5, 1000, clamp=False))
+IMAGES = Pager("DescribeImages", Bounds(1, None, clamp=False))
+
+
+def _invalid_max_results(value: Any, bounds: Bounds) -> EC2ClientError:
+    allowed = (
+        f"at least {bounds.low}"
+        if bounds.high is None
+        else f"between {bounds.low} and {bounds.high}"
+    )
+    return EC2ClientError(
+        "InvalidParameterValue",
+        f"Value ( {value} ) for parameter maxResults is invalid. Parameter may only be {allowed}.",
+    )
+
+
+def _invalid_token(token: str) -> EC2ClientError:
+    return EC2ClientError(
+        "InvalidPaginationToken", f"The pagination token {token!r} is not valid or is expired."
+    )
+
+
+def encode_token(action: str, last_id: str, offset: int) -> str:
+    raw = json.dumps({"a": action, "after": last_id, "n": offset}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_token(action: str, token: str) -> tuple[str, int]:
+    """(id of the last item returned, items returned so far) from one of our tokens."""
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()).decode())
+        last_id, offset = data["after"], data["n"]
+        valid = data["a"] == action and isinstance(last_id, str) and isinstance(offset, int)
+    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeError) as exc:
+        raise _invalid_token(token) from exc
+    if not valid or offset < 0:
+        raise _invalid_token(token)
+    return last_id, offset
+
+
+def page(
+    items: Sequence[Any],
+    item_id: Callable[[Any], str],
+    action: str,
+    token: str | None,
+    limit: int | None,
+) -> tuple[list[Any], str | None]:
+    """The page of `items` that `token` starts and `limit` bounds, and the next token."""
+    start = 0
+    if token:
+        last_id, offset = decode_token(action, token)
+        ids = [item_id(item) for item in items]
+        start = ids.index(last_id) + 1 if last_id in ids else min(offset, len(items))
+    end = len(items) if limit is None else min(start + limit, len(items))
+    chunk = list(items[start:end])
+    if end >= len(items) or not chunk:
+        return chunk, None
+    return chunk, encode_token(action, item_id(chunk[-1]), end)
+
+
+def _check_request(self: Any, pager: Pager) -> tuple[int | None, str | None]:
+    limit = pager.bounds.limit(self._get_param("MaxResults"))
+    token = self._get_param("NextToken") or None
+    if limit is not None and pager.ids_param and self._get_param(pager.ids_param):
+        raise InvalidParameterCombination(
+            f"The parameter {pager.ids_wire_name} cannot be used with the parameter maxResults"
+        )
+    if token is not None:
+        decode_token(pager.action, token)  # a bad token fails before any work
+    return limit, token
+
+
+def _paged(
+    moto_handler: Callable[[Any], ActionResult], pager: Pager, key: str, id_attr: str
+) -> Callable[[Any], ActionResult]:
+    """moto's handler, then one page of its list (the rest of moto's answer unchanged)."""
+
+    def handler(self: Any) -> ActionResult:
+        limit, token = _check_request(self, pager)
+        result = moto_handler(self)
+        if limit is None and token is None:
+            return result
+        body = dict(result.result)  # type: ignore[call-overload]
+        items, next_token = page(
+            list(body.get(key) or []),
+            lambda x: str(getattr(x, id_attr)),
+            pager.action,
+            token,
+            limit,
+        )
+        body[key] = items
+        if next_token is not None:
+            body["NextToken"] = next_token
+        return ActionResult(body)
+
+    handler.__name__ = getattr(moto_handler, "__name__", "handler")
+    return handler
+
+
+def describe_instances(self: Any) -> ActionResult:
+    """moto's DescribeInstances (same checks, filters and reservation order), with MaxResults
+    bounds and our tokens."""
+    self.error_on_dryrun()
+    if "InstanceId.1" in self.data and "MaxResults" in self.data:
+        raise InvalidParameterCombination(
+            "The parameter instancesSet cannot be used with the parameter maxResults"
+        )
+    limit, token = _check_request(self, INSTANCES)
+    filter_dict = self._filters_from_querystring()
+    instance_ids = self._get_param("InstanceIds", [])
+    if instance_ids:
+        reservations = self.ec2_backend.get_reservations_by_instance_ids(
+            instance_ids, filters=filter_dict
+        )
+    else:
+        reservations = self.ec2_backend.describe_instances(filters=filter_dict)
+    items, next_token = page(
+        reservations,
+        lambda r: str(r.id),
+        INSTANCES.action,
+        token,
+        MOTO_INSTANCES_DEFAULT if limit is None else limit,
+    )
+    return ActionResult({"Reservations": items, "NextToken": next_token})
+
+
+def install() -> None:
+    """Patch moto's EC2 Describe handlers (idempotent; in-process or in the server)."""
+    if getattr(ElasticBlockStore, _INSTALLED, False):
+        return
+    setattr(ElasticBlockStore, _INSTALLED, True)
+    paged: list[tuple[type, str, Pager, str]] = [
+        (ElasticBlockStore, "describe_snapshots", SNAPSHOTS, "Snapshots"),
+        (ElasticBlockStore, "describe_volumes", VOLUMES, "Volumes"),
+        (AmisResponse, "describe_images", IMAGES, "Images"),
+    ]
+    for cls, name, pager, key in paged:
+        setattr(cls, name, _paged(getattr(cls, name), pager, key, "id"))
+    setattr(InstanceResponse, "describe_instances", describe_instances)  # noqa: B010
