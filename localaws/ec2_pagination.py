@@ -27,10 +27,12 @@ with HTTP 500 on a token it does not know. After `install()`:
 
 A page holds at most ``MaxResults`` items, in moto's order, and carries a ``NextToken`` when
 items remain. Without ``MaxResults`` (and without a token) the response is moto's, untouched.
-The token is opaque: it names the call and the last item returned, and the next page starts
-after that item; if that item is gone meanwhile (deleted, or no longer matching) the next page
-starts at the same count of items instead. A token that is not ours, or is another call's, is
-``InvalidPaginationToken``. A token with no ``MaxResults`` returns the rest.
+The token is opaque: it names the call and a cursor, the place in moto's store of the last item
+returned. Every item gets a sequence number in the order of moto's store (a dict, so creation
+order, which is also the order of moto's listings), and the next page is the items after the
+cursor. So items deleted, created or retagged between pages change nothing else: every item
+that stays in the listing is returned exactly once. A token that is not ours, or is another
+call's, is ``InvalidPaginationToken``. A token with no ``MaxResults`` returns the rest.
 
 `install()` is idempotent and works in-process (``mock_aws``) as well as in the server.
 """
@@ -40,8 +42,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import count
 from typing import Any
 
 from moto.core.responses import ActionResult
@@ -52,6 +56,9 @@ from moto.ec2.responses.instances import InstanceResponse
 
 _INSTALLED = "_localaws_ec2_pagination"
 MOTO_INSTANCES_DEFAULT = 100  # moto's reservations per DescribeInstances page
+_SEQ_ATTR = "localaws_list_seq"
+_SEQ = count(1)
+_SEQ_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -80,14 +87,17 @@ class Pager:
 
     action: str
     bounds: Bounds
+    store: str  # the backend's dict the listed items come from, in its order
     ids_param: str | None = None  # e.g. SnapshotIds: not together with MaxResults
     ids_wire_name: str = ""  # the name AWS's message gives it, e.g. snapshotSet
 
 
-SNAPSHOTS = Pager("DescribeSnapshots", Bounds(5, 1000, clamp=True), "SnapshotIds", "snapshotSet")
-VOLUMES = Pager("DescribeVolumes", Bounds(5, 500, clamp=True), "VolumeIds", "volumeSet")
-INSTANCES = Pager("DescribeInstances", Bounds(5, 1000, clamp=False))
-IMAGES = Pager("DescribeImages", Bounds(1, None, clamp=False))
+SNAPSHOTS = Pager(
+    "DescribeSnapshots", Bounds(5, 1000, clamp=True), "snapshots", "SnapshotIds", "snapshotSet"
+)
+VOLUMES = Pager("DescribeVolumes", Bounds(5, 500, clamp=True), "volumes", "VolumeIds", "volumeSet")
+INSTANCES = Pager("DescribeInstances", Bounds(5, 1000, clamp=False), "reservations")
+IMAGES = Pager("DescribeImages", Bounds(1, None, clamp=False), "amis")
 
 
 def _invalid_max_results(value: Any, bounds: Bounds) -> EC2ClientError:
@@ -108,43 +118,61 @@ def _invalid_token(token: str) -> EC2ClientError:
     )
 
 
-def encode_token(action: str, last_id: str, offset: int) -> str:
-    raw = json.dumps({"a": action, "after": last_id, "n": offset}, separators=(",", ":"))
+def encode_token(action: str, cursor: int) -> str:
+    raw = json.dumps({"a": action, "after": cursor}, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_token(action: str, token: str) -> tuple[str, int]:
-    """(id of the last item returned, items returned so far) from one of our tokens."""
+def decode_token(action: str, token: str) -> int:
+    """The cursor (sequence number of the last item returned) of one of our tokens."""
     try:
         padded = token + "=" * (-len(token) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()).decode())
-        last_id, offset = data["after"], data["n"]
-        valid = data["a"] == action and isinstance(last_id, str) and isinstance(offset, int)
+        cursor = data["after"]
+        valid = data["a"] == action and type(cursor) is int and cursor >= 0
     except (ValueError, TypeError, KeyError, binascii.Error, UnicodeError) as exc:
         raise _invalid_token(token) from exc
-    if not valid or offset < 0:
+    if not valid:
         raise _invalid_token(token)
-    return last_id, offset
+    return int(cursor)
+
+
+def sequence(store: Mapping[str, Any], items: Sequence[Any]) -> list[int]:
+    """Each item's sequence number, in the order of moto's `store` (numbered on first sight).
+
+    moto's stores are dicts: new items are appended, so the items without a number are always
+    the store's tail, and numbering that tail in order keeps the numbers in store order. Items
+    are looked up by id in the store (moto lists copies of reservations)."""
+    with _SEQ_LOCK:
+        originals = [store.get(str(item.id), item) for item in items]
+        if any(not hasattr(obj, _SEQ_ATTR) for obj in originals):
+            tail = []
+            for obj in reversed(list(store.values())):
+                if hasattr(obj, _SEQ_ATTR):
+                    break
+                tail.append(obj)
+            for obj in [*reversed(tail), *originals]:
+                if not hasattr(obj, _SEQ_ATTR):
+                    setattr(obj, _SEQ_ATTR, next(_SEQ))
+        return [int(getattr(obj, _SEQ_ATTR)) for obj in originals]
 
 
 def page(
     items: Sequence[Any],
-    item_id: Callable[[Any], str],
+    store: Mapping[str, Any],
     action: str,
     token: str | None,
     limit: int | None,
 ) -> tuple[list[Any], str | None]:
-    """The page of `items` that `token` starts and `limit` bounds, and the next token."""
-    start = 0
-    if token:
-        last_id, offset = decode_token(action, token)
-        ids = [item_id(item) for item in items]
-        start = ids.index(last_id) + 1 if last_id in ids else min(offset, len(items))
-    end = len(items) if limit is None else min(start + limit, len(items))
-    chunk = list(items[start:end])
-    if end >= len(items) or not chunk:
-        return chunk, None
-    return chunk, encode_token(action, item_id(chunk[-1]), end)
+    """The page of `items` (moto's listing, in store order) after `token`'s cursor, at most
+    `limit` long, and the next token."""
+    numbers = sequence(store, items)
+    cursor = decode_token(action, token) if token else 0
+    rest = [(n, item) for n, item in zip(numbers, items, strict=True) if n > cursor]
+    chunk = rest if limit is None else rest[:limit]
+    if len(chunk) == len(rest) or not chunk:
+        return [item for _, item in chunk], None
+    return [item for _, item in chunk], encode_token(action, chunk[-1][0])
 
 
 def _check_request(self: Any, pager: Pager) -> tuple[int | None, str | None]:
@@ -160,7 +188,7 @@ def _check_request(self: Any, pager: Pager) -> tuple[int | None, str | None]:
 
 
 def _paged(
-    moto_handler: Callable[[Any], ActionResult], pager: Pager, key: str, id_attr: str
+    moto_handler: Callable[[Any], ActionResult], pager: Pager, key: str
 ) -> Callable[[Any], ActionResult]:
     """moto's handler, then one page of its list (the rest of moto's answer unchanged)."""
 
@@ -172,7 +200,7 @@ def _paged(
         body = dict(result.result)  # type: ignore[call-overload]
         items, next_token = page(
             list(body.get(key) or []),
-            lambda x: str(getattr(x, id_attr)),
+            getattr(self.ec2_backend, pager.store),
             pager.action,
             token,
             limit,
@@ -205,7 +233,7 @@ def describe_instances(self: Any) -> ActionResult:
         reservations = self.ec2_backend.describe_instances(filters=filter_dict)
     items, next_token = page(
         reservations,
-        lambda r: str(r.id),
+        self.ec2_backend.reservations,
         INSTANCES.action,
         token,
         MOTO_INSTANCES_DEFAULT if limit is None else limit,
@@ -224,5 +252,5 @@ def install() -> None:
         (AmisResponse, "describe_images", IMAGES, "Images"),
     ]
     for cls, name, pager, key in paged:
-        setattr(cls, name, _paged(getattr(cls, name), pager, key, "id"))
+        setattr(cls, name, _paged(getattr(cls, name), pager, key))
     setattr(InstanceResponse, "describe_instances", describe_instances)  # noqa: B010
