@@ -1,79 +1,88 @@
-"""The Lambda runtime, emulated in this process: a function's handler runs with its deployed
-configuration, its environment and a Lambda context.
+"""The Lambda runtime, emulated: the deployed code runs in its own execution environments.
 
     function = FunctionConfiguration(name, arn, handler, timeout, memory, env)
     env = runtime_environment(function, region=..., endpoint_url=..., overrides={...})
-    invocation = invoke_handler(function, payload, source="invoke", env=env,
-                                sink=LogSink(keep=1000, echo=None), remaining_ms=30_000)
+    runtime = LambdaRuntime(layers=layer_directories(), sink=LogSink(keep=1000, echo=None))
+    invocation = runtime.invoke(function, code_dir, payload, source="invoke", env=env,
+                                remaining_ms=30_000)
 
-moto runs Lambda code only in Docker; here the handler is imported and called in this process.
-Its environment (the deployed variables, boto3 pointed at the local AWS through
-`AWS_ENDPOINT_URL`, dummy credentials, the Lambda runtime variables) is set for the duration of
-the call and restored after, and its stdout goes to a `LogSink`.
+moto runs Lambda code only in Docker. Here each execution environment is a worker process
+(`localaws/lambda_bootstrap.py`) that sees what Lambda gives the function and nothing else: the
+function's code unzipped from the deployed asset (`code_dir`), the layers (`lambda_layer`'s
+stand-ins for the Powertools layer and the runtime's boto3), the deployed environment (boto3
+pointed at the local AWS through `AWS_ENDPOINT_URL`, the role's credentials, the Lambda runtime
+variables), a Lambda context with the remaining time and request id. No site-packages, no
+repository on `sys.path`: a module the asset leaves out fails here as it would in Lambda.
+
+Like Lambda, an environment stays warm for the next invocation with the same configuration
+(the handler's cached settings and session, `cold_start` false), concurrent invocations get
+their own environments, an environment that exceeds the function's timeout or memory is killed
+and its invocation fails. The function's stdout and stderr go to a `LogSink`.
 
 Invocations are synchronous and never retried here: an invocation that raises is returned as an
-`Invocation` with `error` set, and callers redeliver (as Lambda's async retry would).
+`Invocation` whose `error` is a `FunctionError` (Lambda's errorType, errorMessage, stackTrace),
+and callers redeliver (as Lambda's async retry would).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import importlib
-import io
 import json
 import os
+import queue
+import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 __all__ = [
     "FunctionConfiguration",
+    "FunctionError",
     "Invocation",
-    "LambdaContext",
+    "LambdaRuntime",
     "LogSink",
-    "invoke_handler",
-    "load_handler",
-    "reset_execution_environment",
     "runtime_environment",
 ]
 
+BOOTSTRAP = Path(__file__).with_name("lambda_bootstrap.py")
+# How long a new environment may take to answer beyond the function's timeout: its init (the
+# imports) is not part of the timeout in Lambda either, up to 10 s.
+INIT_SECONDS = 10.0
 
-@dataclass
-class LambdaContext:
-    """The Lambda context object: the attributes the handler and Powertools read."""
 
-    function_name: str
-    function_version: str
-    invoked_function_arn: str
-    memory_limit_in_mb: int
-    aws_request_id: str
-    log_group_name: str
-    log_stream_name: str
-    deadline: float  # time.monotonic() at which the invocation times out
-    identity: Any = None
-    client_context: Any = None
+class FunctionError(Exception):
+    """An invocation's unhandled error, as Lambda returns it (FunctionError: Unhandled)."""
 
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self.deadline - time.monotonic()) * 1000))
+    def __init__(self, error_type: str, message: str, stack_trace: Sequence[str] = ()) -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.message = message
+        self.stack_trace = tuple(stack_trace)
 
 
 @dataclass
 class Invocation:
-    """One delivery to the function: where from, the payload, and its result or error."""
+    """One delivery to the function: where from, the payload, and its result or error.
+
+    `max_rss_mb` is the execution environment's peak memory so far (Lambda's "Max Memory
+    Used"); `cold` says the environment was new.
+    """
 
     source: str
     function_name: str
     payload: Any
     result: Any = None
-    error: BaseException | None = None
+    error: FunctionError | None = None
     seconds: float = 0.0
     request_id: str = ""
+    max_rss_mb: float = 0.0
+    cold: bool = False
 
     @property
     def ok(self) -> bool:
@@ -86,133 +95,18 @@ class Invocation:
 
 
 class LogSink:
-    """The function's log lines (its stdout during invocations): kept, optionally echoed."""
+    """The function's log lines (its stdout and stderr): kept, optionally echoed."""
 
     def __init__(self, keep: int, echo: TextIO | None) -> None:
         self.lines: collections.deque[str] = collections.deque(maxlen=keep)
         self.echo = echo
-        self._partial = ""
         self._lock = threading.Lock()
 
-    def write(self, text: str) -> None:
+    def write_line(self, line: str) -> None:
         with self._lock:
-            *complete, self._partial = (self._partial + text).split("\n")
-            self.lines.extend(complete)
+            self.lines.append(line)
             if self.echo is not None:
-                self.echo.write(text)
-
-
-class _StdoutSwitch(io.TextIOBase):
-    """Stands in for sys.stdout during invocations.
-
-    Powertools binds its log handler to the sys.stdout of the moment the handler module is
-    imported, which is this object when the router imports it: during an invocation the lines
-    go to the router's sink, outside one to whatever sys.stdout then is.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sink: LogSink | None = None
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        sink = self.sink
-        if sink is not None:
-            sink.write(text)
-        else:
-            out = sys.stdout if sys.stdout is not self else sys.__stdout__
-            if out is not None:
-                out.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
-_ENV_PREFIXES = ("AWS_", "POWERTOOLS_", "SNAPSET_", "_HANDLER", "LAMBDA_")
-
-
-class _InvocationScope:
-    """Process-wide environment and stdout of in-process invocations.
-
-    os.environ and sys.stdout are global, so concurrent invocations (threads) share one scope:
-    the first sets them, the last restores them; an invocation needing a different environment
-    waits until the scope is free.
-
-    Like Lambda, invocations with the same configuration reuse a warm execution environment:
-    the handler module's `functools.cache`d `settings()`/`session()` are cleared only when the
-    environment differs from the previous invocation's (a cold start), and by
-    `reset_execution_environment()`.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._active = 0
-        self._env: dict[str, str] | None = None
-        self._warm_env: dict[str, str] | None = None
-        self._saved_env: dict[str, str] = {}
-        self._saved_stdout: Any = None
-        self.stdout = _StdoutSwitch()
-
-    @contextlib.contextmanager
-    def enter(
-        self, env: Mapping[str, str], sink: LogSink, clear: Callable[[], None]
-    ) -> Iterator[None]:
-        wanted = dict(env)
-        with self._cond:
-            while self._active and (self._env != wanted or self.stdout.sink is not sink):
-                self._cond.wait()
-            if not self._active:
-                self._saved_env = {
-                    k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)
-                }
-                for key in self._saved_env:
-                    del os.environ[key]
-                os.environ.update(wanted)
-                self._env = wanted
-                self._saved_stdout = sys.stdout
-                sys.stdout = self.stdout
-                self.stdout.sink = sink
-                if self._warm_env != wanted:
-                    clear()  # cold start
-                    self._warm_env = wanted
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._active -= 1
-                if not self._active:
-                    for key in [k for k in os.environ if k.startswith(_ENV_PREFIXES)]:
-                        del os.environ[key]
-                    os.environ.update(self._saved_env)
-                    sys.stdout = self._saved_stdout
-                    self.stdout.sink = None
-                    self._env = None
-                    self._cond.notify_all()
-
-    def forget_warm_environment(self) -> None:
-        with self._cond:
-            self._warm_env = None
-
-
-_SCOPE = _InvocationScope()
-
-
-def reset_execution_environment(module_name: str = "snapset.handler") -> None:
-    """Clear the handler module's per-environment caches (the next invocation starts cold)."""
-    _clear_caches(module_name)
-    _SCOPE.forget_warm_environment()
-
-
-def _clear_caches(module_name: str) -> None:
-    module = sys.modules.get(module_name)
-    for cached in ("settings", "session"):
-        cache_clear = getattr(getattr(module, cached, None), "cache_clear", None)
-        if callable(cache_clear):
-            cache_clear()
+                self.echo.write(line + "\n")
 
 
 @dataclass
@@ -226,6 +120,7 @@ class FunctionConfiguration:
     memory: int
     env: dict[str, str]
     role: str = ""  # the execution role's ARN
+    code_sha256: str = ""
 
 
 def runtime_environment(
@@ -262,52 +157,196 @@ def runtime_environment(
         "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory),
         "_HANDLER": function.handler,
+        "AWS_EXECUTION_ENV": "AWS_Lambda_python",
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function.name}",
+        "LANG": "en_US.UTF-8",
+        "TZ": ":UTC",
         # Active tracing has no X-Ray daemon locally (see the deploy substitutions)
         "POWERTOOLS_TRACE_DISABLED": "true",
         **(overrides or {}),
     }
 
 
-def load_handler(handler: str) -> tuple[Callable[[Any, Any], Any], Any]:
-    module_name, _, attribute = handler.rpartition(".")
-    module = importlib.import_module(module_name)
-    return getattr(module, attribute), module
+class _Worker:
+    """One execution environment: a bootstrap process and the threads reading its pipes."""
 
-
-def invoke_handler(
-    function: FunctionConfiguration,
-    payload: Any,
-    *,
-    source: str,
-    env: Mapping[str, str],
-    sink: LogSink,
-    remaining_ms: int,
-) -> Invocation:
-    """Run the function's handler once, in `env`, its stdout to `sink`; a failure is returned."""
-    payload = json.loads(json.dumps(payload))  # Lambda delivers JSON, nothing else
-    invocation = Invocation(source, function.name, payload, request_id=str(uuid.uuid4()))
-    module_name = function.handler.rpartition(".")[0]
-
-    def clear() -> None:
-        _clear_caches(module_name)
-
-    started = time.monotonic()
-    with _SCOPE.enter(env, sink, clear):
-        # first import inside the scope: Powertools reads its settings and stream at import
-        handler, _ = load_handler(function.handler)
-        context = LambdaContext(
-            function_name=function.name,
-            function_version="$LATEST",
-            invoked_function_arn=function.arn,
-            memory_limit_in_mb=function.memory,
-            aws_request_id=invocation.request_id,
-            log_group_name=f"/aws/lambda/{function.name}",
-            log_stream_name=f"{datetime.now(UTC):%Y/%m/%d}/[$LATEST]{uuid.uuid4().hex}",
-            deadline=time.monotonic() + remaining_ms / 1000,
+    def __init__(
+        self,
+        code_dir: Path,
+        layers: Sequence[Path],
+        env: Mapping[str, str],
+        setup: Sequence[Path],
+        sink: LogSink,
+    ) -> None:
+        command = [sys.executable, "-I", "-S", str(BOOTSTRAP), "--task-root", str(code_dir)]
+        for layer in layers:
+            command += ["--layer", str(layer)]
+        for path in setup:
+            command += ["--setup", str(path)]
+        self.process = subprocess.Popen(  # noqa: S603  # our bootstrap, our arguments
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env),  # the function's environment alone, not this process's
+            text=True,
+            encoding="utf-8",
         )
+        self.answers: queue.Queue[str | None] = queue.Queue()
+        self.last_lines: collections.deque[str] = collections.deque(maxlen=40)
+        self.started = False
+        self._sink = sink
+        threading.Thread(target=self._read_answers, daemon=True).start()
+        threading.Thread(target=self._read_logs, daemon=True).start()
+
+    def _read_answers(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.answers.put(line)
+        self.answers.put(None)  # the environment is gone
+
+    def _read_logs(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            line = raw.rstrip("\n")
+            self.last_lines.append(line)
+            self._sink.write_line(line)
+
+    def call(self, request: Mapping[str, Any], timeout: float) -> dict[str, Any] | str:
+        """The answer to one invocation, or why there is none ("timeout", "exited")."""
+        assert self.process.stdin is not None
         try:
-            invocation.result = handler(payload, context)
-        except Exception as exc:  # a failed invocation is a result, as for Lambda
-            invocation.error = exc
-    invocation.seconds = time.monotonic() - started
-    return invocation
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return "exited"
+        try:
+            line = self.answers.get(timeout=timeout + (0.0 if self.started else INIT_SECONDS))
+        except queue.Empty:
+            return "timeout"
+        self.started = True
+        if line is None:
+            return "exited"
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+
+_WorkerKey = tuple[str, str, tuple[tuple[str, str], ...], tuple[str, ...]]
+
+
+@dataclass
+class LambdaRuntime:
+    """Execution environments for deployed functions, kept warm between invocations.
+
+    `layers` are the directories put on `sys.path` after the function's code (see
+    `lambda_layer.layer_directories`); `setup` files run in each new environment after its
+    handler is imported (test harnesses only; see `lambda_bootstrap`).
+    """
+
+    layers: Sequence[Path]
+    sink: LogSink
+    setup: Sequence[Path] = ()
+    _idle: dict[_WorkerKey, list[_Worker]] = field(default_factory=dict)
+    _all: list[_Worker] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def invoke(
+        self,
+        function: FunctionConfiguration,
+        code_dir: Path,
+        payload: Any,
+        *,
+        source: str,
+        env: Mapping[str, str],
+        remaining_ms: int,
+    ) -> Invocation:
+        """Run the function's handler once in a warm (or new) environment; a failure is
+        returned. The context reports `remaining_ms`; the environment is killed at the
+        function's own timeout, as Lambda kills it."""
+        payload = json.loads(json.dumps(payload))  # Lambda delivers JSON, nothing else
+        invocation = Invocation(source, function.name, payload, request_id=str(uuid.uuid4()))
+        key: _WorkerKey = (
+            function.name,
+            str(code_dir),
+            tuple(sorted(env.items())),
+            tuple(str(p) for p in self.setup),
+        )
+        worker = self._acquire(key, code_dir, env)
+        request = {
+            "request_id": invocation.request_id,
+            "payload": payload,
+            "remaining_ms": remaining_ms,
+            "function_name": function.name,
+            "function_arn": function.arn,
+            "memory": function.memory,
+        }
+        started = time.monotonic()
+        answer = worker.call(request, timeout=float(function.timeout))
+        invocation.seconds = time.monotonic() - started
+        keep = isinstance(answer, dict)
+        if answer == "timeout":
+            invocation.error = FunctionError(
+                "Sandbox.Timedout", f"Task timed out after {function.timeout:.2f} seconds"
+            )
+        elif answer == "exited":
+            code = worker.process.wait()
+            tail = "\n".join(worker.last_lines)
+            invocation.error = FunctionError(
+                "Runtime.ExitError", f"Runtime exited with error: exit status {code}\n{tail}"
+            )
+        elif isinstance(answer, dict):
+            invocation.cold = bool(answer.get("cold"))
+            invocation.max_rss_mb = int(answer.get("max_rss_kb", 0)) / 1024
+            if invocation.max_rss_mb > function.memory:
+                keep = False
+                invocation.error = FunctionError(
+                    "Runtime.OutOfMemory",
+                    f"Runtime exited: {invocation.max_rss_mb:.0f} MB used, the function has "
+                    f"{function.memory} MB",
+                )
+            elif "error" in answer:
+                error = answer["error"]
+                invocation.error = FunctionError(
+                    str(error.get("errorType", "")),
+                    str(error.get("errorMessage", "")),
+                    error.get("stackTrace", ()),
+                )
+            else:
+                invocation.result = answer.get("result")
+        self._release(key, worker, keep)
+        return invocation
+
+    def _acquire(self, key: _WorkerKey, code_dir: Path, env: Mapping[str, str]) -> _Worker:
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop()
+        worker = _Worker(code_dir, self.layers, env, self.setup, self.sink)
+        with self._lock:
+            self._all.append(worker)
+        return worker
+
+    def _release(self, key: _WorkerKey, worker: _Worker, keep: bool) -> None:
+        if not keep or worker.process.poll() is not None:
+            worker.kill()
+            with self._lock:
+                self._all.remove(worker)
+            return
+        with self._lock:
+            self._idle.setdefault(key, []).append(worker)
+
+    def close(self) -> None:
+        """End every execution environment (the next invocation starts cold)."""
+        with self._lock:
+            workers, self._all, self._idle = self._all, [], {}
+        for worker in workers:
+            worker.kill()

@@ -9,18 +9,27 @@
 Everything is read from the local AWS, not from the template: the rules and their targets
 (`ListRules`, `ListTargetsByRule`), the schedules (`GetSchedule`) and the function's handler,
 timeout, memory and environment (`GetFunctionConfiguration`). Rules are matched and their
-targets' input built by `localaws.event_patterns`; the function runs in this process under
+targets' input built by `localaws.event_patterns`. The function runs as Lambda runs it, from its
+deployed code (the zip CloudFormation gave the local Lambda, read back from the asset bucket and
+checked against the function's `CodeSha256`) in execution environments of
 `localaws.lambda_runtime`. The topic's messages are read by `localaws.report_inbox`.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
+import shutil
+import tempfile
 import threading
 import uuid
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from localaws.deploy import Deployment
@@ -30,12 +39,12 @@ from localaws.event_patterns import (
     as_payload,
     event_matches,
 )
+from localaws.lambda_layer import layer_directories
 from localaws.lambda_runtime import (
     FunctionConfiguration,
     Invocation,
+    LambdaRuntime,
     LogSink,
-    invoke_handler,
-    reset_execution_environment,
     runtime_environment,
 )
 from localaws.process import LocalAws
@@ -77,8 +86,10 @@ class Router:
 
     `remaining_ms` overrides the time the Lambda context reports at the start of an invocation
     (default: the deployed timeout); `env_overrides` are added to the deployed environment
-    (e.g. a smaller `SNAPSET_SAFETY_MARGIN_MS` for fast tests). The function's stdout (its
-    Powertools logs and EMF metrics) is kept in `lambda_logs` and echoed to `log_stream`.
+    (e.g. a smaller `SNAPSET_SAFETY_MARGIN_MS` for fast tests). The function's stdout and
+    stderr (its Powertools logs and EMF metrics) are kept in `lambda_logs` and echoed to
+    `log_stream`. `worker_setup` files run in each new execution environment (test harnesses;
+    see `localaws.lambda_bootstrap`).
     """
 
     aws: LocalAws
@@ -87,10 +98,14 @@ class Router:
     env_overrides: dict[str, str] = field(default_factory=dict)
     log_stream: TextIO | None = None
     keep_log_lines: int = 20_000
+    worker_setup: tuple[Path, ...] = ()
     invocations: list[Invocation] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._sink = LogSink(self.keep_log_lines, self.log_stream)
+        self._runtime = LambdaRuntime(layer_directories(), self._sink, self.worker_setup)
+        self._code_root = Path(tempfile.mkdtemp(prefix="localaws-code-"))
+        self._code_dirs: dict[str, Path] = {}
         self._functions: dict[str, FunctionConfiguration] = {}
         self._credentials: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
@@ -99,8 +114,9 @@ class Router:
         self._lambda = self.aws.client("lambda")
 
     def close(self) -> None:
-        """Clear the handler's cached settings and session (call when done with the stack)."""
-        reset_execution_environment()
+        """End the function's execution environments and remove their code (call when done)."""
+        self._runtime.close()
+        shutil.rmtree(self._code_root, ignore_errors=True)
 
     @property
     def lambda_logs(self) -> list[str]:
@@ -236,8 +252,44 @@ class Router:
                     memory=int(config["MemorySize"]),
                     env=dict(config.get("Environment", {}).get("Variables", {})),
                     role=config["Role"],
+                    code_sha256=config.get("CodeSha256", ""),
                 )
             return self._functions[name]
+
+    def function_code(self, function_name: str | None = None) -> Path:
+        """The directory holding the deployed function's code, unzipped (once per router)."""
+        function = self._function(function_name or self.deployment.function_name)
+        with self._lock:
+            if function.name not in self._code_dirs:
+                self._code_dirs[function.name] = self._fetch_code(function)
+            return self._code_dirs[function.name]
+
+    def _fetch_code(self, function: FunctionConfiguration) -> Path:
+        # moto's GetFunction gives no URL it serves; the template says where Lambda got the zip.
+        [logical_id] = [
+            logical_id
+            for logical_id in self.deployment.logical_ids("AWS::Lambda::Function")
+            if self.deployment.physical_id(logical_id) == function.name
+        ]
+        assert self.deployment.resolver is not None
+        code = self.deployment.resolver.resolve(
+            self.deployment.template["Resources"][logical_id]["Properties"]["Code"]
+        )
+        data = (
+            self.aws.client("s3")
+            .get_object(Bucket=code["S3Bucket"], Key=code["S3Key"])["Body"]
+            .read()
+        )
+        digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        if function.code_sha256 and digest != function.code_sha256:
+            raise LookupError(
+                f"{function.name}: s3://{code['S3Bucket']}/{code['S3Key']} is not the deployed "
+                f"code (CodeSha256 {function.code_sha256}, the object's {digest})"
+            )
+        target = self._code_root / function.name
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            archive.extractall(target)
+        return target
 
     def function_role(self, function_name: str | None = None) -> str:
         """The deployed function's execution role ARN."""
@@ -266,8 +318,13 @@ class Router:
             overrides=self.env_overrides,
             credentials=self.function_credentials(function_name),
         )
-        invocation = invoke_handler(
-            function, payload, source=source, env=env, sink=self._sink, remaining_ms=remaining_ms
+        invocation = self._runtime.invoke(
+            function,
+            self.function_code(function.name),
+            payload,
+            source=source,
+            env=env,
+            remaining_ms=remaining_ms,
         )
         with self._lock:
             self.invocations.append(invocation)

@@ -5,8 +5,9 @@ context a few seconds and set SNAPSET_SAFETY_MARGIN_MS=0 through the function's 
 what cannot start in time is reported as a retryable `Timeout` and redelivered.
 
 botocore's own retry sleeps (legacy backoff: up to 1, 2, 4, 8, 16, 20 s between attempts) are
-divided by 50 here (`fast_sdk_backoff`): the attempts, their number and the errors are real,
-only the waiting is shortened. The handler's retry budget is not touched.
+divided by 50 inside the function's execution environment (`worker_setup/fast_sdk_backoff.py`):
+the attempts, their number and the errors are real, only the waiting is shortened. The handler's
+retry budget is not touched.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
-from botocore.retries.standard import ExponentialBackoff
 from e2e_support import ACCOUNT, SCHEDULED_TAGS, STOP_TAGS, Fleet, snapshots_of, unique_time
 
 from localaws import ErrorFault, FaultRule, LocalAws, Throttle
@@ -27,31 +27,24 @@ from localaws.deploy import Deployment
 from localaws.lambda_runtime import Invocation
 from localaws.report_inbox import ReportInbox
 from localaws.router import Router, instance_state_change_event
-from snapset import handler as handler_module
 from snapset.clients import SNS_CONFIG
 from snapset.errors import RETRY_ON_REDELIVERY_CODES
 
 pytestmark = pytest.mark.e2e
 
 
-SDK_BACKOFF_DIVISOR = 50
-
-
-@pytest.fixture(autouse=True)
-def fast_sdk_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = ExponentialBackoff.delay_amount
-
-    def shorter(self: ExponentialBackoff, context: Any) -> float:
-        return float(original(self, context)) / SDK_BACKOFF_DIVISOR
-
-    monkeypatch.setattr(ExponentialBackoff, "delay_amount", shorter)
+WORKER_SETUP = Path(__file__).with_name("worker_setup")
 
 
 @pytest.fixture(scope="module")
 def short_router(local_aws: LocalAws, deployment: Deployment) -> Iterator[Router]:
     """Invocations with 4 s left and no safety margin: the retry budget ends quickly."""
     routed = Router(
-        local_aws, deployment, remaining_ms=4000, env_overrides={"SNAPSET_SAFETY_MARGIN_MS": "0"}
+        local_aws,
+        deployment,
+        remaining_ms=4000,
+        env_overrides={"SNAPSET_SAFETY_MARGIN_MS": "0"},
+        worker_setup=(WORKER_SETUP / "fast_sdk_backoff.py",),
     )
     yield routed
     routed.close()
@@ -137,7 +130,7 @@ def test_concurrent_duplicate_deliveries_make_one_set(
     # A duplicate either stands down (skipped) or fails the instance with a code that a
     # redelivery retries (the invocation then raises IncompleteRun after reporting).
     # (Each delivery may have made some sets and stood down on others: all may raise.)
-    assert all(r.error is None or type(r.error).__name__ == "IncompleteRun" for r in results)
+    assert all(r.error is None or r.error.error_type == "IncompleteRun" for r in results)
     reports = [r.message for r in inbox.drain()]
     assert len(reports) == 8
     for report in reports:
@@ -250,8 +243,9 @@ def test_sns_unavailable_past_botocores_retries_fails_then_the_redelivery_report
 
     first = short_router.invoke(payload)
 
-    assert isinstance(first.error, ClientError)
-    assert first.error.response["Error"]["Code"] == "ServiceUnavailable"
+    assert first.error is not None
+    assert first.error.error_type == "ClientError"
+    assert "(ServiceUnavailable) when calling the Publish operation" in first.error.message
     made = volumes_once(ec2, request_id)
     assert made == sorted(target.volume_ids)
     assert inbox.drain() == []
@@ -267,29 +261,37 @@ def test_sns_unavailable_past_botocores_retries_fails_then_the_redelivery_report
 
 
 def test_instance_terminated_between_discovery_and_snapshot(
-    local_aws: LocalAws, short_router: Router, fleet: Fleet, inbox: ReportInbox, ec2: Any
+    local_aws: LocalAws,
+    deployment: Deployment,
+    fleet: Fleet,
+    inbox: ReportInbox,
+    ec2: Any,
+    tmp_path: Path,
 ) -> None:
     tag = f"term-{uuid.uuid4().hex[:8]}"
     victim, *others = (fleet.launch({"Gone": tag}) for _ in range(3))
     payload = {"policy": "terminated", "target_tags": {"Gone": [tag]}, "request_id": tag}
-    # warm the execution environment, so the handler's cached session is the one hooked below
-    assert short_router.invoke({**payload, "dry_run": True, "request_id": f"{tag}-dry"}).ok
-    terminated = threading.Event()
-
-    def terminate_first(params: dict[str, Any], **_: Any) -> None:
-        victim_call = params["InstanceSpecification"]["InstanceId"] == victim.instance_id
-        if victim_call and not terminated.is_set():
-            ec2.terminate_instances(InstanceIds=[victim.instance_id])
-            terminated.set()
-
-    events = handler_module.session().events
-    events.register("provide-client-params.ec2.CreateSnapshots", terminate_first)
+    mark = tmp_path / "terminated"
+    # The hook runs in the function's environment, on its own session, before CreateSnapshots.
+    hooked = Router(
+        local_aws,
+        deployment,
+        remaining_ms=4000,
+        env_overrides={
+            "SNAPSET_SAFETY_MARGIN_MS": "0",
+            "E2E_TERMINATE_BEFORE_CREATE": victim.instance_id,
+            "E2E_TERMINATED_MARK": str(mark),
+            "E2E_ADMIN_CREDENTIALS": ",".join(c or "" for c in local_aws.credentials),
+        },
+        worker_setup=(WORKER_SETUP / "terminate_before_create.py",),
+    )
     try:
-        result = short_router.invoke(payload).unwrap()
+        result = hooked.invoke(payload).unwrap()
     finally:
-        events.unregister("provide-client-params.ec2.CreateSnapshots", terminate_first)
+        hooked.close()
 
-    assert terminated.is_set()
+    terminated = mark
+    assert terminated.exists()
     outcomes = {o["instance_id"]: o for o in result["instances"]}
     gone = outcomes[victim.instance_id]
     assert gone["status"] == "skipped" or gone["error"]["code"] == "IncorrectState", gone
