@@ -243,14 +243,17 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     clients = build_clients(args)
     workers = max_workers(args)
     deadline = Deadline.after(RETRY_WINDOW_SECONDS)
-    engine = build_engine(clients, request, deadline, idempotency=None)
     label = f"snapshotting {request.policy.name}"
     with progress_bar(args, console.stderr, label) as bar:
-        fn: SnapshotFn = engine
-        if bar is not None:
-            fn = bar.wrap(engine, lambda o: o.status is InstanceStatus.FAILED)
+
+        def counted(fn: SnapshotFn) -> SnapshotFn:
+            if bar is None:
+                return fn
+            return bar.wrap(fn, lambda o: o.status is InstanceStatus.FAILED)
+
+        engine = build_engine(clients, request, deadline, idempotency=None, wrap=counted)
         result = run_request(
-            clients.ec2, request, engine=fn, deadline=deadline, max_workers=workers
+            clients.ec2, request, engine=engine, deadline=deadline, max_workers=workers
         )
     if isinstance(result, Ignored):
         ignored = {"status": "ignored", "instance_id": result.instance_id, "reason": result.reason}

@@ -5,11 +5,18 @@ has no client token. Powertools idempotency on DynamoDB records each instance's 
 outcome under its trigger id; a redelivery gets the original outcome (same snapshot IDs) back,
 and a concurrent duplicate finds the in-progress record and stands down.
 Outcomes other than `started` are not recorded, so a retry redoes exactly those instances.
+
+A record alone cannot cover a crash between CreateSnapshots and saving it, or a record that
+could not be saved: the set's tags can, so a redelivery lists the trigger's sets once
+(`snapshots.list_existing_sets`). The first delivery skips that listing: it claims the trigger
+with a run marker in the same table (`claim_first_delivery`), and only the delivery that wrote
+the marker knows that no set of the trigger can exist yet.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -24,9 +31,10 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
-from snapset.errors import IDEMPOTENCY_STORE_ERROR, IN_PROGRESS
+from snapset.errors import IDEMPOTENCY_STORE_ERROR, IN_PROGRESS, error_code
 from snapset.outcomes import InstanceOutcome, InstanceStatus
 from snapset.snapshots import Instance, SnapshotFn
 
@@ -40,6 +48,52 @@ RECORD_TTL_SECONDS = 48 * 3600
 # A fixed prefix keeps record ids stable across function renames and refactors.
 KEY_PREFIX = "snapset-snapshot-set"
 DDB_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5)
+# The run marker's id: its own prefix, so it never meets a record's (`KEY_PREFIX#<hash>`).
+RUN_KEY_PREFIX = "snapset-run"
+# Powertools' DynamoDBPersistenceLayer defaults, which the table (infra/function.py) uses.
+KEY_ATTRIBUTE = "id"
+EXPIRY_ATTRIBUTE = "expiration"
+
+
+def run_marker_id(policy: str, trigger_id: str) -> str:
+    """The id of a trigger's run marker (policy and trigger as in the sets' managed tags)."""
+    return f"{RUN_KEY_PREFIX}#{policy}#{trigger_id}"
+
+
+def claim_first_delivery(
+    dynamodb: Any,
+    table_name: str,
+    policy: str,
+    trigger_id: str,
+    *,
+    now: Callable[[], float] = time.time,
+) -> bool:
+    """Whether this is the first delivery of the trigger: True only for the delivery whose
+    conditional PutItem wrote the trigger's run marker, which expires with the records.
+
+    A delivery that finds the marker (a redelivery, or a concurrent duplicate) gets False, and
+    so does one that could not write it: False only costs the listing of the trigger's sets.
+    """
+    item = {
+        KEY_ATTRIBUTE: {"S": run_marker_id(policy, trigger_id)},
+        EXPIRY_ATTRIBUTE: {"N": str(int(now()) + RECORD_TTL_SECONDS)},
+    }
+    try:
+        dynamodb.put_item(
+            TableName=table_name,
+            Item=item,
+            ConditionExpression="attribute_not_exists(#id)",
+            ExpressionAttributeNames={"#id": KEY_ATTRIBUTE},
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ConditionalCheckFailedException":
+            logger.exception("writing the run marker of %s failed; listing its sets", trigger_id)
+        return False
+    except Exception:
+        # Whatever went wrong, the safe answer is the listing.
+        logger.exception("writing the run marker of %s failed; listing its sets", trigger_id)
+        return False
+    return True
 
 
 class SnapshotKey(BaseModel):

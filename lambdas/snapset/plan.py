@@ -1,7 +1,8 @@
 """What a policy would snapshot: targets and exclusions as the engine resolves them, DryRun only.
 
-`make_plan` creates nothing: it resolves targets with `find_targets`, plans each instance with
-`plan_instance`, and asks CreateSnapshots with `DryRun=True` whether the call would be
+`make_plan` creates nothing: it resolves targets with `find_targets`, lists the volumes to
+exclude by tag once for all of them (`run_lookups`), plans each instance with `plan_instance`,
+and asks CreateSnapshots with `DryRun=True` whether the call would be
 authorized. It returns a `Plan` value; a failed target discovery is the plan's `error`.
 """
 
@@ -24,9 +25,11 @@ from snapset.retention import RetentionPreview, preview_retention
 from snapset.snapshots import (
     UNSNAPSHOTTABLE_STATES,
     Instance,
+    RunLookups,
     create_snapshot_set,
     find_targets,
     plan_instance,
+    run_lookups,
 )
 
 if TYPE_CHECKING:
@@ -106,7 +109,9 @@ def _with_outcome(entry: PlanEntry, outcome: InstanceOutcome) -> PlanEntry:
     )
 
 
-def plan_one(ec2: EC2Client, request: SnapshotRequest, instance: Instance) -> PlanEntry:
+def plan_one(
+    ec2: EC2Client, request: SnapshotRequest, instance: Instance, lookups: RunLookups
+) -> PlanEntry:
     """Plan one instance as the engine does, then ask CreateSnapshots with DryRun=True."""
     iid = instance.instance_id
     boot = None
@@ -120,11 +125,11 @@ def plan_one(ec2: EC2Client, request: SnapshotRequest, instance: Instance) -> Pl
         excluded_boot_volume_id=boot,
     )
     try:
-        planned = plan_instance(ec2, request.policy, instance)
+        planned = plan_instance(request.policy, instance, lookups.tag_excluded)
         if isinstance(planned, InstanceOutcome):
             return _with_outcome(base, planned)
         # A DryRun call creates nothing, so botocore's retrying client may send it.
-        outcome = create_snapshot_set(ec2, request, iid, planned, ec2_create=ec2)
+        outcome = create_snapshot_set(ec2, request, iid, planned, existing=(), ec2_create=ec2)
     except (ClientError, BotoCoreError) as exc:
         return base.model_copy(
             update={
@@ -190,9 +195,11 @@ def make_plan(
     ]
     if on_targets is not None:
         on_targets(len(targets.instances))
+    # A dry run makes no set, so there is none to look for: only the volume listing is made.
+    lookups = run_lookups(ec2, request, targets.instances, first_delivery=True)
 
     def plan(instance: Instance) -> PlanEntry:
-        entry = plan_one(ec2, request, instance)
+        entry = plan_one(ec2, request, instance, lookups)
         if on_planned is not None:
             on_planned(entry)
         return entry

@@ -1,9 +1,17 @@
 """One run of a policy: build its engine, choose the instances for the trigger, snapshot them,
-build the report."""
+build the report.
+
+Once its instances are known, a run makes its lookups once, not per instance
+(`Engine.for_targets`): with an idempotency store it first claims the trigger's first delivery
+(`idempotency.claim_first_delivery`); unless it did, it lists the sets earlier deliveries made
+with one paginated DescribeSnapshots; and it lists the volumes to exclude by tag with one
+paginated DescribeVolumes (`snapshots.run_lookups`). Without a store (the CLI) it always lists.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -14,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from snapset.clients import Clients
 from snapset.deadline import Deadline
 from snapset.errors import INSTANCE_NOT_FOUND, error_code
-from snapset.idempotency import idempotent_snapshots
+from snapset.idempotency import claim_first_delivery, idempotent_snapshots
 from snapset.outcomes import ErrorInfo, InstanceOutcome
 from snapset.policy import SnapshotRequest
 from snapset.report import ReportStatus, RunReport, build_report
@@ -26,6 +34,7 @@ from snapset.snapshots import (
     describe_instance,
     find_targets,
     matches_policy,
+    run_lookups,
     snapshot_all,
     snapshot_instance,
 )
@@ -75,33 +84,75 @@ class IdempotencyStore:
     context: LambdaContext | None = None
 
 
+def _as_is(fn: SnapshotFn) -> SnapshotFn:
+    return fn
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How a run snapshots its instances (see `build_engine`)."""
+
+    clients: Clients
+    request: SnapshotRequest
+    budget: RetryBudget
+    idempotency: IdempotencyStore | None
+    wrap: Callable[[SnapshotFn], SnapshotFn] = _as_is
+
+    def _first_delivery(self, instances: Sequence[Instance]) -> bool:
+        store = self.idempotency
+        if store is None or not instances or self.request.policy.dry_run:
+            # Without a store nothing can tell a first delivery; a dry run makes no set.
+            return False
+        return claim_first_delivery(
+            store.dynamodb, store.table_name, self.request.policy.name, self.request.trigger.id
+        )
+
+    def for_targets(self, instances: Sequence[Instance]) -> SnapshotFn:
+        """The per-instance snapshot function for these instances, after the run's lookups."""
+        request = self.request
+        lookups = run_lookups(
+            self.clients.ec2, request, instances, first_delivery=self._first_delivery(instances)
+        )
+        engine: SnapshotFn = partial(
+            snapshot_instance,
+            self.clients.ec2,
+            request,
+            budget=self.budget,
+            ec2_create=self.clients.ec2_create,
+            lookups=lookups,
+        )
+        store = self.idempotency
+        if store is not None:
+            engine = idempotent_snapshots(
+                engine,
+                table_name=store.table_name,
+                policy=request.policy.name,
+                trigger_id=request.trigger.id,
+                context=store.context,
+                dynamodb_client=store.dynamodb,
+            )
+        return self.wrap(engine)
+
+
 def build_engine(
     clients: Clients,
     request: SnapshotRequest,
     deadline: Deadline,
     *,
     idempotency: IdempotencyStore | None,
-) -> SnapshotFn:
-    """The per-instance snapshot function for a request: plan, CreateSnapshots through the
-    client without botocore retries, retries within `deadline`, and with `idempotency` at most
-    one set per (policy, trigger, instance) across deliveries. The handler and the CLI both
-    build their engine here."""
-    engine: SnapshotFn = partial(
-        snapshot_instance,
-        clients.ec2,
-        request,
+    wrap: Callable[[SnapshotFn], SnapshotFn] = _as_is,
+) -> Engine:
+    """The engine for a request: per run, its lookups (see the module docstring); per instance,
+    plan, CreateSnapshots through the client without botocore retries, retries within
+    `deadline`, and with `idempotency` at most one set per (policy, trigger, instance) across
+    deliveries. `wrap` wraps the per-instance function (the CLI's progress bar). The handler and
+    the CLI both build their engine here."""
+    return Engine(
+        clients=clients,
+        request=request,
         budget=RetryBudget(deadline=deadline),
-        ec2_create=clients.ec2_create,
-    )
-    if idempotency is None:
-        return engine
-    return idempotent_snapshots(
-        engine,
-        table_name=idempotency.table_name,
-        policy=request.policy.name,
-        trigger_id=request.trigger.id,
-        context=idempotency.context,
-        dynamodb_client=idempotency.dynamodb,
+        idempotency=idempotency,
+        wrap=wrap,
     )
 
 
@@ -109,13 +160,14 @@ def run_request(
     ec2: EC2Client,
     request: SnapshotRequest,
     *,
-    engine: SnapshotFn,
+    engine: Engine,
     deadline: Deadline,
     max_workers: int,
 ) -> RunReport | Ignored:
     """Run a request end to end and return its report (or `Ignored` for a non-target event).
 
-    `engine` snapshots one instance (see `build_engine`). After an instance's set has started,
+    `engine` makes the run's lookups for the instances found, then snapshots each (see
+    `build_engine`). After an instance's set has started,
     the policy's retention deletes its older sets (see `retention.with_retention`), and stops
     between sets once `deadline` has passed. Discovery errors (DescribeInstances denied or
     throttled past botocore's retries) give a failed report naming the error.
@@ -142,10 +194,11 @@ def run_request(
             }
         )
     retention = policy.retention
+    snapshot = engine.for_targets(instances)
 
     def snapshot_then_retain(instance: Instance) -> InstanceOutcome:
         # Retention runs outside the idempotent snapshot step, so a redelivery retries it too.
-        outcome = engine(instance)
+        outcome = snapshot(instance)
         if retention is None:
             return outcome
         return with_retention(

@@ -2,6 +2,13 @@
 
 Every function takes its boto3 client as an argument. Failures are returned as values
 (`InstanceOutcome`), never raised, so one instance never stops the others.
+
+What a run must know besides its instances costs calls per page, not per instance
+(`run_lookups`): one paginated DescribeVolumes for the volumes `exclude_data_volume_tags`
+leaves out and, unless this is the trigger's first delivery (when no set of it can exist yet,
+see `idempotency.claim_first_delivery`), one paginated DescribeSnapshots for the sets earlier
+deliveries made. Only after a CreateSnapshots error that may have made the set does the retry
+look for that one set first (`find_existing_set`).
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -56,6 +63,9 @@ logger = logging.getLogger(__name__)
 
 # EC2 accepts at most 200 values in one filter.
 _FILTER_VALUES_PER_CALL = 200
+# The largest pages the listings allow: calls grow with pages, not instances.
+_SNAPSHOTS_PER_PAGE = 1000
+_VOLUMES_PER_PAGE = 500
 UNSNAPSHOTTABLE_STATES = {"terminated", "shutting-down"}
 
 
@@ -243,28 +253,65 @@ class SnapshotPlan:
     excluded_volume_ids: tuple[str, ...]
 
 
-def _tag_excluded_volumes(ec2: EC2Client, policy: SnapshotPolicy, instance_id: str) -> set[str]:
+@dataclass(frozen=True)
+class ListingFailed:
+    """A run's listing that failed: every instance that needed it fails with its error."""
+
+    code: str
+    message: str
+
+    @classmethod
+    def of(cls, call: str, purpose: str, exc: Exception) -> ListingFailed:
+        return cls(error_code(exc), f"{call} ({purpose}) failed: {error_message(exc)}")
+
+    def outcome(self, instance_id: str, excluded: tuple[str, ...] = ()) -> InstanceOutcome:
+        return InstanceOutcome.failed(
+            instance_id, self.code, f"{instance_id}: not snapshotted, {self.message}", excluded
+        )
+
+
+# A set per instance id, and the volumes to leave out per attached instance id.
+ExistingSets = Mapping[str, tuple[SnapshotInfo, ...]]
+TagExcluded = Mapping[str, frozenset[str]]
+
+
+def list_tag_excluded_volumes(
+    ec2: EC2Client, policy: SnapshotPolicy, instance_ids: Sequence[str]
+) -> dict[str, frozenset[str]]:
+    """The volumes matching `exclude_data_volume_tags`, by the instance each is attached to.
+
+    One paginated DescribeVolumes per 200 instances (EC2's limit on a filter's values), so a
+    run's exclusions cost calls per page, not per instance. Errors are raised.
+    """
+    found: dict[str, set[str]] = {}
     if not policy.exclude_data_volume_tags:
-        return set()
+        return {}
     paginator = ec2.get_paginator("describe_volumes")
-    filters: list[FilterTypeDef] = [
-        {"Name": "attachment.instance-id", "Values": [instance_id]},
-        *_tag_filters(policy.exclude_data_volume_tags),
-    ]
-    return {
-        volume["VolumeId"]
-        for page in paginator.paginate(Filters=filters)
-        for volume in page.get("Volumes", [])
-    }
+    for start in range(0, len(instance_ids), _FILTER_VALUES_PER_CALL):
+        chunk = list(instance_ids[start : start + _FILTER_VALUES_PER_CALL])
+        filters: list[FilterTypeDef] = [
+            {"Name": "attachment.instance-id", "Values": chunk},
+            *_tag_filters(policy.exclude_data_volume_tags),
+        ]
+        pages = paginator.paginate(
+            Filters=filters, PaginationConfig={"PageSize": _VOLUMES_PER_PAGE}
+        )
+        for page in pages:
+            for volume in page.get("Volumes", []):
+                # A volume attached to several instances (Multi-Attach) is left out of each.
+                for attachment in volume.get("Attachments", []):
+                    found.setdefault(attachment["InstanceId"], set()).add(volume["VolumeId"])
+    return {iid: frozenset(volumes) for iid, volumes in found.items()}
 
 
 def plan_instance(
-    ec2: EC2Client, policy: SnapshotPolicy, instance: Instance
+    policy: SnapshotPolicy, instance: Instance, tag_excluded: TagExcluded | ListingFailed
 ) -> SnapshotPlan | InstanceOutcome:
     """Decide which volumes of an instance to snapshot, or why it is skipped or failed.
 
-    Volume-tag exclusions are resolved with one DescribeVolumes call filtered by attachment and
-    merged with `exclude_data_volume_ids`, keeping only volumes attached to this instance.
+    Volume-tag exclusions come from the run's listing (`list_tag_excluded_volumes`), merged with
+    `exclude_data_volume_ids`, keeping only volumes attached to this instance. When that listing
+    failed, an instance that needed it fails with its error.
     """
     iid = instance.instance_id
     if instance.state in UNSNAPSHOTTABLE_STATES:
@@ -282,7 +329,11 @@ def plan_instance(
             "exclude_data_volume_ids may only name data volumes, set exclude_boot_volume to "
             "leave the root volume out",
         )
-    by_tag = _tag_excluded_volumes(ec2, policy, iid) & attached.keys()
+    by_tag: set[str] = set()
+    if policy.exclude_data_volume_tags:
+        if isinstance(tag_excluded, ListingFailed):
+            return tag_excluded.outcome(iid)
+        by_tag = set(tag_excluded.get(iid, frozenset())) & attached.keys()
     root_by_tag = sorted(v for v in by_tag if attached[v].is_root)
     if root_by_tag and not policy.exclude_boot_volume:
         return InstanceOutcome.failed(
@@ -377,13 +428,38 @@ def _snapshot_info(raw: Any) -> SnapshotInfo:
     )
 
 
+def list_existing_sets(
+    ec2: EC2Client, policy: str, trigger_id: str
+) -> dict[str, tuple[SnapshotInfo, ...]]:
+    """The sets earlier deliveries of this trigger made, by instance id: one paginated
+    DescribeSnapshots for the whole run, filtered by the policy and trigger tags.
+
+    The managed tags are applied atomically by CreateSnapshots, so a set that exists carries
+    them; this covers a crash between CreateSnapshots and recording its outcome, and a record
+    that could not be saved. Errors are raised.
+    """
+    paginator = ec2.get_paginator("describe_snapshots")
+    filters: list[FilterTypeDef] = [
+        {"Name": f"tag:{TAG_TRIGGER_ID}", "Values": [trigger_id]},
+        {"Name": f"tag:{TAG_POLICY}", "Values": [policy]},
+    ]
+    found: dict[str, list[SnapshotInfo]] = {}
+    pages = paginator.paginate(
+        OwnerIds=["self"], Filters=filters, PaginationConfig={"PageSize": _SNAPSHOTS_PER_PAGE}
+    )
+    for page in pages:
+        for snap in page.get("Snapshots", []):
+            tags = {t["Key"]: t["Value"] for t in snap.get("Tags", [])}
+            if TAG_INSTANCE_ID in tags:
+                found.setdefault(tags[TAG_INSTANCE_ID], []).append(_snapshot_info(snap))
+    return {iid: tuple(snaps) for iid, snaps in found.items()}
+
+
 def find_existing_set(
     ec2: EC2Client, policy: str, trigger_id: str, instance_id: str
 ) -> tuple[SnapshotInfo, ...]:
-    """Snapshots an earlier delivery of this trigger already made for this instance.
-
-    The managed tags are applied atomically by CreateSnapshots, so a set that exists carries
-    them; this covers a crash between CreateSnapshots and recording its outcome.
+    """Snapshots this trigger already made for one instance (after a CreateSnapshots error that
+    may have made them; a run looks for every instance's set at once with `list_existing_sets`).
     """
     paginator = ec2.get_paginator("describe_snapshots")
     filters: list[FilterTypeDef] = [
@@ -398,43 +474,106 @@ def find_existing_set(
     )
 
 
+@dataclass(frozen=True)
+class RunLookups:
+    """What a run's listings found, so that no instance needs a lookup of its own.
+
+    `existing_sets`: the sets earlier deliveries of this trigger made, by instance id; empty
+    when none can exist (the trigger's first delivery, a dry run). `tag_excluded`: the volumes
+    `exclude_data_volume_tags` leaves out, by attached instance id. Either is a `ListingFailed`
+    when its listing failed, and the instances that need it fail with that error.
+    """
+
+    existing_sets: ExistingSets | ListingFailed
+    tag_excluded: TagExcluded | ListingFailed
+
+
+def _needs_volume_tags(instance: Instance) -> bool:
+    return instance.state not in UNSNAPSHOTTABLE_STATES and bool(instance.volumes)
+
+
+def run_lookups(
+    ec2: EC2Client, request: SnapshotRequest, instances: Sequence[Instance], *, first_delivery: bool
+) -> RunLookups:
+    """List once for the whole run what its instances need: the volumes to exclude by tag (when
+    the policy has `exclude_data_volume_tags`) and, unless `first_delivery` says no set of this
+    trigger can exist yet or this is a dry run, the sets earlier deliveries made.
+
+    A listing that fails is a `ListingFailed` value naming the call, not an exception.
+    """
+    policy = request.policy
+    existing: ExistingSets | ListingFailed = {}
+    if instances and not first_delivery and not policy.dry_run:
+        try:
+            existing = list_existing_sets(ec2, policy.name, request.trigger.id)
+        except (ClientError, BotoCoreError) as exc:
+            logger.exception("listing the sets of trigger %s failed", request.trigger.id)
+            existing = ListingFailed.of(
+                "DescribeSnapshots", "looking for sets earlier deliveries made", exc
+            )
+    excluded: TagExcluded | ListingFailed = {}
+    ids = [i.instance_id for i in instances if _needs_volume_tags(i)]
+    if ids and policy.exclude_data_volume_tags:
+        try:
+            excluded = list_tag_excluded_volumes(ec2, policy, ids)
+        except (ClientError, BotoCoreError) as exc:
+            logger.exception("listing the volumes to exclude by tag failed")
+            excluded = ListingFailed.of(
+                "DescribeVolumes", "finding the volumes exclude_data_volume_tags leaves out", exc
+            )
+    return RunLookups(existing_sets=existing, tag_excluded=excluded)
+
+
+def _already_created(
+    instance_id: str, snapshots: tuple[SnapshotInfo, ...], excluded: tuple[str, ...]
+) -> InstanceOutcome:
+    return InstanceOutcome(
+        instance_id=instance_id,
+        status=InstanceStatus.STARTED,
+        snapshots=snapshots,
+        excluded_volume_ids=excluded,
+        reason="set already created by an earlier delivery of this trigger",
+    )
+
+
 def create_snapshot_set(
     ec2: EC2Client,
     request: SnapshotRequest,
     instance_id: str,
     plan: SnapshotPlan,
     *,
+    existing: tuple[SnapshotInfo, ...] | ListingFailed,
     budget: RetryBudget = NO_RETRY,
     ec2_create: EC2Client,
 ) -> InstanceOutcome:
     """Call CreateSnapshots for one planned instance and return its outcome.
 
     With DryRun, AWS answers DryRunOperation when the call would succeed (`dry_run_ok`) and
-    UnauthorizedOperation when it would not (`failed`). Before each real call, a set this
-    trigger already made is looked up and reported instead. Refusals (throttling, EBS rate
-    limits) are retried within `budget`; after a server error or a lost connection the set may
-    exist, so the retry waits `budget.settle_delay` and looks again first, and without time for
-    that the instance fails as `CreateSnapshotsUnconfirmed`, for the next delivery to settle.
-    `ec2_create` makes the CreateSnapshots call: a client without botocore retries, which would
-    resend the call blind (`clients.Clients.ec2_create`).
+    UnauthorizedOperation when it would not (`failed`). `existing` is the set the run's listing
+    found for this instance (see `run_lookups`): it is reported instead of making another, and
+    when the listing failed the instance fails with its error. Refusals (throttling, EBS rate
+    limits) made no set and are retried within `budget`; after a server error or a lost
+    connection the set may exist, so the retry waits `budget.settle_delay` and looks for it
+    first, and without time for that the instance fails as `CreateSnapshotsUnconfirmed`, for the
+    next delivery to settle. `ec2_create` makes the CreateSnapshots call: a client without
+    botocore retries, which would resend the call blind (`clients.Clients.ec2_create`).
     """
     params = build_create_snapshots_request(request, instance_id, plan)
     excluded = plan.excluded_volume_ids
+    if not request.policy.dry_run:
+        if isinstance(existing, ListingFailed):
+            return existing.outcome(instance_id, excluded)
+        if existing:
+            return _already_created(instance_id, existing, excluded)
     attempt = 0
+    # Once a call may have made the set, every later call of this delivery looks first.
+    look_first = False
     while True:
         try:
-            if not request.policy.dry_run:
-                existing = find_existing_set(
-                    ec2, request.policy.name, request.trigger.id, instance_id
-                )
-                if existing:
-                    return InstanceOutcome(
-                        instance_id=instance_id,
-                        status=InstanceStatus.STARTED,
-                        snapshots=existing,
-                        excluded_volume_ids=excluded,
-                        reason="set already created by an earlier delivery of this trigger",
-                    )
+            if look_first:
+                found = find_existing_set(ec2, request.policy.name, request.trigger.id, instance_id)
+                if found:
+                    return _already_created(instance_id, found, excluded)
             response = ec2_create.create_snapshots(**params)
         except (ClientError, BotoCoreError) as exc:
             if error_code(exc) == DRY_RUN_OPERATION:
@@ -448,6 +587,7 @@ def create_snapshot_set(
             if kind == "permanent":
                 return _error_outcome(instance_id, exc, excluded)
             unconfirmed = kind == "unconfirmed"
+            look_first = look_first or (unconfirmed and not request.policy.dry_run)
             if budget.wait(attempt, minimum=budget.settle_delay if unconfirmed else 0.0):
                 attempt += 1
                 continue
@@ -484,8 +624,10 @@ def snapshot_instance(
     budget: RetryBudget = NO_RETRY,
     *,
     ec2_create: EC2Client,
+    lookups: RunLookups,
 ) -> InstanceOutcome:
-    """Plan and snapshot one instance; every error becomes a failed outcome for it."""
+    """Plan and snapshot one instance with what the run's listings found (`run_lookups`);
+    every error becomes a failed outcome for it."""
     if budget.expired():
         return InstanceOutcome.failed(
             instance.instance_id,
@@ -494,11 +636,20 @@ def snapshot_instance(
             "the next delivery retries it",
         )
     try:
-        plan = plan_instance(ec2, request.policy, instance)
+        plan = plan_instance(request.policy, instance, lookups.tag_excluded)
         if isinstance(plan, InstanceOutcome):
             return plan
+        existing = lookups.existing_sets
         return create_snapshot_set(
-            ec2, request, instance.instance_id, plan, budget=budget, ec2_create=ec2_create
+            ec2,
+            request,
+            instance.instance_id,
+            plan,
+            existing=existing
+            if isinstance(existing, ListingFailed)
+            else existing.get(instance.instance_id, ()),
+            budget=budget,
+            ec2_create=ec2_create,
         )
     except (ClientError, BotoCoreError) as exc:
         return _error_outcome(instance.instance_id, exc, ())

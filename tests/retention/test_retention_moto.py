@@ -19,7 +19,7 @@ from snapset.deadline import Deadline
 from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionResult
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
 from snapset.retention import apply_retention, with_retention
-from snapset.snapshots import describe_instance, snapshot_instance
+from snapset.snapshots import describe_instance, run_lookups, snapshot_instance
 from tests.retention.conftest import NOW, REGION, Aws, logged, managed_tags
 
 CURRENT = "run-now"
@@ -475,7 +475,8 @@ def test_engine_then_retention_deletes_old_sets_and_keeps_the_new_one(
     request = SnapshotRequest(policy=pol, trigger=trigger)
     instance = describe_instance(aws.ec2, a.instance_id)
     assert instance is not None
-    outcome = snapshot_instance(aws.ec2, request, instance, ec2_create=aws.ec2)
+    lookups = run_lookups(aws.ec2, request, [instance], first_delivery=False)
+    outcome = snapshot_instance(aws.ec2, request, instance, ec2_create=aws.ec2, lookups=lookups)
     assert outcome.status is InstanceStatus.STARTED
     new_ids = {s.snapshot_id for s in outcome.snapshots}
 

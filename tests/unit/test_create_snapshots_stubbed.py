@@ -15,6 +15,7 @@ from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
 from snapset.snapshots import (
     AttachedVolume,
     Instance,
+    run_lookups,
     snapshot_instance,
 )
 
@@ -74,25 +75,27 @@ def run(
     response: dict[str, Any] | None = None,
     error: tuple[str, int] | None = None,
     describe_volumes: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    existing_sets: list[dict[str, Any]] | None = None,
 ) -> Any:
+    """Run's lookups, then one instance; `existing_sets` is what a redelivery's listing of the
+    trigger's sets answers (None: the trigger's first delivery, which makes no listing)."""
     with Stubber(ec2) as stub:
+        if existing_sets is not None:
+            stub.add_response(
+                "describe_snapshots",
+                {"Snapshots": existing_sets},
+                {
+                    "OwnerIds": ["self"],
+                    "Filters": [
+                        {"Name": "tag:snapset:trigger-id", "Values": [req.trigger.id]},
+                        {"Name": "tag:snapset:policy", "Values": [req.policy.name]},
+                    ],
+                    "MaxResults": 1000,
+                },
+            )
         if describe_volumes is not None:
             stub.add_response("describe_volumes", describe_volumes[1], describe_volumes[0])
         if expected is not None:
-            if not req.policy.dry_run:
-                # A set an earlier delivery of this trigger made is looked up first.
-                stub.add_response(
-                    "describe_snapshots",
-                    {"Snapshots": []},
-                    {
-                        "OwnerIds": ["self"],
-                        "Filters": [
-                            {"Name": "tag:snapset:trigger-id", "Values": [req.trigger.id]},
-                            {"Name": "tag:snapset:instance-id", "Values": [IID]},
-                            {"Name": "tag:snapset:policy", "Values": [req.policy.name]},
-                        ],
-                    },
-                )
             if error is not None:
                 stub.add_client_error(
                     "create_snapshots",
@@ -103,9 +106,15 @@ def run(
                 )
             else:
                 stub.add_response("create_snapshots", response or {}, expected)
-        outcome = snapshot_instance(ec2, req, inst, ec2_create=ec2)
+        lookups = run_lookups(ec2, req, [inst], first_delivery=existing_sets is None)
+        outcome = snapshot_instance(ec2, req, inst, ec2_create=ec2, lookups=lookups)
         stub.assert_no_pending_responses()
     return outcome
+
+
+def attached(volume_id: str, instance_id: str = IID) -> dict[str, Any]:
+    """A DescribeVolumes entry attached to `instance_id`."""
+    return {"VolumeId": volume_id, "Attachments": [{"InstanceId": instance_id}]}
 
 
 def test_defaults_send_copy_tags_and_managed_tags(ec2: Any) -> None:
@@ -176,9 +185,10 @@ def test_merged_exclusions_from_ids_and_volume_tags(ec2: Any) -> None:
             "Filters": [
                 {"Name": "attachment.instance-id", "Values": [IID]},
                 {"Name": "tag:NoBackup", "Values": ["true"]},
-            ]
+            ],
+            "MaxResults": 500,
         },
-        {"Volumes": [{"VolumeId": DATA2}, {"VolumeId": DATA1}]},
+        {"Volumes": [attached(DATA2), attached(DATA1)]},
     )
     expected = {
         "InstanceSpecification": {
@@ -247,7 +257,7 @@ def test_root_volume_in_data_exclusions_fails_without_calling_aws(ec2: Any) -> N
 
 def test_root_volume_matched_by_tag_is_dropped_when_boot_is_excluded(ec2: Any) -> None:
     req = request(exclude_boot_volume=True, exclude_data_volume_tags={"NoBackup": ["*"]})
-    describe = ({"Filters": ANY}, {"Volumes": [{"VolumeId": ROOT}, {"VolumeId": DATA1}]})
+    describe = ({"Filters": ANY, "MaxResults": 500}, {"Volumes": [attached(ROOT), attached(DATA1)]})
     expected = {
         "InstanceSpecification": {
             "InstanceId": IID,
@@ -266,7 +276,7 @@ def test_root_volume_matched_by_tag_is_dropped_when_boot_is_excluded(ec2: Any) -
 
 def test_root_volume_matched_by_tag_fails_when_boot_is_kept(ec2: Any) -> None:
     req = request(exclude_data_volume_tags={"NoBackup": ["*"]})
-    describe = ({"Filters": ANY}, {"Volumes": [{"VolumeId": ROOT}]})
+    describe = ({"Filters": ANY, "MaxResults": 500}, {"Volumes": [attached(ROOT)]})
     outcome = run(ec2, req, instance(), None, describe_volumes=describe)
     assert outcome.error is not None
     assert outcome.error.code == ROOT_VOLUME_EXCLUDED
@@ -276,7 +286,7 @@ def test_more_than_40_exclusions_after_merging_fails(ec2: Any) -> None:
     inst = instance(extra_data=42)
     ids = [v.volume_id for v in inst.volumes if not v.is_root]
     req = request(exclude_data_volume_ids=ids[:30], exclude_data_volume_tags={"Scratch": ["yes"]})
-    describe = ({"Filters": ANY}, {"Volumes": [{"VolumeId": v} for v in ids[25:]]})
+    describe = ({"Filters": ANY, "MaxResults": 500}, {"Volumes": [attached(v) for v in ids[25:]]})
     outcome = run(ec2, req, inst, None, describe_volumes=describe)
     assert outcome.error is not None
     assert outcome.error.code == TOO_MANY_EXCLUSIONS
@@ -300,3 +310,144 @@ def test_terminated_or_shutting_down_is_skipped(ec2: Any, state: str) -> None:
     outcome = run(ec2, request(), instance(state=state), None)
     assert outcome.status is InstanceStatus.SKIPPED
     assert outcome.reason == f"instance is {state}"
+
+
+# --- the run's listings: one per run (per page), not one per instance ----------------------------
+
+
+def instance_of(instance_id: str, state: str = "running") -> Instance:
+    volumes = (AttachedVolume(f"vol-{instance_id[2:]}", "/dev/xvda", True),)
+    return Instance(instance_id=instance_id, state=state, tags={}, volumes=volumes)
+
+
+def managed_snapshot(n: int, instance_id: str, volume_id: str) -> dict[str, Any]:
+    return {
+        "SnapshotId": f"snap-{n:017x}",
+        "VolumeId": volume_id,
+        "State": "pending",
+        "Tags": [
+            {"Key": "snapset:policy", "Value": "nightly"},
+            {"Key": "snapset:trigger-id", "Value": "nightly@2026-11-27T03:00:00Z"},
+            {"Key": "snapset:instance-id", "Value": instance_id},
+        ],
+    }
+
+
+def test_a_redelivery_reports_the_listed_set_without_calling_create_snapshots(ec2: Any) -> None:
+    made = [managed_snapshot(1, IID, ROOT), managed_snapshot(2, IID, DATA1)]
+    outcome = run(ec2, request(), instance(extra_data=1), None, existing_sets=made)
+    assert outcome.status is InstanceStatus.STARTED
+    assert [s.snapshot_id for s in outcome.snapshots] == [f"snap-{1:017x}", f"snap-{2:017x}"]
+    assert outcome.reason == "set already created by an earlier delivery of this trigger"
+
+
+def test_a_redelivery_makes_the_set_of_an_instance_the_listing_did_not_find(ec2: Any) -> None:
+    other = "i-0fffffffffffffff0"
+    expected = {
+        "InstanceSpecification": {"InstanceId": IID, "ExcludeBootVolume": False},
+        "TagSpecifications": [{"ResourceType": "snapshot", "Tags": MANAGED}],
+        "DryRun": False,
+        "CopyTagsFromSource": "volume",
+    }
+    outcome = run(
+        ec2,
+        request(),
+        instance(extra_data=0),
+        expected,
+        snapshot_response(ROOT),
+        existing_sets=[managed_snapshot(9, other, "vol-0fffffffffffffff0")],
+    )
+    assert outcome.status is InstanceStatus.STARTED
+    assert outcome.reason is None
+    assert [s.volume_id for s in outcome.snapshots] == [ROOT]
+
+
+def test_the_sets_listing_follows_every_page_and_groups_by_instance(ec2: Any) -> None:
+    other = "i-0fffffffffffffff0"
+    params = {
+        "OwnerIds": ["self"],
+        "Filters": [
+            {"Name": "tag:snapset:trigger-id", "Values": ["nightly@2026-11-27T03:00:00Z"]},
+            {"Name": "tag:snapset:policy", "Values": ["nightly"]},
+        ],
+        "MaxResults": 1000,
+    }
+    with Stubber(ec2) as stub:
+        stub.add_response(
+            "describe_snapshots",
+            {"Snapshots": [managed_snapshot(1, IID, ROOT)], "NextToken": "page-2"},
+            params,
+        )
+        stub.add_response(
+            "describe_snapshots",
+            {"Snapshots": [managed_snapshot(2, other, DATA2), managed_snapshot(3, IID, DATA1)]},
+            {**params, "NextToken": "page-2"},
+        )
+        lookups = run_lookups(
+            ec2, request(), [instance(), instance_of(other)], first_delivery=False
+        )
+        stub.assert_no_pending_responses()
+    assert isinstance(lookups.existing_sets, dict)
+    found = {iid: [s.snapshot_id for s in snaps] for iid, snaps in lookups.existing_sets.items()}
+    assert found == {IID: [f"snap-{1:017x}", f"snap-{3:017x}"], other: [f"snap-{2:017x}"]}
+
+
+def test_the_volume_listing_is_one_call_per_200_instances_grouped_by_attachment(ec2: Any) -> None:
+    ids = [f"i-{n:017x}" for n in range(1, 451)]
+    fleet = [instance_of(i) for i in ids] + [instance_of("i-0eeeeeeeeeeeeeee0", "terminated")]
+    req = request(exclude_data_volume_tags={"NoBackup": ["true"]})
+    with Stubber(ec2) as stub:
+        for chunk in (ids[:200], ids[200:400], ids[400:]):
+            stub.add_response(
+                "describe_volumes",
+                {"Volumes": [attached(f"vol-{c[2:]}", c) for c in chunk[:2]]},
+                {
+                    "Filters": [
+                        {"Name": "attachment.instance-id", "Values": chunk},
+                        {"Name": "tag:NoBackup", "Values": ["true"]},
+                    ],
+                    "MaxResults": 500,
+                },
+            )
+        # the first delivery of a trigger lists no sets: none can exist yet
+        lookups = run_lookups(ec2, req, fleet, first_delivery=True)
+        stub.assert_no_pending_responses()
+    assert lookups.existing_sets == {}
+    assert lookups.tag_excluded == {
+        i: frozenset({f"vol-{i[2:]}"}) for i in [*ids[:2], *ids[200:202], *ids[400:402]]
+    }
+
+
+def test_a_failed_volume_listing_fails_each_instance_that_needed_it_naming_the_call(
+    ec2: Any,
+) -> None:
+    req = request(exclude_data_volume_tags={"NoBackup": ["true"]})
+    gone = instance_of("i-0eeeeeeeeeeeeeee0", "terminated")
+    with Stubber(ec2) as stub:
+        stub.add_client_error("describe_volumes", "UnauthorizedOperation", "denied", 403)
+        lookups = run_lookups(ec2, req, [instance(), gone], first_delivery=True)
+        outcome = snapshot_instance(ec2, req, instance(), ec2_create=ec2, lookups=lookups)
+        skipped = snapshot_instance(ec2, req, gone, ec2_create=ec2, lookups=lookups)
+        stub.assert_no_pending_responses()  # and no CreateSnapshots was made
+    assert outcome.status is InstanceStatus.FAILED
+    assert outcome.error is not None
+    assert outcome.error.code == "UnauthorizedOperation"
+    assert outcome.error.message == (
+        f"{IID}: not snapshotted, DescribeVolumes (finding the volumes "
+        "exclude_data_volume_tags leaves out) failed: denied"
+    )
+    assert skipped.status is InstanceStatus.SKIPPED  # it did not need the listing
+
+
+def test_a_failed_sets_listing_fails_the_instance_and_a_redelivery_retries_it(ec2: Any) -> None:
+    with Stubber(ec2) as stub:
+        stub.add_client_error("describe_snapshots", "RequestLimitExceeded", "slow down", 503)
+        lookups = run_lookups(ec2, request(), [instance()], first_delivery=False)
+        outcome = snapshot_instance(ec2, request(), instance(), ec2_create=ec2, lookups=lookups)
+        stub.assert_no_pending_responses()
+    assert outcome.error is not None
+    assert outcome.error.code == "RequestLimitExceeded"
+    assert outcome.error.retry_on_redelivery
+    assert "DescribeSnapshots (looking for sets earlier deliveries made) failed" in (
+        outcome.error.message
+    )

@@ -18,12 +18,14 @@ from snapset.clients import make_clients
 from snapset.deadline import NEVER, Deadline
 from snapset.errors import CREATE_UNCONFIRMED, TIMEOUT
 from snapset.handler import IncompleteRun, handler
+from snapset.idempotency import KEY_PREFIX
 from snapset.outcomes import InstanceStatus
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
 from snapset.snapshots import (
     AttachedVolume,
     Instance,
     RetryBudget,
+    RunLookups,
     create_error_kind,
     snapshot_instance,
 )
@@ -145,10 +147,12 @@ def test_a_lost_idempotency_record_is_covered_by_the_tag_look_up(
     inst = launch_instance(aws.ec2, tags={"Backup": "x"})
     payload = {"policy": "p", "instance_ids": [inst.instance_id], "request_id": "same"}
     first = handler(payload, context)
-    # As if the first delivery crashed between CreateSnapshots and saving its record.
+    # As if the first delivery crashed between CreateSnapshots and saving its record: the
+    # trigger's run marker, written before anything was snapshotted, stays.
     ddb = boto3.client("dynamodb", region_name="us-east-1")
     for item in ddb.scan(TableName=IDEMPOTENCY_TABLE)["Items"]:
-        ddb.delete_item(TableName=IDEMPOTENCY_TABLE, Key={"id": item["id"]})
+        if item["id"]["S"].startswith(f"{KEY_PREFIX}#"):
+            ddb.delete_item(TableName=IDEMPOTENCY_TABLE, Key={"id": item["id"]})
     second = handler(payload, context)
     assert set_count(aws) == 1
     assert (
@@ -181,20 +185,40 @@ def _one_instance_request() -> tuple[SnapshotRequest, Instance]:
     return SnapshotRequest(policy=policy, trigger=trigger), inst
 
 
+# What a trigger's first delivery knows: no set of it exists, no volume is excluded by tag.
+FIRST_DELIVERY = RunLookups(existing_sets={}, tag_excluded={})
+# The one instance's own lookup, made only after a CreateSnapshots that may have made its set.
+LOOK_FOR_THE_SET = {
+    "OwnerIds": ["self"],
+    "Filters": [
+        {"Name": "tag:snapset:trigger-id", "Values": ["t-1"]},
+        {"Name": "tag:snapset:instance-id", "Values": ["i-0123456789abcdef0"]},
+        {"Name": "tag:snapset:policy", "Values": ["p"]},
+    ],
+}
+
+
 @pytest.mark.parametrize(
-    "code",
-    ["RequestLimitExceeded", "SnapshotCreationPerVolumeRateExceeded", "InternalError"],
+    ("code", "unconfirmed"),
+    [
+        ("RequestLimitExceeded", False),
+        ("SnapshotCreationPerVolumeRateExceeded", False),
+        ("InternalError", True),
+    ],
 )
-def test_transient_errors_are_retried_within_the_budget(code: str) -> None:
+def test_transient_errors_are_retried_within_the_budget(code: str, unconfirmed: bool) -> None:
     request, inst = _one_instance_request()
     ec2 = boto3.client("ec2", region_name="us-east-1")
     sleeps: list[float] = []
     budget = RetryBudget(deadline=NEVER, sleep=sleeps.append)
     with Stubber(ec2) as stub:
-        for _ in range(3):
-            stub.add_response("describe_snapshots", {"Snapshots": []})
+        for attempt in range(3):
+            # a refused call made no set: only after a server error is the set looked for
+            if unconfirmed and attempt > 0:
+                stub.add_response("describe_snapshots", {"Snapshots": []}, LOOK_FOR_THE_SET)
             stub.add_client_error("create_snapshots", code, http_status_code=400)
-        stub.add_response("describe_snapshots", {"Snapshots": []})
+        if unconfirmed:
+            stub.add_response("describe_snapshots", {"Snapshots": []}, LOOK_FOR_THE_SET)
         stub.add_response(
             "create_snapshots",
             {
@@ -203,11 +227,34 @@ def test_transient_errors_are_retried_within_the_budget(code: str) -> None:
                 ]
             },
         )
-        outcome = snapshot_instance(ec2, request, inst, budget, ec2_create=ec2)
+        outcome = snapshot_instance(
+            ec2, request, inst, budget, ec2_create=ec2, lookups=FIRST_DELIVERY
+        )
         stub.assert_no_pending_responses()
     assert outcome.status is InstanceStatus.STARTED
     assert len(sleeps) == 3
     assert all(0 <= s <= 20 for s in sleeps)
+
+
+def test_a_throttled_retry_after_a_server_error_still_looks_first() -> None:
+    request, inst = _one_instance_request()
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    budget = RetryBudget(deadline=NEVER, sleep=lambda s: None)
+    with Stubber(ec2) as stub:
+        stub.add_client_error("create_snapshots", "InternalError", http_status_code=500)
+        stub.add_response("describe_snapshots", {"Snapshots": []}, LOOK_FOR_THE_SET)
+        stub.add_client_error("create_snapshots", "RequestLimitExceeded", http_status_code=503)
+        # the set the server error made may only now be visible (DescribeSnapshots is
+        # eventually consistent): looked for again, found, not made twice
+        made = {"SnapshotId": "snap-0123456789abcdef0", "VolumeId": "vol-0123456789abcdef0"}
+        stub.add_response("describe_snapshots", {"Snapshots": [made]}, LOOK_FOR_THE_SET)
+        outcome = snapshot_instance(
+            ec2, request, inst, budget, ec2_create=ec2, lookups=FIRST_DELIVERY
+        )
+        stub.assert_no_pending_responses()
+    assert outcome.status is InstanceStatus.STARTED
+    assert [s.snapshot_id for s in outcome.snapshots] == ["snap-0123456789abcdef0"]
+    assert outcome.reason == "set already created by an earlier delivery of this trigger"
 
 
 def test_transient_error_past_the_deadline_is_a_timeout() -> None:
@@ -219,9 +266,10 @@ def test_transient_error_past_the_deadline_is_a_timeout() -> None:
     )
     with Stubber(ec2) as stub:
         for _ in range(20):
-            stub.add_response("describe_snapshots", {"Snapshots": []})
             stub.add_client_error("create_snapshots", "ConcurrentSnapshotLimitExceeded")
-        outcome = snapshot_instance(ec2, request, inst, budget, ec2_create=ec2)
+        outcome = snapshot_instance(
+            ec2, request, inst, budget, ec2_create=ec2, lookups=FIRST_DELIVERY
+        )
     assert outcome.status is InstanceStatus.FAILED
     assert outcome.error is not None
     assert outcome.error.code == TIMEOUT
@@ -232,10 +280,14 @@ def test_permanent_errors_are_not_retried() -> None:
     request, inst = _one_instance_request()
     ec2 = boto3.client("ec2", region_name="us-east-1")
     with Stubber(ec2) as stub:
-        stub.add_response("describe_snapshots", {"Snapshots": []})
         stub.add_client_error("create_snapshots", "UnauthorizedOperation", http_status_code=403)
         outcome = snapshot_instance(
-            ec2, request, inst, RetryBudget(sleep=lambda s: None), ec2_create=ec2
+            ec2,
+            request,
+            inst,
+            RetryBudget(sleep=lambda s: None),
+            ec2_create=ec2,
+            lookups=FIRST_DELIVERY,
         )
         stub.assert_no_pending_responses()
     assert outcome.error is not None
@@ -303,11 +355,16 @@ def test_server_error_waits_to_settle_then_finds_the_set_instead_of_making_anoth
     sleeps: list[float] = []
     made = {"SnapshotId": "snap-0123456789abcdef0", "VolumeId": "vol-0123456789abcdef0"}
     with Stubber(ec2) as stub:
-        stub.add_response("describe_snapshots", {"Snapshots": []})
         stub.add_client_error("create_snapshots", "InternalError", http_status_code=500)
-        stub.add_response("describe_snapshots", {"Snapshots": [made]})  # it was created after all
+        # it was created after all
+        stub.add_response("describe_snapshots", {"Snapshots": [made]}, LOOK_FOR_THE_SET)
         outcome = snapshot_instance(
-            ec2, request, inst, RetryBudget(sleep=sleeps.append), ec2_create=ec2
+            ec2,
+            request,
+            inst,
+            RetryBudget(sleep=sleeps.append),
+            ec2_create=ec2,
+            lookups=FIRST_DELIVERY,
         )
         stub.assert_no_pending_responses()
     assert outcome.status is InstanceStatus.STARTED
@@ -322,9 +379,10 @@ def test_server_error_without_time_to_settle_is_left_to_the_next_delivery() -> N
     now = [0.0]
     budget = RetryBudget(deadline=Deadline(3.0, clock=lambda: now[0]), sleep=lambda s: None)
     with Stubber(ec2) as stub:
-        stub.add_response("describe_snapshots", {"Snapshots": []})
         stub.add_client_error("create_snapshots", "ServiceUnavailable", http_status_code=503)
-        outcome = snapshot_instance(ec2, request, inst, budget, ec2_create=ec2)
+        outcome = snapshot_instance(
+            ec2, request, inst, budget, ec2_create=ec2, lookups=FIRST_DELIVERY
+        )
     assert outcome.error is not None
     assert outcome.error.code == CREATE_UNCONFIRMED
     assert outcome.error.retry_on_redelivery
@@ -352,10 +410,14 @@ def test_client_side_errors_are_not_retried(error: Exception) -> None:
 
     creator = type("Creator", (), {"create_snapshots": staticmethod(create_snapshots)})()
     request, inst = _one_instance_request()
-    with Stubber(ec2) as stub:
-        stub.add_response("describe_snapshots", {"Snapshots": []})
+    with Stubber(ec2):
         outcome = snapshot_instance(
-            ec2, request, inst, RetryBudget(sleep=sleeps.append), ec2_create=creator
+            ec2,
+            request,
+            inst,
+            RetryBudget(sleep=sleeps.append),
+            ec2_create=creator,
+            lookups=FIRST_DELIVERY,
         )
     assert (len(calls), sleeps) == (1, [])
     assert outcome.error is not None

@@ -1,0 +1,214 @@
+"""A run's EC2 calls grow with pages, not instances: the first delivery of a trigger (it wrote the
+trigger's run marker) looks for no earlier set, any other delivery lists the trigger's sets once,
+and volume-tag exclusions are one listing. Every guarantee against a second set still holds
+(in-process moto, through the handler)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from localaws.fleet import DataVolume, FleetInstance, launch_instance, snapshots_by_volume
+from snapset import handler as handler_module
+from snapset.handler import handler
+from snapset.idempotency import (
+    KEY_PREFIX,
+    RECORD_TTL_SECONDS,
+    claim_first_delivery,
+    run_marker_id,
+)
+from tests.unit.conftest import IDEMPOTENCY_TABLE, Aws, LambdaContext
+
+
+@pytest.fixture
+def calls() -> Iterator[Counter[str]]:
+    """`service.Operation` of every call the handler's clients make (one per page)."""
+    counted: Counter[str] = Counter()
+
+    def count(event_name: str, **_: Any) -> None:
+        counted[event_name.removeprefix("before-call.")] += 1
+
+    events = handler_module.session().events
+    events.register("before-call", count)
+    yield counted
+    events.unregister("before-call", count)
+
+
+def set_count(aws: Aws) -> int:
+    return sum(len(v) for v in snapshots_by_volume(aws.ec2).values())
+
+
+def fleet(aws: Aws, n: int, **volume_tags: str) -> list[FleetInstance]:
+    return [
+        launch_instance(aws.ec2, tags={"Backup": "x"}, data_volumes=[DataVolume(tags=volume_tags)])
+        for _ in range(n)
+    ]
+
+
+PAYLOAD = {"policy": "p", "target_tags": {"Backup": ["x"]}, "request_id": "r-1"}
+
+
+def ddb() -> Any:
+    return boto3.client("dynamodb", region_name="us-east-1")
+
+
+def forget_records() -> None:
+    """As if every delivery so far crashed between CreateSnapshots and saving its record: the
+    run marker, written before anything is snapshotted, stays."""
+    client = ddb()
+    for item in client.scan(TableName=IDEMPOTENCY_TABLE)["Items"]:
+        if item["id"]["S"].startswith(f"{KEY_PREFIX}#"):
+            client.delete_item(TableName=IDEMPOTENCY_TABLE, Key={"id": item["id"]})
+
+
+def ec2_calls(calls: Counter[str]) -> dict[str, int]:
+    return {k: v for k, v in calls.items() if k.startswith("ec2.")}
+
+
+def test_the_first_delivery_looks_for_no_earlier_set(
+    aws: Aws, context: LambdaContext, calls: Counter[str]
+) -> None:
+    fleet(aws, 5)
+    report = handler(PAYLOAD, context)
+    assert [i["status"] for i in report["instances"]] == ["started"] * 5
+    assert ec2_calls(calls) == {"ec2.DescribeInstances": 1, "ec2.CreateSnapshots": 5}
+    # the marker that told it so: one conditional PutItem, expiring with the records
+    marker = ddb().get_item(TableName=IDEMPOTENCY_TABLE, Key={"id": {"S": "snapset-run#p#r-1"}})
+    assert int(marker["Item"]["expiration"]["N"]) - time.time() > RECORD_TTL_SECONDS - 60
+
+
+def test_a_redelivery_lists_the_sets_once_and_makes_none(
+    aws: Aws, context: LambdaContext, calls: Counter[str]
+) -> None:
+    fleet(aws, 5)
+    first = handler(PAYLOAD, context)
+    forget_records()
+    calls.clear()
+    again = handler(PAYLOAD, context)
+    assert ec2_calls(calls) == {"ec2.DescribeInstances": 1, "ec2.DescribeSnapshots": 1}
+    assert set_count(aws) == 2 * 5
+    assert [i["snapshots"] for i in again["instances"]] == [
+        i["snapshots"] for i in first["instances"]
+    ]
+    assert {i["reason"] for i in again["instances"]} == {
+        "set already created by an earlier delivery of this trigger"
+    }
+
+
+def test_a_marker_that_cannot_be_written_falls_back_to_the_listing(
+    aws: Aws, context: LambdaContext, calls: Counter[str]
+) -> None:
+    fleet(aws, 2)
+    handler(PAYLOAD, context)
+    # the records and the marker gone, and the marker cannot be written again: nothing says
+    # this delivery is the first, so it must look
+    client = ddb()
+    for item in client.scan(TableName=IDEMPOTENCY_TABLE)["Items"]:
+        client.delete_item(TableName=IDEMPOTENCY_TABLE, Key={"id": item["id"]})
+
+    def refuse_the_marker(params: dict[str, Any], **_: Any) -> None:
+        if params["Item"]["id"]["S"].startswith("snapset-run#"):
+            error = {"Code": "InternalServerError", "Message": "no"}
+            raise ClientError({"Error": error}, "PutItem")
+
+    events = handler_module.session().events
+    events.register("provide-client-params.dynamodb.PutItem", refuse_the_marker)
+    calls.clear()
+    try:
+        again = handler(PAYLOAD, context)
+    finally:
+        events.unregister("provide-client-params.dynamodb.PutItem", refuse_the_marker)
+    assert calls["ec2.DescribeSnapshots"] == 1
+    assert "ec2.CreateSnapshots" not in calls
+    assert set_count(aws) == 2 * 2
+    assert {i["status"] for i in again["instances"]} == {"started"}
+
+
+def test_a_set_whose_record_could_not_be_saved_is_found_by_the_redelivery(
+    aws: Aws, context: LambdaContext, calls: Counter[str]
+) -> None:
+    [inst] = fleet(aws, 1)
+
+    def refuse_the_record(**_: Any) -> None:
+        raise ClientError({"Error": {"Code": "InternalServerError", "Message": "no"}}, "UpdateItem")
+
+    events = handler_module.session().events
+    events.register("provide-client-params.dynamodb.UpdateItem", refuse_the_record)
+    try:
+        first = handler(PAYLOAD, context)  # the set is made, its record is not saved
+    finally:
+        events.unregister("provide-client-params.dynamodb.UpdateItem", refuse_the_record)
+    assert first["instances"][0]["status"] == "started"
+    # its in-progress record lasts as long as that invocation could; once it has expired, the
+    # redelivery may take the instance, and must find the set
+    client = ddb()
+    for item in client.scan(TableName=IDEMPOTENCY_TABLE)["Items"]:
+        if item["id"]["S"].startswith(f"{KEY_PREFIX}#"):
+            assert item["status"]["S"] == "INPROGRESS"
+            client.update_item(
+                TableName=IDEMPOTENCY_TABLE,
+                Key={"id": item["id"]},
+                UpdateExpression="SET in_progress_expiration = :past",
+                ExpressionAttributeValues={":past": {"N": "1"}},
+            )
+    calls.clear()
+    again = handler(PAYLOAD, context)
+    assert "ec2.CreateSnapshots" not in calls
+    assert calls["ec2.DescribeSnapshots"] == 1
+    assert set_count(aws) == 2
+    [outcome] = again["instances"]
+    assert outcome["instance_id"] == inst.instance_id
+    assert outcome["snapshots"] == first["instances"][0]["snapshots"]
+
+
+def test_volume_tag_exclusions_are_one_listing_for_the_run(
+    aws: Aws, context: LambdaContext, calls: Counter[str]
+) -> None:
+    skipped = fleet(aws, 3, NoBackup="true")
+    kept = fleet(aws, 3)
+    payload = {**PAYLOAD, "exclude_data_volume_tags": {"NoBackup": ["true"]}}
+    report = handler(payload, context)
+    assert ec2_calls(calls) == {
+        "ec2.DescribeInstances": 1,
+        "ec2.DescribeVolumes": 1,
+        "ec2.CreateSnapshots": 6,
+    }
+    outcomes = {i["instance_id"]: i for i in report["instances"]}
+    for inst in skipped:
+        assert outcomes[inst.instance_id]["excluded_volume_ids"] == list(inst.data_volume_ids)
+        assert [s["volume_id"] for s in outcomes[inst.instance_id]["snapshots"]] == [
+            inst.root_volume_id
+        ]
+    for inst in kept:
+        assert outcomes[inst.instance_id]["excluded_volume_ids"] == []
+        assert len(outcomes[inst.instance_id]["snapshots"]) == 2
+
+
+def test_an_instance_event_writes_the_marker_and_lists_nothing(
+    aws: Aws, context: LambdaContext, calls: Counter[str]
+) -> None:
+    [inst] = fleet(aws, 1)
+    handler({**PAYLOAD, "instance_ids": [inst.instance_id], "target_tags": {}}, context)
+    assert "ec2.DescribeSnapshots" not in calls
+    assert calls["dynamodb.PutItem"] >= 1
+
+
+def test_only_the_first_claim_of_a_trigger_is_its_first_delivery(aws: Aws) -> None:
+    client = ddb()
+    assert claim_first_delivery(client, IDEMPOTENCY_TABLE, "p", "t-1", now=lambda: 1000.0)
+    assert not claim_first_delivery(client, IDEMPOTENCY_TABLE, "p", "t-1")
+    assert claim_first_delivery(client, IDEMPOTENCY_TABLE, "q", "t-1")  # another policy's
+    assert claim_first_delivery(client, IDEMPOTENCY_TABLE, "p", "t-2")  # another trigger's
+    item = client.get_item(
+        TableName=IDEMPOTENCY_TABLE, Key={"id": {"S": run_marker_id("p", "t-1")}}
+    )["Item"]
+    assert item["expiration"] == {"N": str(1000 + RECORD_TTL_SECONDS)}
+    # no record of Powertools can be mistaken for a marker, nor a marker for a record
+    assert not run_marker_id("p", "t-1").startswith(f"{KEY_PREFIX}#")
+    assert not claim_first_delivery(client, "no-such-table", "p", "t-3")
