@@ -62,6 +62,7 @@ deploy: $(STAMP) $(NPM_STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/throttle_throughput.py
+	$(PY) benchmarks/api_calls.py
 
 # Mutation testing (mutmut) of retention, idempotency, snapshots and report against the fast
 # tests; survivors are explained in mutation/survivors.txt. Slow, so not part of `make test`.
