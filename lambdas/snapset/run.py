@@ -6,6 +6,8 @@ Once its instances are known, a run makes its lookups once, not per instance
 (`idempotency.claim_first_delivery`); unless it did, it lists the sets earlier deliveries made
 with one paginated DescribeSnapshots; and it lists the volumes to exclude by tag with one
 paginated DescribeVolumes (`snapshots.run_lookups`). Without a store (the CLI) it always lists.
+A delivery that lists also looks once more for the set of each instance the listing missed,
+just before its CreateSnapshots (`RunLookups.recheck`).
 """
 
 from __future__ import annotations

@@ -482,10 +482,17 @@ class RunLookups:
     when none can exist (the trigger's first delivery, a dry run). `tag_excluded`: the volumes
     `exclude_data_volume_tags` leaves out, by attached instance id. Either is a `ListingFailed`
     when its listing failed, and the instances that need it fail with that error.
+
+    `recheck`: an instance the listing did not find is looked for again just before its
+    CreateSnapshots. A delivery that is not the first may run beside another (a concurrent
+    duplicate) whose set for an instance appears after the listing; its idempotency record
+    guards the instance only while that delivery lives, and if the record could not be saved
+    only the tag look-up finds the set. Redeliveries are rare, so they keep that look-up.
     """
 
     existing_sets: ExistingSets | ListingFailed
     tag_excluded: TagExcluded | ListingFailed
+    recheck: bool = False
 
 
 def _needs_volume_tags(instance: Instance) -> bool:
@@ -521,7 +528,8 @@ def run_lookups(
             excluded = ListingFailed.of(
                 "DescribeVolumes", "finding the volumes exclude_data_volume_tags leaves out", exc
             )
-    return RunLookups(existing_sets=existing, tag_excluded=excluded)
+    recheck = bool(instances) and not first_delivery and not policy.dry_run
+    return RunLookups(existing_sets=existing, tag_excluded=excluded, recheck=recheck)
 
 
 def _already_created(
@@ -543,6 +551,7 @@ def create_snapshot_set(
     plan: SnapshotPlan,
     *,
     existing: tuple[SnapshotInfo, ...] | ListingFailed,
+    recheck: bool = False,
     budget: RetryBudget = NO_RETRY,
     ec2_create: EC2Client,
 ) -> InstanceOutcome:
@@ -551,12 +560,14 @@ def create_snapshot_set(
     With DryRun, AWS answers DryRunOperation when the call would succeed (`dry_run_ok`) and
     UnauthorizedOperation when it would not (`failed`). `existing` is the set the run's listing
     found for this instance (see `run_lookups`): it is reported instead of making another, and
-    when the listing failed the instance fails with its error. Refusals (throttling, EBS rate
-    limits) made no set and are retried within `budget`; after a server error or a lost
-    connection the set may exist, so the retry waits `budget.settle_delay` and looks for it
-    first, and without time for that the instance fails as `CreateSnapshotsUnconfirmed`, for the
-    next delivery to settle. `ec2_create` makes the CreateSnapshots call: a client without
-    botocore retries, which would resend the call blind (`clients.Clients.ec2_create`).
+    when the listing failed the instance fails with its error; with `recheck` (a redelivery,
+    `RunLookups.recheck`) the instance's set is looked for once more just before the call.
+    Refusals (throttling, EBS rate limits) made no set and are retried within `budget`; after a
+    server error or a lost connection the set may exist, so the retry waits
+    `budget.settle_delay` and looks for it first, and without time for that the instance fails
+    as `CreateSnapshotsUnconfirmed`, for the next delivery to settle. `ec2_create` makes the
+    CreateSnapshots call: a client without botocore retries, which would resend the call blind
+    (`clients.Clients.ec2_create`).
     """
     params = build_create_snapshots_request(request, instance_id, plan)
     excluded = plan.excluded_volume_ids
@@ -567,7 +578,7 @@ def create_snapshot_set(
             return _already_created(instance_id, existing, excluded)
     attempt = 0
     # Once a call may have made the set, every later call of this delivery looks first.
-    look_first = False
+    look_first = recheck and not request.policy.dry_run
     while True:
         try:
             if look_first:
@@ -648,6 +659,7 @@ def snapshot_instance(
             existing=existing
             if isinstance(existing, ListingFailed)
             else existing.get(instance.instance_id, ()),
+            recheck=lookups.recheck,
             budget=budget,
             ec2_create=ec2_create,
         )

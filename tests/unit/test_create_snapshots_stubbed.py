@@ -67,6 +67,15 @@ def ec2() -> Any:
     return boto3.client("ec2", region_name="us-east-1")
 
 
+def existing_set_filters(req: SnapshotRequest, instance_id: str) -> list[dict[str, Any]]:
+    """The filters of one instance's look-up for its set (`find_existing_set`)."""
+    return [
+        {"Name": "tag:snapset:trigger-id", "Values": [req.trigger.id]},
+        {"Name": "tag:snapset:instance-id", "Values": [instance_id]},
+        {"Name": "tag:snapset:policy", "Values": [req.policy.name]},
+    ]
+
+
 def run(
     ec2: Any,
     req: SnapshotRequest,
@@ -95,6 +104,14 @@ def run(
             )
         if describe_volumes is not None:
             stub.add_response("describe_volumes", describe_volumes[1], describe_volumes[0])
+        listed = {t["Value"] for s in existing_sets or [] for t in s["Tags"]}
+        if existing_sets is not None and not req.policy.dry_run and inst.instance_id not in listed:
+            # a redelivery looks for the set of an instance its listing missed, just before
+            stub.add_response(
+                "describe_snapshots",
+                {"Snapshots": []},
+                {"OwnerIds": ["self"], "Filters": existing_set_filters(req, inst.instance_id)},
+            )
         if expected is not None:
             if error is not None:
                 stub.add_client_error(
@@ -360,6 +377,40 @@ def test_a_redelivery_makes_the_set_of_an_instance_the_listing_did_not_find(ec2:
     assert outcome.status is InstanceStatus.STARTED
     assert outcome.reason is None
     assert [s.volume_id for s in outcome.snapshots] == [ROOT]
+
+
+def test_a_redelivery_finds_a_set_made_after_its_listing_and_makes_none(ec2: Any) -> None:
+    """A concurrent duplicate delivery made the set after this delivery's listing (and could
+    not save its record): the look-up just before CreateSnapshots finds it."""
+    req, inst = request(), instance(extra_data=0)
+    lookups_params = {
+        "OwnerIds": ["self"],
+        "Filters": [
+            {"Name": "tag:snapset:trigger-id", "Values": [req.trigger.id]},
+            {"Name": "tag:snapset:policy", "Values": [req.policy.name]},
+        ],
+        "MaxResults": 1000,
+    }
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_snapshots", {"Snapshots": []}, lookups_params)
+        stub.add_response(
+            "describe_snapshots",
+            {"Snapshots": [managed_snapshot(7, IID, ROOT)]},
+            {"OwnerIds": ["self"], "Filters": existing_set_filters(req, IID)},
+        )
+        lookups = run_lookups(ec2, req, [inst], first_delivery=False)
+        outcome = snapshot_instance(ec2, req, inst, ec2_create=ec2, lookups=lookups)
+        stub.assert_no_pending_responses()  # and no CreateSnapshots: the stub has none
+    assert outcome.status is InstanceStatus.STARTED
+    assert outcome.reason == "set already created by an earlier delivery of this trigger"
+    assert [s.snapshot_id for s in outcome.snapshots] == [f"snap-{7:017x}"]
+
+
+def test_a_first_delivery_neither_lists_nor_looks(ec2: Any) -> None:
+    req, inst = request(), instance(extra_data=0)
+    lookups = run_lookups(ec2, req, [inst], first_delivery=True)
+    assert not lookups.recheck
+    assert lookups.existing_sets == {}
 
 
 def test_the_sets_listing_follows_every_page_and_groups_by_instance(ec2: Any) -> None:
