@@ -45,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 # Longer than Lambda's longest async retry window (6 h) and any Scheduler retry.
 RECORD_TTL_SECONDS = 48 * 3600
+# A trigger id can come back long after the records expire (a manual run re-invoked with its
+# request_id); while the marker lives, that delivery still lists instead of trusting it is the
+# first. One small item per run, so it may live long.
+MARKER_TTL_SECONDS = 400 * 24 * 3600
 # A fixed prefix keeps record ids stable across function renames and refactors.
 KEY_PREFIX = "snapset-snapshot-set"
 DDB_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5)
@@ -69,14 +73,15 @@ def claim_first_delivery(
     now: Callable[[], float] = time.time,
 ) -> bool:
     """Whether this is the first delivery of the trigger: True only for the delivery whose
-    conditional PutItem wrote the trigger's run marker, which expires with the records.
+    conditional PutItem wrote the trigger's run marker (kept `MARKER_TTL_SECONDS`, far longer
+    than the records).
 
     A delivery that finds the marker (a redelivery, or a concurrent duplicate) gets False, and
     so does one that could not write it: False only costs the listing of the trigger's sets.
     """
     item = {
         KEY_ATTRIBUTE: {"S": run_marker_id(policy, trigger_id)},
-        EXPIRY_ATTRIBUTE: {"N": str(int(now()) + RECORD_TTL_SECONDS)},
+        EXPIRY_ATTRIBUTE: {"N": str(int(now()) + MARKER_TTL_SECONDS)},
     }
     try:
         dynamodb.put_item(

@@ -19,7 +19,7 @@ from snapset import handler as handler_module
 from snapset.handler import handler
 from snapset.idempotency import (
     KEY_PREFIX,
-    RECORD_TTL_SECONDS,
+    MARKER_TTL_SECONDS,
     claim_first_delivery,
     run_marker_id,
 )
@@ -80,7 +80,7 @@ def test_the_first_delivery_looks_for_no_earlier_set(
     assert ec2_calls(calls) == {"ec2.DescribeInstances": 1, "ec2.CreateSnapshots": 5}
     # the marker that told it so: one conditional PutItem, expiring with the records
     marker = ddb().get_item(TableName=IDEMPOTENCY_TABLE, Key={"id": {"S": "snapset-run#p#r-1"}})
-    assert int(marker["Item"]["expiration"]["N"]) - time.time() > RECORD_TTL_SECONDS - 60
+    assert int(marker["Item"]["expiration"]["N"]) - time.time() > MARKER_TTL_SECONDS - 60
 
 
 def test_a_redelivery_lists_the_sets_once_and_makes_none(
@@ -208,7 +208,7 @@ def test_only_the_first_claim_of_a_trigger_is_its_first_delivery(aws: Aws) -> No
     item = client.get_item(
         TableName=IDEMPOTENCY_TABLE, Key={"id": {"S": run_marker_id("p", "t-1")}}
     )["Item"]
-    assert item["expiration"] == {"N": str(1000 + RECORD_TTL_SECONDS)}
+    assert item["expiration"] == {"N": str(1000 + MARKER_TTL_SECONDS)}
     # no record of Powertools can be mistaken for a marker, nor a marker for a record
     assert not run_marker_id("p", "t-1").startswith(f"{KEY_PREFIX}#")
     assert not claim_first_delivery(client, "no-such-table", "p", "t-3")
