@@ -28,6 +28,14 @@ os.environ.update(
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_ENDPOINT_URL", None)
 
+# In-process moto (tests/unit, tests/retention, tests/cli) as faithful and as fast as the local
+# AWS server: tag lookups by resource id, not a scan of every tag; MaxResults and NextToken
+# honoured, so the code's paging is exercised. (The server installs them in build_app.)
+from localaws import ec2_pagination, ec2_tag_index  # noqa: E402
+
+ec2_tag_index.install()
+ec2_pagination.install()
+
 
 def load_event(name: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((FIXTURES / "events" / f"{name}.json").read_text())

@@ -19,7 +19,7 @@ from infra.config import ScheduleConfig
 from infra.schedule_times import FireTime, UnsupportedSchedule, next_fire_times
 from snapset.outcomes import InstanceStatus
 from snapset.plan import Plan
-from snapset.snapshots import Instance
+from snapset.targets import Instance
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client

@@ -36,7 +36,8 @@ from pydantic import BaseModel, ConfigDict
 
 from snapset.errors import IDEMPOTENCY_STORE_ERROR, IN_PROGRESS, error_code
 from snapset.outcomes import InstanceOutcome, InstanceStatus
-from snapset.snapshots import Instance, SnapshotFn
+from snapset.snapshots import SnapshotFn
+from snapset.targets import Instance
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext

@@ -21,16 +21,9 @@ from pydantic import BaseModel, ConfigDict
 from snapset.errors import UNEXPECTED_ERROR, error_code, error_message
 from snapset.outcomes import ErrorInfo, InstanceOutcome, InstanceStatus
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
-from snapset.retention import RetentionPreview, preview_retention
-from snapset.snapshots import (
-    UNSNAPSHOTTABLE_STATES,
-    Instance,
-    RunLookups,
-    create_snapshot_set,
-    find_targets,
-    plan_instance,
-    run_lookups,
-)
+from snapset.retention_preview import RetentionPreview, preview_retention
+from snapset.snapshots import RunLookups, create_snapshot_set, plan_instance, run_lookups
+from snapset.targets import UNSNAPSHOTTABLE_STATES, Instance, find_targets
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client

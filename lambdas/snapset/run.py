@@ -29,17 +29,8 @@ from snapset.outcomes import ErrorInfo, InstanceOutcome
 from snapset.policy import SnapshotRequest
 from snapset.report import ReportStatus, RunReport, build_report
 from snapset.retention import with_retention
-from snapset.snapshots import (
-    Instance,
-    RetryBudget,
-    SnapshotFn,
-    describe_instance,
-    find_targets,
-    matches_policy,
-    run_lookups,
-    snapshot_all,
-    snapshot_instance,
-)
+from snapset.snapshots import RetryBudget, SnapshotFn, run_lookups, snapshot_all, snapshot_instance
+from snapset.targets import Instance, describe_instance, find_targets, matches_policy
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext

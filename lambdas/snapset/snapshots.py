@@ -1,4 +1,6 @@
-"""The snapshot engine: find target instances, resolve exclusions, call CreateSnapshots.
+"""The snapshot engine: resolve each target instance's exclusions, call CreateSnapshots.
+
+The instances come from `targets` (DescribeInstances).
 
 Every function takes its boto3 client as an argument. Failures are returned as values
 (`InstanceOutcome`), never raised, so one instance never stops the others.
@@ -15,11 +17,10 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
@@ -29,7 +30,6 @@ from snapset.deadline import NEVER, Deadline
 from snapset.errors import (
     CREATE_UNCONFIRMED,
     DRY_RUN_OPERATION,
-    INSTANCE_NOT_FOUND,
     REFUSED_CODES,
     ROOT_VOLUME_EXCLUDED,
     SERVER_ERROR_CODES,
@@ -50,6 +50,12 @@ from snapset.policy import (
     SnapshotRequest,
     expand_template,
 )
+from snapset.targets import (
+    FILTER_VALUES_PER_CALL,
+    UNSNAPSHOTTABLE_STATES,
+    Instance,
+    tag_filters,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -61,12 +67,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# EC2 accepts at most 200 values in one filter.
-_FILTER_VALUES_PER_CALL = 200
 # The largest pages the listings allow: calls grow with pages, not instances.
 _SNAPSHOTS_PER_PAGE = 1000
 _VOLUMES_PER_PAGE = 500
-UNSNAPSHOTTABLE_STATES = {"terminated", "shutting-down"}
 
 
 @dataclass(frozen=True)
@@ -124,128 +127,6 @@ def create_error_kind(exc: Exception) -> Literal["refused", "unconfirmed", "perm
 
 
 @dataclass(frozen=True)
-class AttachedVolume:
-    volume_id: str
-    device_name: str
-    is_root: bool
-
-
-@dataclass(frozen=True)
-class Instance:
-    """What the engine needs to know of an instance, from DescribeInstances."""
-
-    instance_id: str
-    state: str
-    tags: dict[str, str]
-    volumes: tuple[AttachedVolume, ...]
-    outpost_arn: str | None = None
-
-    @classmethod
-    def from_api(cls, raw: Any) -> Instance:
-        root_device = raw.get("RootDeviceName")
-        volumes = tuple(
-            AttachedVolume(
-                volume_id=m["Ebs"]["VolumeId"],
-                device_name=m["DeviceName"],
-                is_root=m["DeviceName"] == root_device,
-            )
-            for m in raw.get("BlockDeviceMappings", [])
-            if "Ebs" in m and "VolumeId" in m["Ebs"]
-        )
-        return cls(
-            instance_id=raw["InstanceId"],
-            state=raw.get("State", {}).get("Name", "unknown"),
-            tags={t["Key"]: t["Value"] for t in raw.get("Tags", [])},
-            volumes=volumes,
-            outpost_arn=raw.get("OutpostArn"),
-        )
-
-
-@dataclass(frozen=True)
-class Targets:
-    """Instances found for a policy, and failures for requested IDs that do not exist."""
-
-    instances: list[Instance]
-    missing: list[InstanceOutcome] = field(default_factory=list)
-
-
-def _describe(ec2: EC2Client, filters: Sequence[FilterTypeDef]) -> Iterable[Instance]:
-    paginator = ec2.get_paginator("describe_instances")
-    for page in paginator.paginate(Filters=list(filters), PaginationConfig={"PageSize": 1000}):
-        for reservation in page.get("Reservations", []):
-            for raw in reservation.get("Instances", []):
-                yield Instance.from_api(raw)
-
-
-def _tag_filters(tags: dict[str, list[str]]) -> list[FilterTypeDef]:
-    return [{"Name": f"tag:{key}", "Values": list(values)} for key, values in tags.items()]
-
-
-def find_targets(ec2: EC2Client, policy: SnapshotPolicy) -> Targets:
-    """Resolve a policy's targets with DescribeInstances, one call per page.
-
-    Targets are the union of `instance_ids` and instances matching every `target_tags` key. An ID
-    that does not exist becomes a failed outcome (InvalidInstanceID.NotFound); filtering by
-    `instance-id` instead of passing InstanceIds keeps one unknown ID from failing the whole call.
-    """
-    found: dict[str, Instance] = {}
-    ids = list(policy.instance_ids)
-    for start in range(0, len(ids), _FILTER_VALUES_PER_CALL):
-        chunk = ids[start : start + _FILTER_VALUES_PER_CALL]
-        for inst in _describe(ec2, [{"Name": "instance-id", "Values": chunk}]):
-            found[inst.instance_id] = inst
-    if policy.target_tags:
-        for inst in _describe(ec2, _tag_filters(policy.target_tags)):
-            found[inst.instance_id] = inst
-    missing = [
-        InstanceOutcome.failed(
-            i, INSTANCE_NOT_FOUND, f"{i}: no such instance in this account and region"
-        )
-        for i in ids
-        if i not in found
-    ]
-    return Targets(instances=sorted(found.values(), key=lambda i: i.instance_id), missing=missing)
-
-
-def describe_instance(ec2: EC2Client, instance_id: str) -> Instance | None:
-    """Describe one instance (for an instance event); None when it does not exist."""
-    for inst in _describe(ec2, [{"Name": "instance-id", "Values": [instance_id]}]):
-        return inst
-    return None
-
-
-def ec2_filter_match(value: str, pattern: str) -> bool:
-    """Match a value as an EC2 filter would: `*` any run, `?` one character, `\\` escapes."""
-    parts: list[str] = []
-    chars = iter(pattern)
-    for char in chars:
-        if char == "\\":
-            parts.append(re.escape(next(chars, "\\")))
-        elif char == "*":
-            parts.append(".*")
-        elif char == "?":
-            parts.append(".")
-        else:
-            parts.append(re.escape(char))
-    return re.fullmatch("".join(parts), value, re.DOTALL) is not None
-
-
-def _tags_match(tags: dict[str, str], wanted: dict[str, list[str]]) -> bool:
-    # An instance event is checked locally; it must agree with the schedule's EC2 tag filters.
-    return all(
-        key in tags and any(ec2_filter_match(tags[key], pattern) for pattern in patterns)
-        for key, patterns in wanted.items()
-    )
-
-
-def matches_policy(instance: Instance, policy: SnapshotPolicy) -> bool:
-    """Whether a policy targets this instance (by ID, or by carrying all its target tags)."""
-    if instance.instance_id in policy.instance_ids:
-        return True
-    return bool(policy.target_tags) and _tags_match(instance.tags, policy.target_tags)
-
-
-@dataclass(frozen=True)
 class SnapshotPlan:
     """The volumes of one instance to snapshot and the data volumes to exclude."""
 
@@ -287,11 +168,11 @@ def list_tag_excluded_volumes(
     if not policy.exclude_data_volume_tags:
         return {}
     paginator = ec2.get_paginator("describe_volumes")
-    for start in range(0, len(instance_ids), _FILTER_VALUES_PER_CALL):
-        chunk = list(instance_ids[start : start + _FILTER_VALUES_PER_CALL])
+    for start in range(0, len(instance_ids), FILTER_VALUES_PER_CALL):
+        chunk = list(instance_ids[start : start + FILTER_VALUES_PER_CALL])
         filters: list[FilterTypeDef] = [
             {"Name": "attachment.instance-id", "Values": chunk},
-            *_tag_filters(policy.exclude_data_volume_tags),
+            *tag_filters(policy.exclude_data_volume_tags),
         ]
         pages = paginator.paginate(
             Filters=filters, PaginationConfig={"PageSize": _VOLUMES_PER_PAGE}

@@ -17,7 +17,8 @@ from moto.ec2.models import ec2_backends
 from localaws.ec2_images import install
 from localaws.fleet import MOTO_ACCOUNT
 from snapset.policy import TAG_INSTANCE_ID, TAG_POLICY, TAG_TRIGGER_ID, Retention
-from snapset.retention import SnapshotRecord, SnapshotSet, explain_retention
+from snapset.retention import SnapshotRecord, SnapshotSet
+from snapset.retention_preview import explain_retention
 from snapset_cli import main as cli
 from tests.cli.conftest import REGION, Fleet, write_json
 

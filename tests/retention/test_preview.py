@@ -11,7 +11,8 @@ from botocore.exceptions import ClientError
 
 from localaws.fleet import FleetInstance
 from snapset.policy import Retention, SnapshotPolicy
-from snapset.retention import (
+from snapset.retention import SnapshotRecord, SnapshotSet
+from snapset.retention_preview import (
     DELETE,
     KEEP,
     REASON_CURRENT,
@@ -22,8 +23,6 @@ from snapset.retention import (
     REASON_UNCHECKED,
     REASON_WITHIN_AGE,
     REASON_WITHIN_COUNT,
-    SnapshotRecord,
-    SnapshotSet,
     explain_retention,
     preview_retention,
 )

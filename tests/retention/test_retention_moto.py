@@ -19,7 +19,8 @@ from snapset.deadline import Deadline
 from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionResult
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
 from snapset.retention import apply_retention, with_retention
-from snapset.snapshots import describe_instance, run_lookups, snapshot_instance
+from snapset.snapshots import run_lookups, snapshot_instance
+from snapset.targets import describe_instance
 from tests.retention.conftest import NOW, REGION, Aws, logged, managed_tags
 
 CURRENT = "run-now"
@@ -386,7 +387,7 @@ def test_an_ami_registered_after_the_check_gives_moto_s_in_use_error(
         aws.register_ami(sets[3][0])
         return set()
 
-    monkeypatch.setattr(retention, "_ami_backed", check_then_register)
+    monkeypatch.setattr(retention, "ami_backed_ids", check_then_register)
     result = apply_retention(aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW)
     assert set(result.deleted) == ids(sets, [2, 3]) - {sets[3][0]}
     [error] = result.errors

@@ -12,12 +12,8 @@ from botocore.stub import ANY, Stubber
 from snapset.errors import ROOT_VOLUME_EXCLUDED, TOO_MANY_EXCLUSIONS
 from snapset.outcomes import InstanceStatus
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
-from snapset.snapshots import (
-    AttachedVolume,
-    Instance,
-    run_lookups,
-    snapshot_instance,
-)
+from snapset.snapshots import run_lookups, snapshot_instance
+from snapset.targets import AttachedVolume, Instance
 
 IID = "i-0123456789abcdef0"
 ROOT = "vol-00000000000000001"

@@ -14,7 +14,8 @@ from botocore.exceptions import ClientError
 from snapset.errors import IDEMPOTENCY_STORE_ERROR, IN_PROGRESS
 from snapset.idempotency import KEY_PREFIX, idempotent_snapshots
 from snapset.outcomes import InstanceOutcome
-from snapset.snapshots import Instance, SnapshotFn
+from snapset.snapshots import SnapshotFn
+from snapset.targets import Instance
 from tests.unit.conftest import IDEMPOTENCY_TABLE, Aws
 from tests.unit.test_safety_properties import INSTANCE, STARTED
 

@@ -21,14 +21,8 @@ from snapset.handler import IncompleteRun, handler
 from snapset.idempotency import KEY_PREFIX
 from snapset.outcomes import InstanceStatus
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
-from snapset.snapshots import (
-    AttachedVolume,
-    Instance,
-    RetryBudget,
-    RunLookups,
-    create_error_kind,
-    snapshot_instance,
-)
+from snapset.snapshots import RetryBudget, RunLookups, create_error_kind, snapshot_instance
+from snapset.targets import AttachedVolume, Instance
 from tests.conftest import load_event
 from tests.unit.conftest import IDEMPOTENCY_TABLE, Aws, LambdaContext
 

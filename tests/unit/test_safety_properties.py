@@ -15,7 +15,7 @@ from snapset.errors import TIMEOUT
 from snapset.handler import handler
 from snapset.idempotency import idempotent_snapshots
 from snapset.outcomes import InstanceOutcome, InstanceStatus, SnapshotInfo
-from snapset.snapshots import AttachedVolume, Instance
+from snapset.targets import AttachedVolume, Instance
 from tests.unit.conftest import COMPLETER, IDEMPOTENCY_TABLE, Aws, LambdaContext, deploy_policies
 from tests.unit.test_retention_in_run import age_all_snapshots
 
