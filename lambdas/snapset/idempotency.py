@@ -8,9 +8,13 @@ Outcomes other than `started` are not recorded, so a retry redoes exactly those 
 
 A record alone cannot cover a crash between CreateSnapshots and saving it, or a record that
 could not be saved: the set's tags can, so a redelivery lists the trigger's sets once
-(`snapshots.list_existing_sets`). The first delivery skips that listing: it claims the trigger
-with a run marker in the same table (`claim_first_delivery`), and only the delivery that wrote
-the marker knows that no set of the trigger can exist yet.
+(`snapshots.list_existing_sets`) and looks for each missing one again just before its
+CreateSnapshots. The first delivery skips both: it claims the trigger with a run marker in the
+same table (`claim_delivery`). The delivery that wrote the marker holds the trigger until it
+releases the marker at its end (`release_delivery`) or its invocation's deadline passes; a
+duplicate arriving meanwhile stands down without a call to EC2 (its instances fail as
+`InProgress`, so Lambda redelivers it), so no other delivery makes a set while the first runs
+without looking.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, cast
 
 from aws_lambda_powertools.utilities.idempotency import (
@@ -65,24 +70,43 @@ def run_marker_id(policy: str, trigger_id: str) -> str:
     return f"{RUN_KEY_PREFIX}#{policy}#{trigger_id}"
 
 
-def claim_first_delivery(
+HOLDS_UNTIL_ATTRIBUTE = "holds_until"
+# Lambda's longest invocation: a claim made without a context holds this long at most.
+MAX_INVOCATION_SECONDS = 900
+
+
+class Delivery(StrEnum):
+    """What the run marker says of this delivery of a trigger (`claim_delivery`)."""
+
+    FIRST = "first"  # it wrote the marker: no set of the trigger exists yet, none is made beside it
+    RUNNING = "running"  # another delivery holds the marker: stand down, be redelivered
+    LATER = "later"  # the marker is released or its holder's deadline passed, or unknown
+
+
+def claim_delivery(
     dynamodb: Any,
     table_name: str,
     policy: str,
     trigger_id: str,
     *,
+    holds_for_seconds: float = MAX_INVOCATION_SECONDS,
     now: Callable[[], float] = time.time,
-) -> bool:
-    """Whether this is the first delivery of the trigger: True only for the delivery whose
-    conditional PutItem wrote the trigger's run marker (kept `MARKER_TTL_SECONDS`, far longer
-    than the records).
+) -> Delivery:
+    """Claim the trigger's run marker for this delivery, held `holds_for_seconds` (the
+    invocation's remaining time) unless released first.
 
-    A delivery that finds the marker (a redelivery, or a concurrent duplicate) gets False, and
-    so does one that could not write it: False only costs the listing of the trigger's sets.
+    A conditional PutItem writes the marker (kept `MARKER_TTL_SECONDS`, far longer than the
+    records): `FIRST`. A marker already there is read back (consistent read): still held by a
+    live delivery, `RUNNING`; released or past its holder's deadline, `LATER`. A marker that
+    cannot be written gives `LATER` (the listing and the look-ups then cover it), one that
+    cannot be read back `RUNNING` (a live holder would not look before its calls).
     """
+    key = {KEY_ATTRIBUTE: {"S": run_marker_id(policy, trigger_id)}}
+    started = now()
     item = {
-        KEY_ATTRIBUTE: {"S": run_marker_id(policy, trigger_id)},
-        EXPIRY_ATTRIBUTE: {"N": str(int(now()) + MARKER_TTL_SECONDS)},
+        **key,
+        EXPIRY_ATTRIBUTE: {"N": str(int(started) + MARKER_TTL_SECONDS)},
+        HOLDS_UNTIL_ATTRIBUTE: {"N": str(int(started + holds_for_seconds) + 1)},
     }
     try:
         dynamodb.put_item(
@@ -94,12 +118,35 @@ def claim_first_delivery(
     except ClientError as exc:
         if error_code(exc) != "ConditionalCheckFailedException":
             logger.exception("writing the run marker of %s failed; listing its sets", trigger_id)
-        return False
+            return Delivery.LATER
     except Exception:
-        # Whatever went wrong, the safe answer is the listing.
         logger.exception("writing the run marker of %s failed; listing its sets", trigger_id)
-        return False
-    return True
+        return Delivery.LATER
+    else:
+        return Delivery.FIRST
+    try:
+        found = dynamodb.get_item(TableName=table_name, Key=key, ConsistentRead=True).get("Item")
+    except Exception:
+        logger.exception("reading the run marker of %s failed; standing down", trigger_id)
+        return Delivery.RUNNING
+    holds_until = float((found or {}).get(HOLDS_UNTIL_ATTRIBUTE, {}).get("N", "0"))
+    return Delivery.RUNNING if holds_until > now() else Delivery.LATER
+
+
+def release_delivery(dynamodb: Any, table_name: str, policy: str, trigger_id: str) -> None:
+    """Release the trigger's run marker at the end of the delivery that holds it, so that a
+    later delivery runs (listing and looking) instead of standing down. A release that fails
+    only makes later deliveries stand down until the holder's deadline."""
+    try:
+        dynamodb.update_item(
+            TableName=table_name,
+            Key={KEY_ATTRIBUTE: {"S": run_marker_id(policy, trigger_id)}},
+            UpdateExpression="SET #holds = :zero",
+            ExpressionAttributeNames={"#holds": HOLDS_UNTIL_ATTRIBUTE},
+            ExpressionAttributeValues={":zero": {"N": "0"}},
+        )
+    except Exception:
+        logger.exception("releasing the run marker of %s failed", trigger_id)
 
 
 class SnapshotKey(BaseModel):

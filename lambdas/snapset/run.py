@@ -2,19 +2,20 @@
 build the report.
 
 Once its instances are known, a run makes its lookups once, not per instance
-(`Engine.for_targets`): with an idempotency store it first claims the trigger's first delivery
-(`idempotency.claim_first_delivery`); unless it did, it lists the sets earlier deliveries made
-with one paginated DescribeSnapshots; and it lists the volumes to exclude by tag with one
+(`Engine.for_targets`): with an idempotency store it first claims the trigger's run marker
+(`idempotency.claim_delivery`). The first delivery makes no look-up (a manual run's excepted:
+the CLI may have used its request id, and keeps no marker) and releases the marker when done;
+a duplicate arriving while it runs stands down without calling EC2; any other delivery lists
+the sets earlier deliveries made with one paginated DescribeSnapshots and looks again for each
+missing one just before its CreateSnapshots. The volumes to exclude by tag come from one
 paginated DescribeVolumes (`snapshots.run_lookups`). Without a store (the CLI) it always lists.
-A delivery that lists also looks once more for the set of each instance the listing missed,
-just before its CreateSnapshots (`RunLookups.recheck`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -23,10 +24,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from snapset.clients import Clients
 from snapset.deadline import Deadline
-from snapset.errors import INSTANCE_NOT_FOUND, error_code
-from snapset.idempotency import claim_first_delivery, idempotent_snapshots
+from snapset.errors import IN_PROGRESS, INSTANCE_NOT_FOUND, error_code
+from snapset.idempotency import (
+    MAX_INVOCATION_SECONDS,
+    Delivery,
+    claim_delivery,
+    idempotent_snapshots,
+    release_delivery,
+)
 from snapset.outcomes import ErrorInfo, InstanceOutcome
-from snapset.policy import SnapshotRequest
+from snapset.policy import SnapshotRequest, TriggerType
 from snapset.report import ReportStatus, RunReport, build_report
 from snapset.retention import with_retention
 from snapset.snapshots import RetryBudget, SnapshotFn, run_lookups, snapshot_all, snapshot_instance
@@ -91,21 +98,48 @@ class Engine:
     idempotency: IdempotencyStore | None
     wrap: Callable[[SnapshotFn], SnapshotFn] = _as_is
 
-    def _first_delivery(self, instances: Sequence[Instance]) -> bool:
+    # Whether this run holds the trigger's run marker (released by `release`).
+    _held: list[bool] = field(default_factory=list)
+
+    def _claim(self, instances: Sequence[Instance]) -> Delivery | None:
         store = self.idempotency
         if store is None or not instances or self.request.policy.dry_run:
             # Without a store nothing can tell a first delivery; a dry run makes no set.
-            return False
-        return claim_first_delivery(
-            store.dynamodb, store.table_name, self.request.policy.name, self.request.trigger.id
+            return None
+        context = store.context
+        holds = (
+            context.get_remaining_time_in_millis() / 1000
+            if context is not None
+            else MAX_INVOCATION_SECONDS
+        )
+        delivery = claim_delivery(
+            store.dynamodb,
+            store.table_name,
+            self.request.policy.name,
+            self.request.trigger.id,
+            holds_for_seconds=holds,
+        )
+        if delivery is Delivery.FIRST:
+            self._held.append(True)
+        return delivery
+
+    def _stand_down(self, instance: Instance) -> InstanceOutcome:
+        iid = instance.instance_id
+        return InstanceOutcome.failed(
+            iid,
+            IN_PROGRESS,
+            f"{iid}: another delivery of this trigger is running; a redelivery reports its result",
         )
 
     def for_targets(self, instances: Sequence[Instance]) -> SnapshotFn:
         """The per-instance snapshot function for these instances, after the run's lookups."""
         request = self.request
-        lookups = run_lookups(
-            self.clients.ec2, request, instances, first_delivery=self._first_delivery(instances)
-        )
+        delivery = self._claim(instances)
+        if delivery is Delivery.RUNNING:
+            return self.wrap(self._stand_down)
+        # The CLI keeps no marker, and a manual request id may be one it used: look anyway.
+        first = delivery is Delivery.FIRST and request.trigger.type is not TriggerType.MANUAL
+        lookups = run_lookups(self.clients.ec2, request, instances, first_delivery=first)
         engine: SnapshotFn = partial(
             snapshot_instance,
             self.clients.ec2,
@@ -125,6 +159,15 @@ class Engine:
                 dynamodb_client=store.dynamodb,
             )
         return self.wrap(engine)
+
+    def release(self) -> None:
+        """Release the trigger's run marker if this run holds it (at the run's end)."""
+        store = self.idempotency
+        if store is not None and self._held:
+            self._held.clear()
+            release_delivery(
+                store.dynamodb, store.table_name, self.request.policy.name, self.request.trigger.id
+            )
 
 
 def build_engine(
@@ -198,5 +241,8 @@ def run_request(
             ec2, policy, outcome, request.trigger.id, datetime.now(UTC), deadline=deadline
         )
 
-    outcomes = missing + snapshot_all(instances, snapshot_then_retain, max_workers)
+    try:
+        outcomes = missing + snapshot_all(instances, snapshot_then_retain, max_workers)
+    finally:
+        engine.release()
     return build_report(policy.name, request.trigger, policy.dry_run, outcomes)

@@ -7,10 +7,11 @@ Every function takes its boto3 client as an argument. Failures are returned as v
 
 What a run must know besides its instances costs calls per page, not per instance
 (`run_lookups`): one paginated DescribeVolumes for the volumes `exclude_data_volume_tags`
-leaves out and, unless this is the trigger's first delivery (when no set of it can exist yet,
-see `idempotency.claim_first_delivery`), one paginated DescribeSnapshots for the sets earlier
-deliveries made. Only after a CreateSnapshots error that may have made the set does the retry
-look for that one set first (`find_existing_set`).
+leaves out and, unless the run holds the trigger's first delivery (when no set of it can exist
+yet, see `idempotency.claim_delivery`), one paginated DescribeSnapshots for the sets earlier
+deliveries made. A run that lists also looks for each instance's set once more just before its
+CreateSnapshots (`RunLookups.recheck`), and after a CreateSnapshots error that may have made
+the set every retry looks first (`find_existing_set`).
 """
 
 from __future__ import annotations
@@ -339,9 +340,9 @@ def list_existing_sets(
 def find_existing_set(
     ec2: EC2Client, policy: str, trigger_id: str, instance_id: str
 ) -> tuple[SnapshotInfo, ...]:
-    """Snapshots this trigger already made for one instance (after a CreateSnapshots error that
-    may have made them; a run looks for every instance's set at once with `list_existing_sets`).
-    """
+    """Snapshots this trigger already made for one instance: the look-up just before a
+    CreateSnapshots that a set may precede (`RunLookups.recheck`, or after an error that may
+    have made it); `list_existing_sets` looks for every instance's set at once."""
     paginator = ec2.get_paginator("describe_snapshots")
     filters: list[FilterTypeDef] = [
         {"Name": f"tag:{TAG_TRIGGER_ID}", "Values": [trigger_id]},
@@ -357,21 +358,21 @@ def find_existing_set(
 
 @dataclass(frozen=True)
 class RunLookups:
-    """What a run's listings found, so that no instance needs a lookup of its own.
+    """What a run's listings found for its instances.
 
     `existing_sets`: the sets earlier deliveries of this trigger made, by instance id; empty
-    when none can exist (the trigger's first delivery, a dry run). `tag_excluded`: the volumes
-    `exclude_data_volume_tags` leaves out, by attached instance id. Either is a `ListingFailed`
-    when its listing failed, and the instances that need it fail with that error.
+    when none can exist (the trigger's first delivery, a dry run) or when the listing failed.
+    `tag_excluded`: the volumes `exclude_data_volume_tags` leaves out, by attached instance id,
+    or a `ListingFailed` when its listing failed, and the instances that need it fail with it.
 
     `recheck`: an instance the listing did not find is looked for again just before its
-    CreateSnapshots. A delivery that is not the first may run beside another (a concurrent
-    duplicate) whose set for an instance appears after the listing; its idempotency record
-    guards the instance only while that delivery lives, and if the record could not be saved
-    only the tag look-up finds the set. Redeliveries are rare, so they keep that look-up.
+    CreateSnapshots (a failed listing leaves every instance to that look-up). A delivery that is
+    not the first may follow another whose set for an instance appears after the listing
+    (made just before that delivery ended, its record unsaved), and only the tag look-up finds
+    it. Redeliveries are rare, so they keep that look-up.
     """
 
-    existing_sets: ExistingSets | ListingFailed
+    existing_sets: ExistingSets
     tag_excluded: TagExcluded | ListingFailed
     recheck: bool = False
 
@@ -387,17 +388,19 @@ def run_lookups(
     the policy has `exclude_data_volume_tags`) and, unless `first_delivery` says no set of this
     trigger can exist yet or this is a dry run, the sets earlier deliveries made.
 
-    A listing that fails is a `ListingFailed` value naming the call, not an exception.
+    A failed volume listing is a `ListingFailed` value naming the call, not an exception; a
+    failed sets listing leaves each instance to its own look-up (`recheck`).
     """
     policy = request.policy
-    existing: ExistingSets | ListingFailed = {}
+    existing: ExistingSets = {}
     if instances and not first_delivery and not policy.dry_run:
         try:
             existing = list_existing_sets(ec2, policy.name, request.trigger.id)
-        except (ClientError, BotoCoreError) as exc:
-            logger.exception("listing the sets of trigger %s failed", request.trigger.id)
-            existing = ListingFailed.of(
-                "DescribeSnapshots", "looking for sets earlier deliveries made", exc
+        except (ClientError, BotoCoreError):
+            # One failed listing must not cost every instance its set: each looks for its own.
+            logger.exception(
+                "listing the sets of trigger %s failed; each instance looks for its own",
+                request.trigger.id,
             )
     excluded: TagExcluded | ListingFailed = {}
     ids = [i.instance_id for i in instances if _needs_volume_tags(i)]
@@ -431,7 +434,7 @@ def create_snapshot_set(
     instance_id: str,
     plan: SnapshotPlan,
     *,
-    existing: tuple[SnapshotInfo, ...] | ListingFailed,
+    existing: tuple[SnapshotInfo, ...],
     recheck: bool = False,
     budget: RetryBudget = NO_RETRY,
     ec2_create: EC2Client,
@@ -440,9 +443,9 @@ def create_snapshot_set(
 
     With DryRun, AWS answers DryRunOperation when the call would succeed (`dry_run_ok`) and
     UnauthorizedOperation when it would not (`failed`). `existing` is the set the run's listing
-    found for this instance (see `run_lookups`): it is reported instead of making another, and
-    when the listing failed the instance fails with its error; with `recheck` (a redelivery,
-    `RunLookups.recheck`) the instance's set is looked for once more just before the call.
+    found for this instance (see `run_lookups`): it is reported instead of making another; with
+    `recheck` (a redelivery, `RunLookups.recheck`) the instance's set is looked for once more
+    just before the call.
     Refusals (throttling, EBS rate limits) made no set and are retried within `budget`; after a
     server error or a lost connection the set may exist, so the retry waits
     `budget.settle_delay` and looks for it first, and without time for that the instance fails
@@ -452,11 +455,8 @@ def create_snapshot_set(
     """
     params = build_create_snapshots_request(request, instance_id, plan)
     excluded = plan.excluded_volume_ids
-    if not request.policy.dry_run:
-        if isinstance(existing, ListingFailed):
-            return existing.outcome(instance_id, excluded)
-        if existing:
-            return _already_created(instance_id, existing, excluded)
+    if existing and not request.policy.dry_run:
+        return _already_created(instance_id, existing, excluded)
     attempt = 0
     # Once a call may have made the set, every later call of this delivery looks first.
     look_first = recheck and not request.policy.dry_run
@@ -531,15 +531,12 @@ def snapshot_instance(
         plan = plan_instance(request.policy, instance, lookups.tag_excluded)
         if isinstance(plan, InstanceOutcome):
             return plan
-        existing = lookups.existing_sets
         return create_snapshot_set(
             ec2,
             request,
             instance.instance_id,
             plan,
-            existing=existing
-            if isinstance(existing, ListingFailed)
-            else existing.get(instance.instance_id, ()),
+            existing=lookups.existing_sets.get(instance.instance_id, ()),
             recheck=lookups.recheck,
             budget=budget,
             ec2_create=ec2_create,

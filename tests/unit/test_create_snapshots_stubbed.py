@@ -486,15 +486,18 @@ def test_a_failed_volume_listing_fails_each_instance_that_needed_it_naming_the_c
     assert skipped.status is InstanceStatus.SKIPPED  # it did not need the listing
 
 
-def test_a_failed_sets_listing_fails_the_instance_and_a_redelivery_retries_it(ec2: Any) -> None:
+def test_a_failed_sets_listing_leaves_each_instance_to_its_own_look_up(ec2: Any) -> None:
+    req, inst = request(), instance(extra_data=0)
     with Stubber(ec2) as stub:
         stub.add_client_error("describe_snapshots", "RequestLimitExceeded", "slow down", 503)
-        lookups = run_lookups(ec2, request(), [instance()], first_delivery=False)
-        outcome = snapshot_instance(ec2, request(), instance(), ec2_create=ec2, lookups=lookups)
-        stub.assert_no_pending_responses()
-    assert outcome.error is not None
-    assert outcome.error.code == "RequestLimitExceeded"
-    assert outcome.error.retry_on_redelivery
-    assert "DescribeSnapshots (looking for sets earlier deliveries made) failed" in (
-        outcome.error.message
-    )
+        stub.add_response(
+            "describe_snapshots",
+            {"Snapshots": [managed_snapshot(5, IID, ROOT)]},
+            {"OwnerIds": ["self"], "Filters": existing_set_filters(req, IID)},
+        )
+        lookups = run_lookups(ec2, req, [inst], first_delivery=False)
+        outcome = snapshot_instance(ec2, req, inst, ec2_create=ec2, lookups=lookups)
+        stub.assert_no_pending_responses()  # no CreateSnapshots: its own look-up found the set
+    assert lookups.recheck
+    assert outcome.status is InstanceStatus.STARTED
+    assert outcome.reason == "set already created by an earlier delivery of this trigger"

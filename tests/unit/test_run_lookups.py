@@ -1,6 +1,7 @@
 """A run's EC2 calls grow with pages, not instances: the first delivery of a trigger (it wrote the
-trigger's run marker) looks for no earlier set, any other delivery lists the trigger's sets once,
-and volume-tag exclusions are one listing. Every guarantee against a second set still holds
+trigger's run marker) looks for no earlier set, a duplicate arriving while it runs stands down,
+any other delivery lists the trigger's sets once (and looks again for each one it misses), and
+volume-tag exclusions are one listing. Every guarantee against a second set still holds
 (in-process moto, through the handler)."""
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from botocore.exceptions import ClientError
 
 from localaws.fleet import DataVolume, FleetInstance, launch_instance, snapshots_by_volume
 from snapset import handler as handler_module
-from snapset.handler import handler
+from snapset.handler import IncompleteRun, handler
 from snapset.idempotency import (
     KEY_PREFIX,
     MARKER_TTL_SECONDS,
-    claim_first_delivery,
+    Delivery,
+    claim_delivery,
+    release_delivery,
     run_marker_id,
 )
 from tests.unit.conftest import IDEMPOTENCY_TABLE, Aws, LambdaContext
@@ -51,7 +54,14 @@ def fleet(aws: Aws, n: int, **volume_tags: str) -> list[FleetInstance]:
     ]
 
 
-PAYLOAD = {"policy": "p", "target_tags": {"Backup": ["x"]}, "request_id": "r-1"}
+# A schedule's delivery: its trigger id is the policy and the scheduled time.
+PAYLOAD = {
+    "policy": "p",
+    "target_tags": {"Backup": ["x"]},
+    "schedule": {"scheduled_time": "2026-11-27T03:00:00Z"},
+}
+MARKER_ID = run_marker_id("p", "p@2026-11-27T03:00:00Z")
+MANUAL = {"policy": "p", "target_tags": {"Backup": ["x"]}, "request_id": "r-1"}
 
 
 def ddb() -> Any:
@@ -78,9 +88,10 @@ def test_the_first_delivery_looks_for_no_earlier_set(
     report = handler(PAYLOAD, context)
     assert [i["status"] for i in report["instances"]] == ["started"] * 5
     assert ec2_calls(calls) == {"ec2.DescribeInstances": 1, "ec2.CreateSnapshots": 5}
-    # the marker that told it so: one conditional PutItem, expiring with the records
-    marker = ddb().get_item(TableName=IDEMPOTENCY_TABLE, Key={"id": {"S": "snapset-run#p#r-1"}})
+    # the marker that told it so: one conditional PutItem, kept long, released at the run's end
+    marker = ddb().get_item(TableName=IDEMPOTENCY_TABLE, Key={"id": {"S": MARKER_ID}})
     assert int(marker["Item"]["expiration"]["N"]) - time.time() > MARKER_TTL_SECONDS - 60
+    assert marker["Item"]["holds_until"] == {"N": "0"}
 
 
 def test_a_redelivery_lists_the_sets_once_and_makes_none(
@@ -157,10 +168,18 @@ def test_a_set_whose_record_could_not_be_saved_is_found_by_the_redelivery(
                 UpdateExpression="SET in_progress_expiration = :past",
                 ExpressionAttributeValues={":past": {"N": "1"}},
             )
+        elif item["id"]["S"] == MARKER_ID:  # its release failed too: held until its deadline
+            assert item["holds_until"]["N"] != "0"
+            client.update_item(
+                TableName=IDEMPOTENCY_TABLE,
+                Key={"id": item["id"]},
+                UpdateExpression="SET holds_until = :past",
+                ExpressionAttributeValues={":past": {"N": "1"}},
+            )
     calls.clear()
     again = handler(PAYLOAD, context)
     assert "ec2.CreateSnapshots" not in calls
-    assert calls["ec2.DescribeSnapshots"] == 1
+    assert calls["ec2.DescribeSnapshots"] == 1  # the listing found it: no look-up of its own
     assert set_count(aws) == 2
     [outcome] = again["instances"]
     assert outcome["instance_id"] == inst.instance_id
@@ -190,7 +209,7 @@ def test_volume_tag_exclusions_are_one_listing_for_the_run(
         assert len(outcomes[inst.instance_id]["snapshots"]) == 2
 
 
-def test_an_instance_event_writes_the_marker_and_lists_nothing(
+def test_a_scheduled_run_by_instance_id_writes_the_marker_and_lists_nothing(
     aws: Aws, context: LambdaContext, calls: Counter[str]
 ) -> None:
     [inst] = fleet(aws, 1)
@@ -199,16 +218,72 @@ def test_an_instance_event_writes_the_marker_and_lists_nothing(
     assert calls["dynamodb.PutItem"] >= 1
 
 
-def test_only_the_first_claim_of_a_trigger_is_its_first_delivery(aws: Aws) -> None:
+def test_a_manual_run_looks_even_as_the_first_delivery(
+    aws: Aws, context: LambdaContext, calls: Counter[str]
+) -> None:
+    """The CLI keeps no marker and no records, and may have used the same request id."""
+    fleet(aws, 3)
+    first = handler(MANUAL, context)
+    client = ddb()  # as if `snapset run` had made those sets: nothing in the table
+    for item in client.scan(TableName=IDEMPOTENCY_TABLE)["Items"]:
+        client.delete_item(TableName=IDEMPOTENCY_TABLE, Key={"id": item["id"]})
+    calls.clear()
+    again = handler(MANUAL, context)
+    assert "ec2.CreateSnapshots" not in calls
+    assert calls["ec2.DescribeSnapshots"] == 1
+    assert set_count(aws) == 2 * 3
+    assert [i["snapshots"] for i in again["instances"]] == [
+        i["snapshots"] for i in first["instances"]
+    ]
+
+
+def test_a_duplicate_arriving_while_the_first_delivery_runs_stands_down(
+    aws: Aws, context: LambdaContext, calls: Counter[str]
+) -> None:
+    """The first delivery makes no look-up, so nothing else may make a set while it runs."""
+    fleet(aws, 2)
     client = ddb()
-    assert claim_first_delivery(client, IDEMPOTENCY_TABLE, "p", "t-1", now=lambda: 1000.0)
-    assert not claim_first_delivery(client, IDEMPOTENCY_TABLE, "p", "t-1")
-    assert claim_first_delivery(client, IDEMPOTENCY_TABLE, "q", "t-1")  # another policy's
-    assert claim_first_delivery(client, IDEMPOTENCY_TABLE, "p", "t-2")  # another trigger's
+    # the first delivery, still running (it holds the marker for its remaining time)
+    running = claim_delivery(
+        client, IDEMPOTENCY_TABLE, "p", "p@2026-11-27T03:00:00Z", holds_for_seconds=600
+    )
+    assert running is Delivery.FIRST
+    with pytest.raises(IncompleteRun, match="2 instance\(s\) to retry on the next delivery"):
+        handler(PAYLOAD, context)  # retryable: Lambda redelivers it
+    assert ec2_calls(calls) == {"ec2.DescribeInstances": 1}  # no listing, no CreateSnapshots
+    assert set_count(aws) == 0
+
+    release_delivery(client, IDEMPOTENCY_TABLE, "p", "p@2026-11-27T03:00:00Z")
+    report = handler(PAYLOAD, context)  # the redelivery, once the first has ended
+    assert [i["status"] for i in report["instances"]] == ["started"] * 2
+    assert set_count(aws) == 2 * 2
+
+
+def test_the_marker_says_first_running_or_later(aws: Aws) -> None:
+    client = ddb()
+    clock = [1000.0]
+
+    def claim(policy: str = "p", trigger: str = "t-1", table: str = IDEMPOTENCY_TABLE) -> Delivery:
+        return claim_delivery(
+            client, table, policy, trigger, holds_for_seconds=60, now=lambda: clock[0]
+        )
+
+    assert claim() is Delivery.FIRST
+    clock[0] = 1030.0
+    assert claim() is Delivery.RUNNING  # the first still holds it
+    clock[0] = 1062.0
+    assert claim() is Delivery.LATER  # past the first's deadline
+    assert claim("q") is Delivery.FIRST  # another policy's
+    assert claim("p", "t-2") is Delivery.FIRST  # another trigger's
+    clock[0] = 1063.0
+    assert claim("p", "t-2") is Delivery.RUNNING
+    release_delivery(client, IDEMPOTENCY_TABLE, "p", "t-2")
+    assert claim("p", "t-2") is Delivery.LATER  # released at its end
     item = client.get_item(
         TableName=IDEMPOTENCY_TABLE, Key={"id": {"S": run_marker_id("p", "t-1")}}
     )["Item"]
     assert item["expiration"] == {"N": str(1000 + MARKER_TTL_SECONDS)}
+    assert item["holds_until"] == {"N": str(1000 + 60 + 1)}
     # no record of Powertools can be mistaken for a marker, nor a marker for a record
     assert not run_marker_id("p", "t-1").startswith(f"{KEY_PREFIX}#")
-    assert not claim_first_delivery(client, "no-such-table", "p", "t-3")
+    assert claim("p", "t-3", "no-such-table") is Delivery.LATER  # cannot write: list and look
