@@ -10,8 +10,9 @@ Invocations come on stdin, one JSON object per line: `{"request_id", "payload",
 "remaining_ms", "function_name", "function_arn", "memory"}`. Each answer goes to the original
 stdout, one JSON line: `{"request_id", "result"}` or `{"request_id", "error": {"errorType",
 "errorMessage", "stackTrace"}}`, with `max_rss_kb` (the process's peak resident memory) and
-`cold` (the first invocation of this environment). The function's own stdout and stderr (its
-logs) go to this process's stderr, which the parent forwards to its log sink, as Lambda forwards
+`cold` (the first invocation of this environment) and `init_error` (the handler could not be
+imported). The function's own stdout and stderr (its logs, then Lambda's `END RequestId: ID`
+line) go to this process's stderr, which the parent forwards to its log sink, as Lambda forwards
 them to CloudWatch Logs.
 
 `--setup FILE` runs a Python file in the environment after the handler is imported and before
@@ -52,6 +53,22 @@ class LambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def _peak_rss_kb() -> int:
+    """This process's peak resident memory, in KiB.
+
+    Linux: VmHWM, which starts afresh at exec (ru_maxrss keeps the forking parent's peak).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak  # macOS counts bytes
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
@@ -113,8 +130,12 @@ def main() -> None:
                 traceback.print_exc()
                 answer["error"] = _error(exc)
         sys.stdout.flush()
+        # Lambda's END line; the runtime waits for it, so the invocation's logs are all read
+        # when it returns.
+        sys.stderr.write(f"END RequestId: {request['request_id']}\n")
         sys.stderr.flush()
-        answer["max_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        answer["max_rss_kb"] = _peak_rss_kb()
+        answer["init_error"] = init_error is not None
         try:
             text = json.dumps(answer)
         except (TypeError, ValueError) as exc:  # Lambda's answer to a result it cannot send

@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -54,6 +55,9 @@ BOOTSTRAP = Path(__file__).with_name("lambda_bootstrap.py")
 # How long a new environment may take to answer beyond the function's timeout: its init (the
 # imports) is not part of the timeout in Lambda either, up to 10 s.
 INIT_SECONDS = 10.0
+# How long an invocation's return waits for its last log lines (its END line) to be read.
+LOG_WAIT_SECONDS = 5.0
+END_PREFIX = "END RequestId: "
 
 
 class FunctionError(Exception):
@@ -191,13 +195,17 @@ class _Worker:
             env=dict(env),  # the function's environment alone, not this process's
             text=True,
             encoding="utf-8",
+            start_new_session=True,  # so that kill() ends whatever the function started too
         )
         self.answers: queue.Queue[str | None] = queue.Queue()
         self.last_lines: collections.deque[str] = collections.deque(maxlen=40)
         self.started = False
         self._sink = sink
+        self._ended: dict[str, threading.Event] = {}
+        self._ended_lock = threading.Lock()
         threading.Thread(target=self._read_answers, daemon=True).start()
-        threading.Thread(target=self._read_logs, daemon=True).start()
+        self._log_reader = threading.Thread(target=self._read_logs, daemon=True)
+        self._log_reader.start()
 
     def _read_answers(self) -> None:
         assert self.process.stdout is not None
@@ -211,10 +219,23 @@ class _Worker:
             line = raw.rstrip("\n")
             self.last_lines.append(line)
             self._sink.write_line(line)
+            if line.startswith(END_PREFIX):
+                with self._ended_lock:
+                    ended = self._ended.pop(line.removeprefix(END_PREFIX).strip(), None)
+                if ended is not None:
+                    ended.set()
+
+    def drain_logs(self) -> None:
+        """Wait (briefly) until the log reader has read what the exited process wrote."""
+        self._log_reader.join(timeout=LOG_WAIT_SECONDS)
 
     def call(self, request: Mapping[str, Any], timeout: float) -> dict[str, Any] | str:
-        """The answer to one invocation, or why there is none ("timeout", "exited")."""
+        """The answer to one invocation, or why there is none ("timeout", "exited"); when it
+        returns an answer, the invocation's log lines are in the sink."""
         assert self.process.stdin is not None
+        ended = threading.Event()
+        with self._ended_lock:
+            self._ended[str(request["request_id"])] = ended
         try:
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
@@ -227,12 +248,17 @@ class _Worker:
         self.started = True
         if line is None:
             return "exited"
-        answer: dict[str, Any] = json.loads(line)
+        try:
+            answer: dict[str, Any] = json.loads(line)
+        except ValueError:
+            return "exited"  # not our bootstrap's answer: the environment is not usable
+        ended.wait(timeout=LOG_WAIT_SECONDS)
         return answer
 
     def kill(self) -> None:
         if self.process.poll() is None:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
             if pipe is not None:
@@ -299,12 +325,15 @@ class LambdaRuntime:
             )
         elif answer == "exited":
             code = worker.process.wait()
+            worker.drain_logs()
             tail = "\n".join(worker.last_lines)
             invocation.error = FunctionError(
                 "Runtime.ExitError", f"Runtime exited with error: exit status {code}\n{tail}"
             )
         elif isinstance(answer, dict):
             invocation.cold = bool(answer.get("cold"))
+            # Lambda runs a failed init again on the next invocation, in a new environment.
+            keep = not answer.get("init_error")
             invocation.max_rss_mb = int(answer.get("max_rss_kb", 0)) / 1024
             if invocation.max_rss_mb > function.memory:
                 keep = False
@@ -326,23 +355,31 @@ class LambdaRuntime:
         return invocation
 
     def _acquire(self, key: _WorkerKey, code_dir: Path, env: Mapping[str, str]) -> _Worker:
+        dead = []
         with self._lock:
-            idle = self._idle.get(key)
-            if idle:
-                return idle.pop()
+            idle = self._idle.get(key, [])
+            while idle:
+                warm = idle.pop()
+                if warm.process.poll() is None:
+                    return warm
+                self._all.remove(warm)  # it died idle: Lambda would start a new one
+                dead.append(warm)
+        for gone in dead:
+            gone.kill()
         worker = _Worker(code_dir, self.layers, env, self.setup, self.sink)
         with self._lock:
             self._all.append(worker)
         return worker
 
     def _release(self, key: _WorkerKey, worker: _Worker, keep: bool) -> None:
-        if not keep or worker.process.poll() is not None:
-            worker.kill()
-            with self._lock:
-                self._all.remove(worker)
-            return
         with self._lock:
-            self._idle.setdefault(key, []).append(worker)
+            closed = worker not in self._all  # close() ran meanwhile and killed it
+            if keep and not closed and worker.process.poll() is None:
+                self._idle.setdefault(key, []).append(worker)
+                return
+            if not closed:
+                self._all.remove(worker)
+        worker.kill()
 
     def close(self) -> None:
         """End every execution environment (the next invocation starts cold)."""

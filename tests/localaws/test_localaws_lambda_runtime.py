@@ -7,6 +7,8 @@ tests/e2e/test_function_runtime_e2e.py runs the deployed asset itself.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,6 +167,7 @@ def test_a_missing_handler_module_fails_every_invocation_as_lambda_reports_it(
     (code_dir / "toy" / "app.py").unlink()
     for _ in range(2):
         failed = invoke(runtime, code_dir, {})
+        assert failed.cold  # a failed init runs again, in a new environment
         assert failed.error is not None
         assert failed.error.error_type == "Runtime.ImportModuleError"
         assert failed.error.message == (
@@ -200,3 +203,14 @@ def test_an_environment_past_the_functions_memory_fails_and_is_not_reused(
     assert over.error.error_type == "Runtime.OutOfMemory"
     assert over.max_rss_mb > 64
     assert invoke(runtime, code_dir, {}, config=small).cold
+
+
+def test_an_environment_that_died_idle_is_replaced(runtime: LambdaRuntime, code_dir: Path) -> None:
+    first = invoke(runtime, code_dir, {})
+    os.kill(first.result["pid"], signal.SIGKILL)
+    [worker] = runtime._all  # the signal is delivered: the environment is gone
+    worker.process.wait(timeout=10)
+    again = invoke(runtime, code_dir, {})
+    assert again.ok, again.error
+    assert again.cold
+    assert again.result["pid"] != first.result["pid"]
