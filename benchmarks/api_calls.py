@@ -102,7 +102,10 @@ def measure(n: int, workers: int) -> list[tuple[str, float, RunReport, Counter[s
                 "exclude_data_volume_tags": {"NoBackup": ["true"]},
             }
         )
-        trigger = Trigger(type=TriggerType.MANUAL, id="bench-1", time=datetime.now(UTC))
+        # A schedule's trigger: a manual run always looks for earlier sets (the CLI keeps no
+        # marker), a scheduled first delivery does not.
+        when = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+        trigger = Trigger(type=TriggerType.SCHEDULE, id="bench@2026-11-27T03:00:00Z", time=when)
         request = SnapshotRequest(policy=policy, trigger=trigger)
         store = IdempotencyStore(TABLE, session.client("dynamodb", config=DDB_CONFIG))
         results = []
