@@ -63,8 +63,9 @@ deploy: $(STAMP) $(NPM_STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/throttle_throughput.py
 	$(PY) benchmarks/api_calls.py
+	$(PY) benchmarks/localaws_scale.py
 
-# Mutation testing (mutmut) of retention, idempotency, snapshots and report against the fast
+# Mutation testing (mutmut) of retention (and its preview), idempotency, snapshots and report against the fast
 # tests; survivors are explained in mutation/survivors.txt. Slow, so not part of `make test`.
 # `make mutate MODULES="retention idempotency"` runs some of them.
 mutate: $(STAMP)
