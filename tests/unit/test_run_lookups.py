@@ -248,7 +248,7 @@ def test_a_duplicate_arriving_while_the_first_delivery_runs_stands_down(
         client, IDEMPOTENCY_TABLE, "p", "p@2026-11-27T03:00:00Z", holds_for_seconds=600
     )
     assert running is Delivery.FIRST
-    with pytest.raises(IncompleteRun, match="2 instance\(s\) to retry on the next delivery"):
+    with pytest.raises(IncompleteRun, match=r"2 instance\(s\) to retry on the next delivery"):
         handler(PAYLOAD, context)  # retryable: Lambda redelivers it
     assert ec2_calls(calls) == {"ec2.DescribeInstances": 1}  # no listing, no CreateSnapshots
     assert set_count(aws) == 0
