@@ -393,7 +393,9 @@ def run_lookups(
     """
     policy = request.policy
     existing: ExistingSets = {}
-    if instances and not first_delivery and not policy.dry_run:
+    # Only the first delivery (and a dry run, which makes no set) need not look.
+    looks = bool(instances) and not first_delivery and not policy.dry_run
+    if looks:
         try:
             existing = list_existing_sets(ec2, policy.name, request.trigger.id)
         except (ClientError, BotoCoreError):
@@ -412,8 +414,7 @@ def run_lookups(
             excluded = ListingFailed.of(
                 "DescribeVolumes", "finding the volumes exclude_data_volume_tags leaves out", exc
             )
-    recheck = bool(instances) and not first_delivery and not policy.dry_run
-    return RunLookups(existing_sets=existing, tag_excluded=excluded, recheck=recheck)
+    return RunLookups(existing_sets=existing, tag_excluded=excluded, recheck=looks)
 
 
 def _already_created(

@@ -63,6 +63,18 @@ def ec2() -> Any:
     return boto3.client("ec2", region_name="us-east-1")
 
 
+def existing_sets_listing(req: SnapshotRequest) -> dict[str, Any]:
+    """The parameters of a run's one listing of the trigger's sets (`list_existing_sets`)."""
+    return {
+        "OwnerIds": ["self"],
+        "Filters": [
+            {"Name": "tag:snapset:trigger-id", "Values": [req.trigger.id]},
+            {"Name": "tag:snapset:policy", "Values": [req.policy.name]},
+        ],
+        "MaxResults": 1000,
+    }
+
+
 def existing_set_filters(req: SnapshotRequest, instance_id: str) -> list[dict[str, Any]]:
     """The filters of one instance's look-up for its set (`find_existing_set`)."""
     return [
@@ -87,16 +99,7 @@ def run(
     with Stubber(ec2) as stub:
         if existing_sets is not None:
             stub.add_response(
-                "describe_snapshots",
-                {"Snapshots": existing_sets},
-                {
-                    "OwnerIds": ["self"],
-                    "Filters": [
-                        {"Name": "tag:snapset:trigger-id", "Values": [req.trigger.id]},
-                        {"Name": "tag:snapset:policy", "Values": [req.policy.name]},
-                    ],
-                    "MaxResults": 1000,
-                },
+                "describe_snapshots", {"Snapshots": existing_sets}, existing_sets_listing(req)
             )
         if describe_volumes is not None:
             stub.add_response("describe_volumes", describe_volumes[1], describe_volumes[0])
@@ -379,16 +382,8 @@ def test_a_redelivery_finds_a_set_made_after_its_listing_and_makes_none(ec2: Any
     """A concurrent duplicate delivery made the set after this delivery's listing (and could
     not save its record): the look-up just before CreateSnapshots finds it."""
     req, inst = request(), instance(extra_data=0)
-    lookups_params = {
-        "OwnerIds": ["self"],
-        "Filters": [
-            {"Name": "tag:snapset:trigger-id", "Values": [req.trigger.id]},
-            {"Name": "tag:snapset:policy", "Values": [req.policy.name]},
-        ],
-        "MaxResults": 1000,
-    }
     with Stubber(ec2) as stub:
-        stub.add_response("describe_snapshots", {"Snapshots": []}, lookups_params)
+        stub.add_response("describe_snapshots", {"Snapshots": []}, existing_sets_listing(req))
         stub.add_response(
             "describe_snapshots",
             {"Snapshots": [managed_snapshot(7, IID, ROOT)]},
