@@ -329,6 +329,8 @@ class SnapsetConfig(BaseModel):
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
     log_retention_days: Annotated[int, Field(strict=True), AfterValidator(_check_retention)] = 90
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Days each run's full report is kept in the report bucket (an S3 lifecycle expiration).
+    report_retention_days: Annotated[int, Field(strict=True, ge=1, le=3653)] = 400
     lambda_memory_mb: Annotated[int, Field(strict=True, ge=128, le=10240)] = 256
     lambda_timeout_seconds: Annotated[int, Field(strict=True, ge=30, le=900)] = 300
     # Reserved concurrency for the function: a burst of instance events (a fleet stopped at once)

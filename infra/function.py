@@ -12,6 +12,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_ssm as ssm
@@ -26,6 +27,7 @@ from snapset.settings import (
     ENV_DEPLOYED_POLICIES,
     ENV_IDEMPOTENCY_TABLE,
     ENV_MAX_WORKERS,
+    ENV_REPORT_BUCKET,
     ENV_SAFETY_MARGIN_MS,
     ENV_TOPIC_ARN,
     METRICS_NAMESPACE,
@@ -144,7 +146,8 @@ def function_code() -> lambda_.Code:
 class SnapshotFunction(Construct):
     """The Lambda with exactly the permissions its code uses.
 
-    Takes the topic it reports to and the topic's key. Exposes `function`, `role`,
+    Takes the topic it reports to, the topic's key and the bucket of full reports (whose grant
+    `ReportArchive.grant_store` makes). Exposes `function`, `role`,
     `idempotency_table`, `log_group`, `dlq` (failed async invocations), and the role's two
     policies besides its default one: `create_snapshots_policy` (CreateSnapshots, tagging new
     snapshots, the lookups) and `retention_policy` (deleting expired snapshots and its checks).
@@ -158,6 +161,7 @@ class SnapshotFunction(Construct):
         config: SnapsetConfig,
         topic: sns.ITopic,
         topic_key: kms.IKey,
+        report_bucket: s3.IBucket,
         code: lambda_.Code | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -214,6 +218,7 @@ class SnapshotFunction(Construct):
                 ENV_TOPIC_ARN: topic.topic_arn,
                 ENV_MAX_WORKERS: str(config.max_workers),
                 ENV_IDEMPOTENCY_TABLE: self.idempotency_table.table_name,
+                ENV_REPORT_BUCKET: report_bucket.bucket_name,
                 ENV_SAFETY_MARGIN_MS: str(config.safety_margin_ms),
                 ENV_DEPLOYED_POLICIES: config.deployed_policies(),
                 "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,

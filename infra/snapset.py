@@ -19,15 +19,17 @@ from infra.alarms import Alarms
 from infra.config import SnapsetConfig
 from infra.function import SnapshotFunction
 from infra.notifications import Notifications
+from infra.reports import ReportArchive
 from infra.triggers import Triggers
 
 
 class Snapset(Construct):
     """Snapset for one account and region.
 
-    `notifications` (topic and key), `snapshot_function` (function, role, grants, table, DLQ),
-    `triggers` (schedules, rules, their DLQs) and `alarms`; the most used parts are also
-    attributes here: `function`, `role`, `topic`, `topic_key`, `idempotency_table`.
+    `notifications` (topic and key), `reports` (the full reports' bucket), `snapshot_function`
+    (function, role, grants, table, DLQ), `triggers` (schedules, rules, their DLQs) and
+    `alarms`; the most used parts are also attributes here: `function`, `role`, `topic`,
+    `topic_key`, `idempotency_table`.
     """
 
     def __init__(
@@ -43,11 +45,19 @@ class Snapset(Construct):
         self.notifications = Notifications(self, "Notifications", config=config)
         self.topic = self.notifications.topic
         self.topic_key = self.notifications.key
+        self.reports = ReportArchive(self, "Reports", config=config)
         self.snapshot_function = SnapshotFunction(
-            self, "Function", config=config, topic=self.topic, topic_key=self.topic_key, code=code
+            self,
+            "Function",
+            config=config,
+            topic=self.topic,
+            topic_key=self.topic_key,
+            report_bucket=self.reports.bucket,
+            code=code,
         )
         self.function = self.snapshot_function.function
         self.role = self.snapshot_function.role
+        self.reports.grant_store(self.role)
         self.idempotency_table = self.snapshot_function.idempotency_table
         self.notifications.only_publisher(self.role)
         self.triggers = Triggers(self, "Triggers", config=config, function=self.function)

@@ -28,6 +28,12 @@ class SnapsetStack(Stack):
         )
         CfnOutput(
             self,
+            "ReportBucket",
+            value=self.snapset.reports.bucket.bucket_name,
+            description="Every run's full report, under reports/<policy>/<yyyy>/<mm>/<dd>/",
+        )
+        CfnOutput(
+            self,
             "FunctionName",
             value=self.snapset.function.function_name,
             description="The snapshot Lambda",

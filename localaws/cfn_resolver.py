@@ -118,6 +118,11 @@ class Resolver:
             return str(table["TableArn"])
         elif rtype == "AWS::Logs::LogGroup" and attribute == "Arn":
             return f"arn:{PARTITION}:logs:{region}:{account}:log-group:{physical}:*"
+        elif rtype == "AWS::S3::Bucket":
+            if attribute == "Arn":
+                return f"arn:{PARTITION}:s3:::{physical}"
+            if attribute == "DomainName":
+                return f"{physical}.s3.amazonaws.com"
         elif rtype == "AWS::Events::Rule" and attribute == "Arn":
             return str(self.aws.client("events").describe_rule(Name=physical)["Arn"])
         raise DeployError(f"cannot resolve Fn::GetAtt {logical_id}.{attribute} ({rtype})")

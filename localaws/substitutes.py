@@ -137,6 +137,31 @@ def _queue_policy(dep: Deployment, logical_id: str, props: dict[str, Any]) -> Su
     )  # fmt: skip
 
 
+def _ssl_only(statement: Mapping[str, Any]) -> bool:
+    condition = statement.get("Condition", {})
+    return statement.get("Effect") == "Deny" and condition == {
+        "Bool": {"aws:SecureTransport": "false"}
+    }
+
+
+def _bucket_policy(dep: Deployment, logical_id: str, props: dict[str, Any]) -> Substitution:
+    props = _only(props, {"Bucket", "PolicyDocument"}, f"{logical_id} (AWS::S3::BucketPolicy)")
+    document = dict(props["PolicyDocument"])
+    statements = document["Statement"]
+    # moto evaluates bucket policies, and the local endpoint is plain http: an SSL-only
+    # statement would refuse every request, the function's too.
+    document["Statement"] = [st for st in statements if not _ssl_only(st)]
+    dropped = len(statements) - len(document["Statement"])
+    if document["Statement"]:
+        dep.aws.client("s3").put_bucket_policy(Bucket=props["Bucket"], Policy=json.dumps(document))
+    dep.physical_ids[logical_id] = props["Bucket"]
+    return Substitution(
+        logical_id, "AWS::S3::BucketPolicy", SUBSTITUTED, "s3:PutBucketPolicy",
+        f"stored without its {dropped} SSL-only statement(s): the local S3 evaluates bucket "
+        "policies and its endpoint is http, so they would refuse every request",
+    )  # fmt: skip
+
+
 _SUBSCRIPTION_JSON_ATTRIBUTES = ("FilterPolicy", "RedrivePolicy", "DeliveryPolicy")
 
 
@@ -203,6 +228,7 @@ SUBSTITUTES: dict[str, _Handler] = {
     "AWS::Lambda::EventInvokeConfig": _event_invoke_config,
     "AWS::SNS::TopicPolicy": _topic_policy,
     "AWS::SQS::QueuePolicy": _queue_policy,
+    "AWS::S3::BucketPolicy": _bucket_policy,
     "AWS::SNS::Subscription": _subscription,
     "AWS::CloudWatch::Alarm": _alarm,
     "AWS::CDK::Metadata": _cdk_metadata,
@@ -295,6 +321,80 @@ def _check_table(dep: Deployment, logical_id: str, props: dict[str, Any]) -> lis
     return out
 
 
+def _check_bucket(dep: Deployment, logical_id: str, props: dict[str, Any]) -> list[Substitution]:
+    """Put back what moto's CloudFormation drops of a bucket: its lifecycle rules, public access
+    block, ownership controls and the S3 Bucket Key of its default encryption."""
+    s3 = dep.aws.client("s3")
+    bucket = dep.physical_ids[logical_id]
+    props = dep.res.resolve(props)
+    out = []
+
+    def fixed(subject: str, detail: str) -> None:
+        out.append(Substitution(logical_id, "AWS::S3::Bucket", FIXED, subject, detail))
+
+    def missing(call: Callable[..., Any], absent: str) -> bool:
+        try:
+            call(Bucket=bucket)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == absent:
+                return True
+            raise
+        return False
+
+    lifecycle = props.get("LifecycleConfiguration")
+    if lifecycle and missing(s3.get_bucket_lifecycle_configuration, "NoSuchLifecycleConfiguration"):
+        rules = []
+        for rule in lifecycle["Rules"]:
+            rules.append(
+                {
+                    "ID": rule["Id"],
+                    "Filter": {"Prefix": rule.get("Prefix", "")},
+                    "Status": rule["Status"],
+                    "Expiration": {"Days": rule["ExpirationInDays"]},
+                    "AbortIncompleteMultipartUpload": rule["AbortIncompleteMultipartUpload"],
+                }
+            )
+        s3.put_bucket_lifecycle_configuration(
+            Bucket=bucket, LifecycleConfiguration={"Rules": rules}
+        )
+        fixed(
+            "LifecycleConfiguration",
+            "dropped by moto's CloudFormation; put with s3:PutBucketLifecycleConfiguration "
+            "(the local S3 never expires objects)",
+        )
+    block = props.get("PublicAccessBlockConfiguration")
+    if block and missing(s3.get_public_access_block, "NoSuchPublicAccessBlockConfiguration"):
+        s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=block)
+        fixed("PublicAccessBlockConfiguration", "dropped; put with s3:PutPublicAccessBlock")
+    ownership = props.get("OwnershipControls")
+    if ownership and missing(s3.get_bucket_ownership_controls, "OwnershipControlsNotFoundError"):
+        s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls=ownership)
+        fixed("OwnershipControls", "dropped; put with s3:PutBucketOwnershipControls")
+    encryption = props.get("BucketEncryption")
+    if encryption:
+        [wanted] = encryption["ServerSideEncryptionConfiguration"]
+        got = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
+        [rule] = got["Rules"]
+        if rule.get("BucketKeyEnabled", False) != wanted.get("BucketKeyEnabled", False):
+            default = wanted["ServerSideEncryptionByDefault"]
+            s3.put_bucket_encryption(
+                Bucket=bucket,
+                ServerSideEncryptionConfiguration={
+                    "Rules": [
+                        {
+                            "ApplyServerSideEncryptionByDefault": {
+                                "SSEAlgorithm": default["SSEAlgorithm"],
+                                "KMSMasterKeyID": default["KMSMasterKeyID"],
+                            },
+                            "BucketKeyEnabled": wanted["BucketKeyEnabled"],
+                        }
+                    ]
+                },
+            )
+            fixed("BucketEncryption", "BucketKeyEnabled dropped; put with s3:PutBucketEncryption")
+    return out
+
+
 def _check_function(dep: Deployment, logical_id: str, props: dict[str, Any]) -> list[Substitution]:
     config = dep.aws.client("lambda").get_function_configuration(
         FunctionName=dep.physical_ids[logical_id]
@@ -322,8 +422,8 @@ def _check_function(dep: Deployment, logical_id: str, props: dict[str, Any]) -> 
         not_applied(
             "Layers",
             f"{', '.join(layers)} is published by another account and does not exist locally "
-            "(moto's CloudFormation drops it); the router runs the handler in-process with the "
-            "aws-lambda-powertools of this environment",
+            "(moto's CloudFormation drops it); the local runtime puts a stand-in on the worker's "
+            "path instead: lambdas/requirements.txt built with pip (localaws.lambda_layer)",
         )
     architectures = props.get("Architectures", ["x86_64"])
     if config.get("Architectures", ["x86_64"]) != architectures:
@@ -359,6 +459,7 @@ _Check = Callable[["Deployment", str, dict[str, Any]], list[Substitution]]
 CHECKS: dict[str, _Check] = {
     "AWS::KMS::Key": _check_kms_key,
     "AWS::DynamoDB::Table": _check_table,
+    "AWS::S3::Bucket": _check_bucket,
     "AWS::Lambda::Function": _check_function,
     "AWS::Events::Rule": _check_rule,
 }

@@ -114,6 +114,16 @@ def print_sets(
     out.table(["TRIGGER", "INSTANCE", "SNAPSHOTTED", "EXCLUDED", "SNAPSHOT TAGS"], rows)
 
 
+def stored_reports(s3: Any, bucket: str) -> dict[str, Any]:
+    """Every object of the report bucket, parsed, by key."""
+    found = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            found[item["Key"]] = json.loads(body)
+    return found
+
+
 def print_reports(out: Out, reports: Sequence[Report]) -> None:
     out.heading(f"SNS reports ({len(reports)}, read through an SQS subscription)")
     out.table(
@@ -301,6 +311,7 @@ def run(out: Out, verbose: bool, project_root: Path) -> int:
             router.close()
         snapshots = our_snapshots(ec2)
         reports = inbox.drain()
+        full_reports = stored_reports(aws.client("s3"), deployment.outputs["ReportBucket"])
     print_sets(out, demo.expected, snapshots, scenario.fleet)
     print_reports(out, reports)
     checks = Checks(out)
@@ -310,6 +321,7 @@ def run(out: Out, verbose: bool, project_root: Path) -> int:
         fleet=scenario.fleet,
         snapshots=snapshots,
         reports=reports,
+        full_reports=full_reports,
         invocations=router.invocations,
     )
     out.heading("4. Checks")

@@ -168,7 +168,11 @@ def _check_set(
 
 
 def _check_reports(
-    checks: Checks, expected: Sequence[Expected], sets: int, reports: Sequence[Report]
+    checks: Checks,
+    expected: Sequence[Expected],
+    sets: int,
+    reports: Sequence[Report],
+    full_reports: Mapping[str, Any],
 ) -> None:
     runs = [r for r in reports if r.kind == "run"]
     checks.check(
@@ -176,6 +180,15 @@ def _check_reports(
     )
     bad_runs = [r.subject for r in runs if r.status != "succeeded"]
     checks.check(not bad_runs, "every run report succeeded", f"{bad_runs}")
+    unstored = [
+        r.subject
+        for r in runs
+        if not r.message.get("full_report")
+        or full_reports.get(r.message["full_report"]["key"]) != {**r.message, "full_report": None}
+    ]
+    checks.check(
+        not unstored, "every run report is stored in full in the report bucket", f"{unstored}"
+    )
     completions = [r for r in reports if r.kind == "completion"]
     checks.check(
         len(completions) == sets,
@@ -193,9 +206,12 @@ def verify(
     fleet: Sequence[DemoInstance],
     snapshots: Sequence[dict[str, Any]],
     reports: Sequence[Report],
+    full_reports: Mapping[str, Any],
     invocations: Sequence[Invocation],
 ) -> None:
-    """Check what happened against what the policies say, independently of the handler's code."""
+    """Check what happened against what the policies say, independently of the handler's code.
+
+    `full_reports` maps each object key of the report bucket to its parsed JSON."""
     errors = [f"{i.source}: {i.error!r}" for i in invocations if i.error is not None]
     checks.check(not errors, "every invocation returned", "; ".join(errors))
     groups = group_sets(snapshots)
@@ -221,4 +237,4 @@ def verify(
             checks.check(not hit, f"{inst.name} (in no policy) has no snapshots", f"{hit}")
     states = {s["State"] for s in snapshots}
     checks.check(states <= {"completed"}, "every snapshot completed", f"states {states}")
-    _check_reports(checks, expected, len(wanted), reports)
+    _check_reports(checks, expected, len(wanted), reports, full_reports)

@@ -31,6 +31,10 @@ EC2_CREATE_CONFIG = Config(
 SNS_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=10
 )
+# The full report can be megabytes at fleet scale: a longer read timeout than SNS's.
+S3_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30
+)
 
 
 @dataclass(frozen=True)

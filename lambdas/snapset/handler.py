@@ -11,7 +11,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from snapset.clients import make_clients
+from snapset.clients import S3_CONFIG, make_clients
 from snapset.completion import (
     COMPLETION_DETAIL_TYPES,
     completion_reports,
@@ -22,7 +22,14 @@ from snapset.deadline import Deadline
 from snapset.errors import InvalidInput
 from snapset.idempotency import DDB_CONFIG
 from snapset.policy import Trigger
-from snapset.report import RunReport, invalid_input_report, publish_report
+from snapset.report import (
+    MAX_RESPONSE_BYTES,
+    RunReport,
+    fit_message,
+    invalid_input_report,
+    publish_report,
+)
+from snapset.report_archive import archive_report
 from snapset.run import IdempotencyStore, Ignored, build_engine, run_request
 from snapset.settings import SERVICE_NAME, Settings
 from snapset.triggers import parse_request, with_deployed_retention
@@ -140,6 +147,15 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
             extra={"instance_id": result.instance_id, "reason": result.reason},
         )
         return {"status": "ignored", "instance_id": result.instance_id, "reason": result.reason}
+    result = archive_report(
+        session().client("s3", config=S3_CONFIG),
+        config.report_bucket,
+        result,
+        context.aws_request_id,
+    )
+    if result.full_report_error is not None:
+        logger.error("full report not stored", extra={"error": result.full_report_error})
+        metrics.add_metric(name="ReportsNotStored", unit=MetricUnit.Count, value=1)
     message_id = publish_report(clients.sns, config.topic_arn, result)
     record_metrics(result)
     logger.info(
@@ -148,6 +164,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
             "status": result.status.value,
             "summary": result.summary.model_dump(),
             "message_id": message_id,
+            "full_report": result.full_report.model_dump() if result.full_report else None,
         },
     )
     if result.error is not None and result.error.retry_on_redelivery:
@@ -157,4 +174,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         raise IncompleteRun(
             f"{len(retry)} instance(s) to retry on the next delivery: {', '.join(retry[:20])}"
         )
-    return result.model_dump(mode="json")
+    # Lambda refuses a response over 6 MB (the invocation would fail after its work is done):
+    # a large fleet's synchronous answer is trimmed as the SNS message is, the full one is in S3.
+    fitted, _ = fit_message(result, MAX_RESPONSE_BYTES)
+    return fitted.model_dump(mode="json")

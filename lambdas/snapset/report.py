@@ -22,6 +22,8 @@ SCHEMA_VERSION = 1
 # SNS accepts 256 KiB for the message and its attributes together; keep room for the attributes.
 MAX_MESSAGE_BYTES = 256 * 1024 - 6 * 1024
 MAX_ERROR_MESSAGE_LEN = 1000
+# Lambda's limit on a synchronous invocation's response, less room for the JSON's own growth.
+MAX_RESPONSE_BYTES = 6 * 1024 * 1024 - 64 * 1024
 
 
 class ReportStatus(StrEnum):
@@ -54,6 +56,15 @@ class Summary(BaseModel):
     snapshots: int
 
 
+class S3Location(BaseModel):
+    """Where the run's full report is kept (every instance, never trimmed)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    key: str
+
+
 class RunReport(BaseModel):
     """What one run did, instance by instance. Field names are the published contract."""
 
@@ -69,6 +80,10 @@ class RunReport(BaseModel):
     instances: tuple[InstanceOutcome, ...]
     error: ErrorInfo | None = None
     trimmed: int = 0
+    # Set on the published message: where the full report is (None when it could not be
+    # stored, and then `full_report_error` says why).
+    full_report: S3Location | None = None
+    full_report_error: str | None = None
 
     @property
     def failures(self) -> tuple[InstanceOutcome, ...]:

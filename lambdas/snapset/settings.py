@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -23,6 +24,8 @@ METRICS_NAMESPACE = "Snapset"
 ENV_TOPIC_ARN = "SNAPSET_TOPIC_ARN"
 ENV_MAX_WORKERS = "SNAPSET_MAX_WORKERS"
 ENV_IDEMPOTENCY_TABLE = "SNAPSET_IDEMPOTENCY_TABLE"
+# The bucket that keeps every run's full report (the SNS message may be trimmed to fit).
+ENV_REPORT_BUCKET = "SNAPSET_REPORT_BUCKET"
 ENV_SAFETY_MARGIN_MS = "SNAPSET_SAFETY_MARGIN_MS"
 # The deployed policies and their retention, `{"name": {"count": 7} | null, ...}`: retention is
 # taken from here only, never from a payload.
@@ -30,6 +33,10 @@ ENV_DEPLOYED_POLICIES = "SNAPSET_DEPLOYED_POLICIES"
 
 DeployedPolicies = Mapping[str, Retention | None]
 _DEPLOYED = TypeAdapter(dict[PolicyName, Retention | None])
+
+# S3's bucket naming rules (general purpose buckets): 3-63 characters, lowercase letters,
+# digits, dots and hyphens, starting and ending with a letter or digit.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 DEFAULT_MAX_WORKERS = 8
 DEFAULT_SAFETY_MARGIN_MS = 10_000
@@ -45,6 +52,7 @@ class Settings:
 
     topic_arn: str
     idempotency_table: str
+    report_bucket: str
     deployed_policies: DeployedPolicies = field(default_factory=dict)
     max_workers: int = DEFAULT_MAX_WORKERS
     safety_margin_ms: int = DEFAULT_SAFETY_MARGIN_MS
@@ -60,9 +68,16 @@ class Settings:
         if not table:
             # Without it nothing guards against a second set on a redelivery: refuse to run.
             raise ConfigError(f"{ENV_IDEMPOTENCY_TABLE} must name the idempotency DynamoDB table")
+        bucket = env.get(ENV_REPORT_BUCKET, "").strip()
+        if not _BUCKET_NAME.fullmatch(bucket):
+            # Without it a large fleet's report would exist only trimmed: refuse to run.
+            raise ConfigError(
+                f"{ENV_REPORT_BUCKET} must name the S3 bucket for full run reports (got {bucket!r})"
+            )
         return cls(
             topic_arn=topic_arn,
             idempotency_table=table,
+            report_bucket=bucket,
             deployed_policies=_deployed_policies(env),
             max_workers=_int(env, ENV_MAX_WORKERS, DEFAULT_MAX_WORKERS, 1, 64),
             safety_margin_ms=_int(env, ENV_SAFETY_MARGIN_MS, DEFAULT_SAFETY_MARGIN_MS, 0, 600_000),

@@ -57,22 +57,47 @@ def _scenario() -> tuple[DemoInstance, Expected, list[dict[str, object]], list[R
         }
         for v in (root, data)
     ]
+    stored = {"kind": "run", "status": "succeeded", "full_report": {"bucket": "b", "key": "k"}}
     reports = [
-        Report("s", {}, {"kind": "run", "status": "succeeded"}, "m1", "arn"),
-        Report("s", {}, {"kind": "completion", "status": "succeeded"}, "m2", "arn"),
+        Report("s", stored, {}, "m1", "arn"),
+        Report("s", {"kind": "completion", "status": "succeeded"}, {}, "m2", "arn"),
     ]
     return inst, exp, snaps, reports
 
 
-def _failures(snaps: list[dict[str, object]]) -> list[str]:
+FULL_REPORTS = {"k": {"kind": "run", "status": "succeeded", "full_report": None}}
+
+
+def _failures(
+    snaps: list[dict[str, object]], full_reports: dict[str, object] = FULL_REPORTS
+) -> list[str]:
     inst, exp, _, reports = _scenario()
     checks = Checks(Out(io.StringIO(), colour=False))
-    verify(checks, expected=[exp], fleet=[inst], snapshots=snaps, reports=reports, invocations=[])
+    verify(
+        checks,
+        expected=[exp],
+        fleet=[inst],
+        snapshots=snaps,
+        reports=reports,
+        full_reports=full_reports,
+        invocations=[],
+    )
     return checks.failed
 
 
 def test_the_checks_pass_on_a_faithful_run() -> None:
     assert _failures(_scenario()[2]) == []
+
+
+@pytest.mark.parametrize(
+    "stored", [{}, {"k": {"kind": "run", "status": "failed", "full_report": None}}]
+)
+def test_the_checks_catch_a_run_report_missing_or_different_in_the_bucket(
+    stored: dict[str, object],
+) -> None:
+    assert _failures(_scenario()[2], stored) == [
+        "every run report is stored in full in the report bucket: ['s']"
+    ]
 
 
 def test_the_checks_catch_an_excluded_volume_a_missing_tag_and_a_duplicate() -> None:

@@ -25,6 +25,7 @@ _ALARM = ("AWS::CloudWatch::Alarm", SUBSTITUTED, "cloudwatch:PutMetricAlarm")
 _QUEUE_POLICY = ("AWS::SQS::QueuePolicy", SUBSTITUTED, "sqs:SetQueueAttributes(Policy)")
 _TABLE = "AWS::DynamoDB::Table"
 _FUNCTION = "AWS::Lambda::Function"
+_BUCKET = "AWS::S3::Bucket"
 EXPECTED_SUBSTITUTIONS = [
     ("CDKMetadata", "AWS::CDK::Metadata", NOT_CREATED, "-"),
     ("SnapsetAlarmsFunctionDlqAlarmF68AA805", *_ALARM),
@@ -41,6 +42,7 @@ EXPECTED_SUBSTITUTIONS = [
         SUBSTITUTED,
         "lambda:PutFunctionEventInvokeConfig",
     ),
+    ("SnapsetReportsPolicy4AF6662D", "AWS::S3::BucketPolicy", SUBSTITUTED, "s3:PutBucketPolicy"),
     ("SnapsetRulesDlqPolicy203F4EEC", *_QUEUE_POLICY),
     ("SnapsetSchedulerDlqPolicyCCBACCAF", *_QUEUE_POLICY),
     (
@@ -56,6 +58,11 @@ EXPECTED_SUBSTITUTIONS = [
         "scheduler:CreateSchedule",
     ),
     ("SnapsetTopicKey6C445C0D", "AWS::KMS::Key", FIXED, "KeyPolicy"),
+    ("SnapsetReportsReportKey62CACF66", "AWS::KMS::Key", FIXED, "KeyPolicy"),
+    ("SnapsetReports608494F0", _BUCKET, FIXED, "LifecycleConfiguration"),
+    ("SnapsetReports608494F0", _BUCKET, FIXED, "PublicAccessBlockConfiguration"),
+    ("SnapsetReports608494F0", _BUCKET, FIXED, "OwnershipControls"),
+    ("SnapsetReports608494F0", _BUCKET, FIXED, "BucketEncryption"),
     ("SnapsetIdempotencyTable95404CC0", _TABLE, FIXED, "TimeToLiveSpecification"),
     ("SnapsetIdempotencyTable95404CC0", _TABLE, FIXED, "PointInTimeRecoverySpecification"),
     ("SnapsetIdempotencyTable95404CC0", _TABLE, NOT_APPLIED, "SSESpecification"),

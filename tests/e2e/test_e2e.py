@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
 from e2e_support import (
     ACCOUNT,
     SCHEDULED_TAGS,
@@ -74,6 +76,44 @@ def test_schedule_snapshots_the_policy_targets_and_reports(
         "trigger": "schedule",
         "kind": "run",
     }
+
+
+def test_the_full_report_in_s3_is_the_published_one(
+    local_aws: LocalAws,
+    deployment: Deployment,
+    router: Router,
+    fleet: Fleet,
+    inbox: ReportInbox,
+) -> None:
+    """Written by the function's own role (IAM enforced), where the message says, under the
+    deployed bucket's report prefix, and the same report the SNS message carries."""
+    launched = fleet.launch_many(3, SCHEDULED_TAGS)
+    when = unique_time()
+    result = router.fire_schedule(policy="nightly-app", scheduled_time=when).unwrap()
+    (report,) = inbox.drain()
+    location = report.message["full_report"]
+    assert report.message["full_report_error"] is None
+    bucket = deployment.outputs["ReportBucket"]
+    assert location["bucket"] == bucket
+    day, trigger = f"{when:%Y/%m/%d}", f"nightly-app_{when:%Y-%m-%dT%H_%M_%SZ}"
+    assert location["key"].startswith(f"reports/nightly-app/{day}/{trigger}/")
+    assert result == report.message
+    s3 = local_aws.client("s3")
+    stored = json.loads(s3.get_object(Bucket=bucket, Key=location["key"])["Body"].read())
+    assert stored == {**report.message, "full_report": None}
+    assert {i["instance_id"] for i in stored["instances"]} == set(launched)
+    # encrypted with the deployed report key, as the bucket's default says
+    head = s3.head_object(Bucket=bucket, Key=location["key"])
+    assert head["ServerSideEncryption"] == "aws:kms"
+    # the function's role writes reports and nothing else: not outside the prefix, no reads
+    credentials = {f"aws_{k}": v for k, v in router.function_credentials().items()}
+    as_function = boto3.client(
+        "s3", endpoint_url=local_aws.endpoint_url, region_name=local_aws.region, **credentials
+    )
+    with pytest.raises(ClientError, match="AccessDenied"):
+        as_function.put_object(Bucket=bucket, Key="elsewhere/report.json", Body=b"{}")
+    with pytest.raises(ClientError, match="AccessDenied"):
+        as_function.get_object(Bucket=bucket, Key=location["key"])
 
 
 def test_stop_event_snapshots_the_instance_and_reports(

@@ -45,6 +45,8 @@ IMPLIED = {
     "ec2:CreateSnapshots": {"ec2:CreateTags"},
     # Publishing to an SSE-KMS topic uses the topic's key on the publisher's behalf.
     "sns:Publish": {"kms:Decrypt", "kms:GenerateDataKey*"},
+    # A PutObject to an SSE-KMS bucket makes S3 ask the bucket's key for a data key.
+    "s3:PutObject": {"kms:GenerateDataKey"},
 }
 # Used by the Lambda service and runtime with the function's role, not by our code.
 PLATFORM = {
@@ -160,8 +162,8 @@ def _event(name: str, **changes: Any) -> dict[str, Any]:
     return {**event, **changes}
 
 
-def _function_environment(s: Synth, topic_arn: str, table: str) -> dict[str, str]:
-    """The synthesized function's variables, its topic and table references resolved."""
+def _function_environment(s: Synth, topic_arn: str, table: str, bucket: str) -> dict[str, str]:
+    """The synthesized function's variables, its topic, table and bucket references resolved."""
     env = {}
     for key, value in the_function(s)["Properties"]["Environment"]["Variables"].items():
         if isinstance(value, str):
@@ -170,6 +172,8 @@ def _function_environment(s: Synth, topic_arn: str, table: str) -> dict[str, str
             env[key] = topic_arn
         elif key == "SNAPSET_IDEMPOTENCY_TABLE":
             env[key] = table
+        elif key == "SNAPSET_REPORT_BUCKET":
+            env[key] = bucket
         else:
             raise AssertionError(f"teach the tour to resolve {key}: {value}")
     return env
@@ -220,7 +224,8 @@ def tour(s: Synth, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, extra: P
             AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
             BillingMode="PAY_PER_REQUEST",
         )
-        for key, value in _function_environment(s, topic_arn, "idempotency").items():
+        boto3.client("s3", region_name=REGION).create_bucket(Bucket="reports")
+        for key, value in _function_environment(s, topic_arn, "idempotency", "reports").items():
             monkeypatch.setenv(key, value)
         nightly = launch_instance(
             ec2,

@@ -27,6 +27,7 @@ from snapset.settings import (
     ENV_DEPLOYED_POLICIES,
     ENV_IDEMPOTENCY_TABLE,
     ENV_MAX_WORKERS,
+    ENV_REPORT_BUCKET,
     ENV_SAFETY_MARGIN_MS,
     ENV_TOPIC_ARN,
     METRICS_NAMESPACE,
@@ -81,6 +82,11 @@ def by_sid(s: Synth, policy_path_part: str) -> dict[str, dict[str, Any]]:
     return {st["Sid"]: st for st in statements(s, policy_path_part) if "Sid" in st}
 
 
+def topic_key_id(s: Synth) -> str:
+    """The topic's key (the stack has another one, the report bucket's)."""
+    return logical_id(s, "AWS::KMS::Key", Description="Snapset: encrypts the report topic")
+
+
 def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
@@ -105,6 +111,7 @@ def test_function_environment_is_the_lambda_contract(s: Synth) -> None:
         ENV_TOPIC_ARN: ref(s, "AWS::SNS::Topic"),
         ENV_MAX_WORKERS: "8",
         ENV_IDEMPOTENCY_TABLE: ref(s, "AWS::DynamoDB::Table"),
+        ENV_REPORT_BUCKET: ref(s, "AWS::S3::Bucket"),
         ENV_SAFETY_MARGIN_MS: "10000",
         ENV_DEPLOYED_POLICIES: '{"nightly-app":{"count":7},"on-stop":{"max_age_days":30}}',
         "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
@@ -117,6 +124,7 @@ def test_function_environment_is_the_lambda_contract(s: Synth) -> None:
     resolved = {k: v for k, v in env.items() if isinstance(v, str)}
     resolved[ENV_TOPIC_ARN] = "arn:aws:sns:eu-central-1:123456789012:Snapset-Topic"
     resolved[ENV_IDEMPOTENCY_TABLE] = "Snapset-IdempotencyTable"
+    resolved[ENV_REPORT_BUCKET] = "snapset-reports-0a1b2c3d"
     settings = Settings.from_env(resolved)
     assert (settings.max_workers, settings.safety_margin_ms) == (8, 10_000)
 
@@ -388,7 +396,7 @@ def test_publish_key_and_idempotency_grants(s: Synth) -> None:
     sids = by_sid(s, "FunctionRoleDefaultPolicy")
     assert sids["PublishReports"]["Action"] == "sns:Publish"
     assert sids["PublishReports"]["Resource"] == ref(s, "AWS::SNS::Topic")
-    key_id = next(iter(s.resources("AWS::KMS::Key")))
+    key_id = topic_key_id(s)
     assert sorted(sids["UseTopicKey"]["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
     assert sids["UseTopicKey"]["Resource"] == {"Fn::GetAtt": [key_id, "Arn"]}
     table_id = next(iter(s.resources("AWS::DynamoDB::Table")))
@@ -424,7 +432,7 @@ def test_function_created_after_all_its_policies(s: Synth) -> None:
 
 
 def test_topic_encrypted_with_rotating_cmk(s: Synth) -> None:
-    key_id = next(iter(s.resources("AWS::KMS::Key")))
+    key_id = topic_key_id(s)
     key = s.resources("AWS::KMS::Key")[key_id]["Properties"]
     assert key["EnableKeyRotation"] is True
     topic = s.only("AWS::SNS::Topic")["Properties"]
@@ -604,6 +612,7 @@ def test_outputs(s: Synth, config: Any) -> None:
         {
             ENV_TOPIC_ARN: "arn:aws:sns:eu-central-1:123456789012:Snapset-Topic",
             ENV_IDEMPOTENCY_TABLE: "Snapset-IdempotencyTable",
+            ENV_REPORT_BUCKET: "snapset-reports-0a1b2c3d",
             ENV_DEPLOYED_POLICIES: env[ENV_DEPLOYED_POLICIES],
         }
     ).deployed_policies
@@ -622,7 +631,9 @@ EXPECTED_ACKS = {
     "Function/FunctionRole/DefaultPolicy": {
         "AwsSolutions-IAM5[Resource::*]",  # X-Ray
         "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
+        "AwsSolutions-IAM5[Resource::<SnapsetReports608494F0.Arn>/reports/*]",
     },
+    "Reports/Reports": {"AwsSolutions-S1"},
     "Function/CreateSnapshotsPolicy": {
         "AwsSolutions-IAM5[Resource::*]",
         f"AwsSolutions-IAM5[Resource::{PARTITION_REGION}:<AWS::AccountId>:instance/*]",

@@ -14,9 +14,15 @@ from localaws.ec2_snapshots import SnapshotCompleter, install
 from localaws.events import EventSink
 from localaws.topic_queue import drain_notifications, subscribe_queue
 from snapset import handler as handler_module
-from snapset.settings import ENV_DEPLOYED_POLICIES, ENV_IDEMPOTENCY_TABLE, ENV_TOPIC_ARN
+from snapset.settings import (
+    ENV_DEPLOYED_POLICIES,
+    ENV_IDEMPOTENCY_TABLE,
+    ENV_REPORT_BUCKET,
+    ENV_TOPIC_ARN,
+)
 
 IDEMPOTENCY_TABLE = "snapset-idempotency"
+REPORT_BUCKET = "snapset-reports"
 
 # Plain moto ignores ExcludeDataVolumeIds and CopyTagsFromSource; the local AWS's faithful
 # CreateSnapshots fixes that in-process too. Snapshots stay pending (completed on request only).
@@ -46,6 +52,15 @@ class Aws:
     sqs: Any
     topic_arn: str
     queue_url: str
+    s3: Any
+
+    def full_reports(self) -> list[dict[str, Any]]:
+        """Every full report stored in the report bucket so far, in key order."""
+        listed = self.s3.list_objects_v2(Bucket=REPORT_BUCKET).get("Contents", [])
+        return [
+            json.loads(self.s3.get_object(Bucket=REPORT_BUCKET, Key=o["Key"])["Body"].read())
+            for o in listed
+        ]
 
     def messages(self) -> list[dict[str, Any]]:
         """Every SNS notification delivered to the subscribed queue so far (drained)."""
@@ -68,13 +83,16 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
             AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
             BillingMode="PAY_PER_REQUEST",
         )
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=REPORT_BUCKET)
         monkeypatch.setenv(ENV_TOPIC_ARN, topic_arn)
         monkeypatch.setenv(ENV_IDEMPOTENCY_TABLE, IDEMPOTENCY_TABLE)
+        monkeypatch.setenv(ENV_REPORT_BUCKET, REPORT_BUCKET)
         # No deployed policy by default: a test that runs retention deploys its policy.
         monkeypatch.setenv(ENV_DEPLOYED_POLICIES, "{}")
         handler_module.settings.cache_clear()
         COMPLETER.reset()
-        yield Aws(boto3.client("ec2", region_name="us-east-1"), sns, sqs, topic_arn, queue_url)
+        yield Aws(boto3.client("ec2", region_name="us-east-1"), sns, sqs, topic_arn, queue_url, s3)
         handler_module.settings.cache_clear()
 
 
