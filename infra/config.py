@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from infra.schedule_times import DstFindings, dst_findings
+from snapset.pacing import DEFAULT_EC2_API_SHARE
 from snapset.policy import SnapshotPolicy, describe_validation_error
 from snapset.settings import DEFAULT_MAX_WORKERS, DEFAULT_SAFETY_MARGIN_MS
 
@@ -342,6 +343,9 @@ class SnapsetConfig(BaseModel):
         DEFAULT_MAX_CONCURRENCY
     )
     max_workers: Annotated[int, Field(strict=True, ge=1, le=64)] = DEFAULT_MAX_WORKERS
+    # The share of EC2's CreateSnapshots and DeleteSnapshot buckets (100 tokens, 5 per s) one
+    # run may spend: the rest stays for the account's other workloads.
+    ec2_api_share: Annotated[float, Field(strict=True, ge=0.01, le=1.0)] = DEFAULT_EC2_API_SHARE
     safety_margin_ms: Annotated[int, Field(strict=True, ge=0, le=600_000)] = (
         DEFAULT_SAFETY_MARGIN_MS
     )

@@ -25,6 +25,7 @@ from infra.queues import dead_letter_queue
 from snapset.policy import TAG_POLICY
 from snapset.settings import (
     ENV_DEPLOYED_POLICIES,
+    ENV_EC2_API_SHARE,
     ENV_IDEMPOTENCY_TABLE,
     ENV_MAX_WORKERS,
     ENV_REPORT_BUCKET,
@@ -220,6 +221,7 @@ class SnapshotFunction(Construct):
                 ENV_IDEMPOTENCY_TABLE: self.idempotency_table.table_name,
                 ENV_REPORT_BUCKET: report_bucket.bucket_name,
                 ENV_SAFETY_MARGIN_MS: str(config.safety_margin_ms),
+                ENV_EC2_API_SHARE: str(config.ec2_api_share),
                 ENV_DEPLOYED_POLICIES: config.deployed_policies(),
                 "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,

@@ -169,6 +169,9 @@ class _RuleState:
     bucket: TokenBucket | None
     fail_next: int
     stats: dict[str, int] = field(default_factory=lambda: {"calls": 0, "throttled": 0, "errors": 0})
+    # When each call a bucket let through was let through (the injector's clock), so a
+    # benchmark can tell the rate a client reached from the time it spent around the calls.
+    admitted_at: list[float] = field(default_factory=list)
 
 
 class FaultInjector:
@@ -202,7 +205,10 @@ class FaultInjector:
 
     def stats(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [{"api": s.rule.api, **s.stats} for s in self._states]
+            return [
+                {"api": s.rule.api, **s.stats, "admitted_at": list(s.admitted_at)}
+                for s in self._states
+            ]
 
     def decide(self, service: str, action: str | None) -> Decision:
         decision = Decision()
@@ -229,6 +235,10 @@ class FaultInjector:
                     state.stats["errors"] += 1
                     decision.error = err
                     return decision
+            now = self._clock()
+            for state in matching:
+                if state.bucket is not None:
+                    state.admitted_at.append(now)
         return decision
 
 

@@ -34,6 +34,7 @@ from snapset.clients import Clients
 from snapset.deadline import Deadline
 from snapset.errors import InvalidInput, describe_error
 from snapset.outcomes import InstanceStatus
+from snapset.pacing import DEFAULT_EC2_API_SHARE
 from snapset.plan import Plan, make_plan, with_retention_preview
 from snapset.policy import SnapshotPolicy
 from snapset.report import ReportStatus, publish_report
@@ -233,6 +234,16 @@ def fire_count(raw: str) -> int:
 _SUCCESS = (ReportStatus.SUCCEEDED, ReportStatus.DRY_RUN)
 
 
+def _share(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+    if not 0.01 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0.01 and 1 (got {raw})")
+    return value
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     payload = read_json(args.payload, console.stdin, "payload")
     try:
@@ -251,7 +262,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                 return fn
             return bar.wrap(fn, lambda o: o.status is InstanceStatus.FAILED)
 
-        engine = build_engine(clients, request, deadline, idempotency=None, wrap=counted)
+        engine = build_engine(
+            clients,
+            request,
+            deadline,
+            idempotency=None,
+            wrap=counted,
+            ec2_api_share=args.ec2_share,
+        )
         result = run_request(
             clients.ec2, request, engine=engine, deadline=deadline, max_workers=workers
         )
@@ -446,6 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--payload", required=True, metavar="FILE|-", help="payload JSON; - = stdin")
     run.add_argument(
         "--topic-arn", metavar="ARN", help=f"SNS topic for the report (default: {ENV_TOPIC_ARN})"
+    )
+    run.add_argument(
+        "--ec2-share",
+        type=_share,
+        default=DEFAULT_EC2_API_SHARE,
+        metavar="FRACTION",
+        help="share of EC2's CreateSnapshots and DeleteSnapshot buckets the run may spend, "
+        f"0.01 to 1 (default {DEFAULT_EC2_API_SHARE}, as the deployed function)",
     )
     run.set_defaults(handler=cmd_run)
 

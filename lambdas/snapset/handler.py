@@ -135,7 +135,14 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         dynamodb=session().client("dynamodb", config=DDB_CONFIG),
         context=context,
     )
-    engine = build_engine(clients, request, deadline, idempotency=store)
+    engine = build_engine(
+        clients,
+        request,
+        deadline,
+        idempotency=store,
+        ec2_api_share=config.ec2_api_share,
+        ec2_rate_scale=config.ec2_rate_scale,
+    )
     result = run_request(
         clients.ec2, request, engine=engine, deadline=deadline, max_workers=config.max_workers
     )

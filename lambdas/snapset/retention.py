@@ -27,6 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from snapset.deadline import NEVER, Deadline
 from snapset.errors import TIMEOUT, UNEXPECTED_ERROR, error_code, error_message
 from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionError, RetentionResult
+from snapset.pacing import Pacer
 from snapset.policy import (
     TAG_INSTANCE_ID,
     TAG_POLICY,
@@ -328,16 +329,23 @@ def _protected(
 
 
 def _delete(
-    ec2: EC2Client, doomed: Sequence[SnapshotSet], deadline: Deadline = NEVER
+    ec2: EC2Client,
+    doomed: Sequence[SnapshotSet],
+    deadline: Deadline = NEVER,
+    pacer: Pacer | None = None,
 ) -> tuple[list[str], list[RetentionError]]:
     deleted: list[str] = []
     errors: list[RetentionError] = []
     for n, s in enumerate(doomed):
-        # Checked per set, so a set is never left half deleted for lack of time.
-        if deadline.expired():
+        # Checked per set, and the whole set's DeleteSnapshot calls are paced at once, so a set
+        # is never left half deleted for lack of time.
+        ids = s.snapshot_ids
+        if deadline.expired() or (
+            pacer is not None and not pacer.acquire(deadline, min(len(ids), pacer.burst))
+        ):
             errors.append(_out_of_time_error(f"{len(doomed) - n} set(s) not deleted yet"))
             break
-        for sid in s.snapshot_ids:
+        for sid in ids:
             try:
                 ec2.delete_snapshot(SnapshotId=sid)
             except (ClientError, BotoCoreError) as exc:
@@ -358,6 +366,7 @@ def apply_retention(
     *,
     account_id: str | None = None,
     deadline: Deadline = NEVER,
+    pacer: Pacer | None = None,
 ) -> RetentionResult:
     """Delete the policy's older snapshot sets of one instance that its retention lets go.
 
@@ -368,6 +377,8 @@ def apply_retention(
     deletion failures are returned in `errors`, and a failed lookup deletes nothing.
     `deadline` is asked before each set's checks and deletion: once it has passed, the rest is
     kept and reported (code `Timeout`) for the next run, so the report still gets out.
+    `pacer`, the run's share of EC2's DeleteSnapshot bucket, is asked for each set's calls at
+    once; a set it has no time for is kept and reported the same way.
     """
     retention = policy.retention
     if retention is None:
@@ -388,7 +399,7 @@ def apply_retention(
         if dry_run:
             deleted = [sid for s in doomed for sid in s.snapshot_ids]
         else:
-            deleted, delete_errors = _delete(ec2, doomed, deadline)
+            deleted, delete_errors = _delete(ec2, doomed, deadline, pacer)
             errors += delete_errors
     except (ClientError, BotoCoreError) as exc:
         logger.warning("retention for %s failed: %r", instance_id, exc)
@@ -436,6 +447,7 @@ def with_retention(
     *,
     account_id: str | None = None,
     deadline: Deadline = NEVER,
+    pacer: Pacer | None = None,
 ) -> InstanceOutcome:
     """The outcome with its `retention` result filled in when retention applies to it."""
     if not wants_retention(policy, outcome):
@@ -448,5 +460,6 @@ def with_retention(
         now,
         account_id=account_id,
         deadline=deadline,
+        pacer=pacer,
     )
     return outcome.model_copy(update={"retention": result})

@@ -33,6 +33,12 @@ from snapset.idempotency import (
     release_delivery,
 )
 from snapset.outcomes import ErrorInfo, InstanceOutcome
+from snapset.pacing import (
+    CREATE_SNAPSHOTS_BUCKET,
+    DEFAULT_EC2_API_SHARE,
+    DELETE_SNAPSHOT_BUCKET,
+    Pacer,
+)
 from snapset.policy import SnapshotRequest, TriggerType
 from snapset.report import ReportStatus, RunReport, build_report
 from snapset.retention import with_retention
@@ -97,6 +103,8 @@ class Engine:
     budget: RetryBudget
     idempotency: IdempotencyStore | None
     wrap: Callable[[SnapshotFn], SnapshotFn] = _as_is
+    # The run's share of EC2's DeleteSnapshot bucket, for retention (None: unpaced).
+    delete_pacer: Pacer | None = None
 
     # Whether this run holds the trigger's run marker (released by `release`).
     _held: list[bool] = field(default_factory=list)
@@ -177,18 +185,31 @@ def build_engine(
     *,
     idempotency: IdempotencyStore | None,
     wrap: Callable[[SnapshotFn], SnapshotFn] = _as_is,
+    ec2_api_share: float | None = DEFAULT_EC2_API_SHARE,
+    ec2_rate_scale: float = 1.0,
 ) -> Engine:
     """The engine for a request: per run, its lookups (see the module docstring); per instance,
     plan, CreateSnapshots through the client without botocore retries, retries within
     `deadline`, and with `idempotency` at most one set per (policy, trigger, instance) across
-    deliveries. `wrap` wraps the per-instance function (the CLI's progress bar). The handler and
-    the CLI both build their engine here."""
+    deliveries. `wrap` wraps the per-instance function (the CLI's progress bar). CreateSnapshots
+    and retention's DeleteSnapshot calls are paced to `ec2_api_share` of EC2's buckets (None:
+    unpaced; `ec2_rate_scale` multiplies their refill, for the local AWS's time-scaled profile).
+    The handler and the CLI both build their engine here."""
+    create_pacer = delete_pacer = None
+    if ec2_api_share is not None:
+        create_pacer = Pacer.share_of(
+            CREATE_SNAPSHOTS_BUCKET, ec2_api_share, time_scale=ec2_rate_scale
+        )
+        delete_pacer = Pacer.share_of(
+            DELETE_SNAPSHOT_BUCKET, ec2_api_share, time_scale=ec2_rate_scale
+        )
     return Engine(
         clients=clients,
         request=request,
-        budget=RetryBudget(deadline=deadline),
+        budget=RetryBudget(deadline=deadline, pacer=create_pacer),
         idempotency=idempotency,
         wrap=wrap,
+        delete_pacer=delete_pacer,
     )
 
 
@@ -238,7 +259,13 @@ def run_request(
         if retention is None:
             return outcome
         return with_retention(
-            ec2, policy, outcome, request.trigger.id, datetime.now(UTC), deadline=deadline
+            ec2,
+            policy,
+            outcome,
+            request.trigger.id,
+            datetime.now(UTC),
+            deadline=deadline,
+            pacer=engine.delete_pacer,
         )
 
     try:

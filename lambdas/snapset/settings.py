@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from pydantic import TypeAdapter, ValidationError
 
+from snapset.pacing import DEFAULT_EC2_API_SHARE
 from snapset.policy import PolicyName, Retention, describe_validation_error
 
 # Powertools reads POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE; the stack sets them to
@@ -30,6 +31,12 @@ ENV_SAFETY_MARGIN_MS = "SNAPSET_SAFETY_MARGIN_MS"
 # The deployed policies and their retention, `{"name": {"count": 7} | null, ...}`: retention is
 # taken from here only, never from a payload.
 ENV_DEPLOYED_POLICIES = "SNAPSET_DEPLOYED_POLICIES"
+
+# The share of each EC2 token bucket Snapset may spend (CreateSnapshots, DeleteSnapshot), and a
+# factor on EC2's published refill rates: 1 on AWS; the local AWS's time-scaled budget profile
+# sets it to its own factor.
+ENV_EC2_API_SHARE = "SNAPSET_EC2_API_SHARE"
+ENV_EC2_RATE_SCALE = "SNAPSET_EC2_RATE_SCALE"
 
 DeployedPolicies = Mapping[str, Retention | None]
 _DEPLOYED = TypeAdapter(dict[PolicyName, Retention | None])
@@ -56,6 +63,8 @@ class Settings:
     deployed_policies: DeployedPolicies = field(default_factory=dict)
     max_workers: int = DEFAULT_MAX_WORKERS
     safety_margin_ms: int = DEFAULT_SAFETY_MARGIN_MS
+    ec2_api_share: float = DEFAULT_EC2_API_SHARE
+    ec2_rate_scale: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -81,6 +90,8 @@ class Settings:
             deployed_policies=_deployed_policies(env),
             max_workers=_int(env, ENV_MAX_WORKERS, DEFAULT_MAX_WORKERS, 1, 64),
             safety_margin_ms=_int(env, ENV_SAFETY_MARGIN_MS, DEFAULT_SAFETY_MARGIN_MS, 0, 600_000),
+            ec2_api_share=_float(env, ENV_EC2_API_SHARE, DEFAULT_EC2_API_SHARE, 0.01, 1.0),
+            ec2_rate_scale=_float(env, ENV_EC2_RATE_SCALE, 1.0, 1.0, 1000.0),
         )
 
 
@@ -94,6 +105,19 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
         raise ConfigError(f"{name} must be an integer (got {raw!r})") from None
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high} (got {value})")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number (got {raw!r})") from None
+    if not low <= value <= high:  # NaN fails this too
+        raise ConfigError(f"{name} must be between {low} and {high} (got {raw})")
     return value
 
 

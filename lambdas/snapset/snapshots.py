@@ -42,6 +42,7 @@ from snapset.errors import (
     http_status,
 )
 from snapset.outcomes import InstanceOutcome, InstanceStatus, SnapshotInfo
+from snapset.pacing import Pacer
 from snapset.policy import (
     MAX_EXCLUDED_DATA_VOLUMES,
     TAG_INSTANCE_ID,
@@ -89,6 +90,12 @@ class RetryBudget:
     # long before looking for it (DescribeSnapshots is eventually consistent).
     settle_delay: float = 5.0
     sleep: Callable[[float], None] = time.sleep
+    # The run's share of EC2's CreateSnapshots bucket, asked before every call (None: unpaced).
+    pacer: Pacer | None = None
+
+    def pace(self) -> bool:
+        """Wait for the pacer's next CreateSnapshots token; False if none comes in time."""
+        return self.pacer is None or self.pacer.acquire(self.deadline)
 
     def expired(self) -> bool:
         return self.deadline.expired()
@@ -146,9 +153,9 @@ class ListingFailed:
     def of(cls, call: str, purpose: str, exc: Exception) -> ListingFailed:
         return cls(error_code(exc), f"{call} ({purpose}) failed: {error_message(exc)}")
 
-    def outcome(self, instance_id: str, excluded: tuple[str, ...] = ()) -> InstanceOutcome:
+    def outcome(self, instance_id: str) -> InstanceOutcome:
         return InstanceOutcome.failed(
-            instance_id, self.code, f"{instance_id}: not snapshotted, {self.message}", excluded
+            instance_id, self.code, f"{instance_id}: not snapshotted, {self.message}"
         )
 
 
@@ -467,6 +474,15 @@ def create_snapshot_set(
                 found = find_existing_set(ec2, request.policy.name, request.trigger.id, instance_id)
                 if found:
                     return _already_created(instance_id, found, excluded)
+            if not budget.pace():
+                return InstanceOutcome.failed(
+                    instance_id,
+                    TIMEOUT,
+                    f"{instance_id}: not started, Snapset's share of the CreateSnapshots rate "
+                    "has no call left before the invocation's deadline; the next delivery "
+                    "retries it",
+                    excluded,
+                )
             response = ec2_create.create_snapshots(**params)
         except (ClientError, BotoCoreError) as exc:
             if error_code(exc) == DRY_RUN_OPERATION:

@@ -54,6 +54,7 @@ def test_defaults_for_every_stack_setting() -> None:
     # a burst of instance events queues instead of sharing EC2's bucket with hundreds of runs
     assert config.max_concurrency == 5
     assert config.max_workers == DEFAULT_MAX_WORKERS
+    assert config.ec2_api_share == 0.5
     assert config.safety_margin_ms == DEFAULT_SAFETY_MARGIN_MS
     assert config.max_event_age_minutes == 60
     assert config.trigger_retry_attempts == 3
@@ -218,6 +219,9 @@ def test_policy_names_are_unique_ignoring_case() -> None:
         ({"lambda_timeout_seconds": 901}, "lambda_timeout_seconds: Input should be less than"),
         ({"max_concurrency": 0}, "max_concurrency: Input should be greater than or equal to 1"),
         ({"max_workers": 65}, "max_workers: Input should be less than or equal to 64"),
+        ({"ec2_api_share": 0}, "ec2_api_share: Input should be greater than or equal to 0.01"),
+        ({"ec2_api_share": 1.5}, "ec2_api_share: Input should be less than or equal to 1"),
+        ({"ec2_api_share": "0.5"}, "ec2_api_share: Input should be a valid number"),
         (
             {"lambda_timeout_seconds": 30, "safety_margin_ms": 20_000},
             "safety_margin_ms (20000) must be less than half of lambda_timeout_seconds",

@@ -35,6 +35,7 @@ def s() -> Synth:
             "lambda_timeout_seconds": 600,
             "log_retention_days": 365,
             "log_level": "DEBUG",
+            "ec2_api_share": 0.25,
             "powertools_layer_arn": LAYER,
             "completion_events": False,
             "alarms": {"period_minutes": 15, "failed_instances_threshold": 3},
@@ -62,6 +63,7 @@ def test_function_settings(s: Synth) -> None:
     assert (fn["MemorySize"], fn["Timeout"]) == (512, 600)
     assert fn["Layers"] == [LAYER]
     assert fn["Environment"]["Variables"]["POWERTOOLS_LOG_LEVEL"] == "DEBUG"
+    assert fn["Environment"]["Variables"]["SNAPSET_EC2_API_SHARE"] == "0.25"
     assert s.only("AWS::Logs::LogGroup")["Properties"]["RetentionInDays"] == 365
 
 

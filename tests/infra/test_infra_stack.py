@@ -25,6 +25,7 @@ from infra.config import ConfigError, load_config
 from infra.function import HANDLER
 from snapset.settings import (
     ENV_DEPLOYED_POLICIES,
+    ENV_EC2_API_SHARE,
     ENV_IDEMPOTENCY_TABLE,
     ENV_MAX_WORKERS,
     ENV_REPORT_BUCKET,
@@ -113,6 +114,7 @@ def test_function_environment_is_the_lambda_contract(s: Synth) -> None:
         ENV_IDEMPOTENCY_TABLE: ref(s, "AWS::DynamoDB::Table"),
         ENV_REPORT_BUCKET: ref(s, "AWS::S3::Bucket"),
         ENV_SAFETY_MARGIN_MS: "10000",
+        ENV_EC2_API_SHARE: "0.5",
         ENV_DEPLOYED_POLICIES: '{"nightly-app":{"count":7},"on-stop":{"max_age_days":30}}',
         "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
         "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
@@ -127,6 +129,7 @@ def test_function_environment_is_the_lambda_contract(s: Synth) -> None:
     resolved[ENV_REPORT_BUCKET] = "snapset-reports-0a1b2c3d"
     settings = Settings.from_env(resolved)
     assert (settings.max_workers, settings.safety_margin_ms) == (8, 10_000)
+    assert (settings.ec2_api_share, settings.ec2_rate_scale) == (0.5, 1.0)
 
 
 def test_powertools_layer_is_region_agnostic_and_pinned(s: Synth) -> None:

@@ -95,6 +95,11 @@ def test_token_bucket_burst_then_refill_rate(aws: LocalAws, ec2: Any) -> None:
 
     [stats] = aws.faults()["stats"]
     assert (stats["calls"], stats["throttled"]) == (17, 8)
+    # when the bucket let each of the other 9 through, on the (frozen, advanced) server clock
+    admitted = stats["admitted_at"]
+    assert len(admitted) == 9
+    assert admitted == sorted(admitted)
+    assert [round(t - admitted[0], 6) for t in admitted] == [0, 0, 0, *[10.0] * 3, 10.2, 10.6, 10.6]
 
 
 def test_the_clock_is_real_again_after_reset(aws: LocalAws) -> None:

@@ -17,6 +17,7 @@ from localaws.fleet import MOTO_ACCOUNT, FleetInstance
 from snapset import retention
 from snapset.deadline import Deadline
 from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionResult
+from snapset.pacing import Pacer
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
 from snapset.retention import apply_retention, with_retention
 from snapset.snapshots import run_lookups, snapshot_instance
@@ -553,3 +554,33 @@ def test_out_of_time_stops_between_sets_and_reports_the_rest_for_the_next_run(
     assert ids(sets, [0, 1]) <= aws.existing()
     again = apply_retention(aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW)
     assert set(again.deleted) == ids(sets, [2, 3, 4, 5]) - deleted
+
+
+def test_deletions_are_paced_whole_sets_at_a_time_and_the_rest_waits_for_the_next_run(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(1, 6))  # keep 1: d2..d5 (two snapshots each) go
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    # 3 tokens, 1 per second, 2.5 s left: d5 goes at once, d4 after waiting a second for its
+    # second token, d3 would need two more seconds and is left whole for the next run
+    pacer = Pacer(1.0, 3, clock=lambda: now[0], sleep=sleep)
+    result = apply_retention(
+        aws.ec2,
+        policy(count=1),
+        a.instance_id,
+        CURRENT,
+        NOW,
+        deadline=Deadline(at=2.5, clock=lambda: now[0]),
+        pacer=pacer,
+    )
+    assert set(result.deleted) == ids(sets, [4, 5])
+    assert now[0] == 1.0
+    [error] = result.errors
+    assert (error.code, error.snapshot_id) == ("Timeout", None)
+    assert "2 set(s) not deleted yet" in error.message
+    assert ids(sets, [0, 1, 2, 3]) <= aws.existing()

@@ -9,10 +9,12 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
+from snapset.deadline import Deadline
 from snapset.errors import ROOT_VOLUME_EXCLUDED, TOO_MANY_EXCLUSIONS
 from snapset.outcomes import InstanceStatus
+from snapset.pacing import Pacer
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
-from snapset.snapshots import run_lookups, snapshot_instance
+from snapset.snapshots import RetryBudget, run_lookups, snapshot_instance
 from snapset.targets import AttachedVolume, Instance
 
 IID = "i-0123456789abcdef0"
@@ -496,3 +498,115 @@ def test_a_failed_sets_listing_leaves_each_instance_to_its_own_look_up(ec2: Any)
     assert lookups.recheck
     assert outcome.status is InstanceStatus.STARTED
     assert outcome.reason == "set already created by an earlier delivery of this trigger"
+
+
+# --- pacing: the run's share of EC2's CreateSnapshots bucket --------------------------------
+
+
+def test_a_pacer_with_no_call_left_in_time_fails_the_instance_without_calling(ec2: Any) -> None:
+    now = [0.0]
+    deadline = Deadline(at=0.5, clock=lambda: now[0])
+    pacer = Pacer(1.0, 1, clock=lambda: now[0], sleep=lambda s: None)
+    assert pacer.acquire(deadline)  # another instance took the only token
+    req = request()
+    with Stubber(ec2) as stub:  # no CreateSnapshots is expected: a call would fail the stub
+        lookups = run_lookups(ec2, req, [instance()], first_delivery=True)
+        outcome = snapshot_instance(
+            ec2,
+            req,
+            instance(),
+            RetryBudget(deadline=deadline, pacer=pacer),
+            ec2_create=ec2,
+            lookups=lookups,
+        )
+        stub.assert_no_pending_responses()
+    assert outcome.status is InstanceStatus.FAILED
+    assert outcome.error is not None
+    assert outcome.error.code == "Timeout"
+    assert outcome.error.retry_on_redelivery
+    assert outcome.error.message.startswith(f"{IID}: not started, Snapset's share of the")
+
+
+def test_every_attempt_waits_for_the_pacer_retries_included(ec2: Any) -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    pacer = Pacer(1.0, 1, clock=lambda: now[0], sleep=sleep)
+    req = request()
+    expected = {
+        "InstanceSpecification": {"InstanceId": IID, "ExcludeBootVolume": False},
+        "TagSpecifications": [{"ResourceType": "snapshot", "Tags": MANAGED}],
+        "DryRun": False,
+        "CopyTagsFromSource": "volume",
+    }
+    with Stubber(ec2) as stub:
+        stub.add_client_error(
+            "create_snapshots",
+            "RequestLimitExceeded",
+            http_status_code=503,
+            expected_params=expected,
+        )
+        stub.add_response(
+            "create_snapshots", snapshot_response(ROOT, DATA1, DATA2), expected_params=expected
+        )
+        lookups = run_lookups(ec2, req, [instance()], first_delivery=True)
+        outcome = snapshot_instance(
+            ec2,
+            req,
+            instance(),
+            RetryBudget(base_delay=0.0, pacer=pacer, sleep=sleep),
+            ec2_create=ec2,
+            lookups=lookups,
+        )
+        stub.assert_no_pending_responses()
+    assert outcome.status is InstanceStatus.STARTED
+    # the refused call spent the burst token; the retry waited a whole second for the next
+    assert now[0] == 1.0
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{}, {"Volumes": []}, {"Volumes": [{"VolumeId": DATA2}]}],
+    ids=["no-volumes-key", "no-volumes", "volume-without-attachments"],
+)
+def test_a_volume_listing_that_finds_nothing_attached_excludes_nothing(
+    ec2: Any, answer: dict[str, Any]
+) -> None:
+    req = request(exclude_data_volume_tags={"NoBackup": ["true"]})
+    describe = (
+        {
+            "Filters": [
+                {"Name": "attachment.instance-id", "Values": [IID]},
+                {"Name": "tag:NoBackup", "Values": ["true"]},
+            ],
+            "MaxResults": 500,
+        },
+        answer,
+    )
+    expected = {
+        "InstanceSpecification": {"InstanceId": IID, "ExcludeBootVolume": False},
+        "TagSpecifications": [{"ResourceType": "snapshot", "Tags": MANAGED}],
+        "DryRun": False,
+        "CopyTagsFromSource": "volume",
+    }
+    outcome = run(
+        ec2,
+        req,
+        instance(),
+        expected,
+        snapshot_response(ROOT, DATA1, DATA2),
+        describe_volumes=describe,
+    )
+    assert outcome.status is InstanceStatus.STARTED
+    assert outcome.excluded_volume_ids == ()
+
+
+def test_a_redelivery_reports_the_listed_set_with_its_exclusions(ec2: Any) -> None:
+    made = [managed_snapshot(1, IID, ROOT), managed_snapshot(2, IID, DATA1)]
+    req = request(exclude_data_volume_ids=[DATA2])
+    outcome = run(ec2, req, instance(extra_data=2), None, existing_sets=made)
+    assert outcome.status is InstanceStatus.STARTED
+    assert outcome.reason == "set already created by an earlier delivery of this trigger"
+    assert outcome.excluded_volume_ids == (DATA2,)

@@ -7,6 +7,8 @@ import pytest
 from snapset.policy import Retention
 from snapset.settings import (
     ENV_DEPLOYED_POLICIES,
+    ENV_EC2_API_SHARE,
+    ENV_EC2_RATE_SCALE,
     ENV_IDEMPOTENCY_TABLE,
     ENV_REPORT_BUCKET,
     ENV_TOPIC_ARN,
@@ -60,3 +62,26 @@ def test_the_report_bucket_is_required_and_named(bucket: str | None) -> None:
 @pytest.mark.parametrize("bucket", ["abc", "snapset-reports-0a1b2c3d", "a" * 63, "my.reports"])
 def test_a_valid_report_bucket_is_read(bucket: str) -> None:
     assert Settings.from_env({**BASE, ENV_REPORT_BUCKET: bucket}).report_bucket == bucket
+
+
+def test_the_ec2_share_and_rate_scale_default_to_half_and_one() -> None:
+    settings = Settings.from_env(BASE)
+    assert (settings.ec2_api_share, settings.ec2_rate_scale) == (0.5, 1.0)
+    settings = Settings.from_env({**BASE, ENV_EC2_API_SHARE: "0.2", ENV_EC2_RATE_SCALE: "20"})
+    assert (settings.ec2_api_share, settings.ec2_rate_scale) == (0.2, 20.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        (ENV_EC2_API_SHARE, "half", "must be a number (got 'half')"),
+        (ENV_EC2_API_SHARE, "0", "must be between 0.01 and 1.0 (got 0)"),
+        (ENV_EC2_API_SHARE, "1.01", "must be between 0.01 and 1.0 (got 1.01)"),
+        (ENV_EC2_API_SHARE, "nan", "must be between 0.01 and 1.0 (got nan)"),
+        (ENV_EC2_RATE_SCALE, "0.5", "must be between 1.0 and 1000.0 (got 0.5)"),
+    ],
+)
+def test_a_bad_share_or_rate_scale_is_named(name: str, raw: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**BASE, name: raw})
+    assert str(info.value) == f"{name} {message}"
