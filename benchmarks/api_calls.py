@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""EC2 calls per instance a run makes, by API, on a trigger's first delivery and a redelivery.
+"""EC2 calls per instance a run makes, by API: a trigger's first delivery, a redelivery, and a
+later night whose retention deletes every instance's oldest set.
 
 For each fleet size N, a fresh in-process moto (`mock_aws`) holds N tagged instances with a root
 and a data volume each; `run_request` runs a tag-targeted policy with `exclude_data_volume_tags`
 and no retention, with the idempotency table the Lambda uses, through the engine the handler and
 the CLI build (`build_engine`). A botocore `before-call` hook counts every call (one per page).
 The redelivery follows a lost record for every instance (as after a crash between CreateSnapshots
-and saving it), so it has to find every set and make none. No timing is asserted; the seconds
-are moto's, whose tag filters are linear in what it holds.
+and saving it), so it has to find every set and make none. Then a second night (another
+trigger, no retention) and a third with `retention: {count: 1}`, which deletes each instance's
+first-night set: D snapshots. Pacing is off (`ec2_api_share=None`): calls are counted, not
+throttled. No timing is asserted; the seconds are moto's.
 
     .venv/bin/python benchmarks/api_calls.py [--sizes 100 1000] [--workers 16]
 """
@@ -34,11 +37,14 @@ os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
 import boto3
 from moto import mock_aws
 
+from localaws import ec2_images
+from localaws.ec2_snapshots import SnapshotCompleter, install
+from localaws.events import EventSink
 from localaws.fleet import DEFAULT_IMAGE_ID
 from snapset.clients import make_clients
 from snapset.deadline import Deadline
 from snapset.idempotency import DDB_CONFIG, KEY_PREFIX
-from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
+from snapset.policy import Retention, SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
 from snapset.report import RunReport
 from snapset.run import IdempotencyStore, build_engine, run_request
 
@@ -78,6 +84,15 @@ def forget_records(ddb: Any) -> None:
                 ddb.delete_item(TableName=TABLE, Key={"id": item["id"]})
 
 
+def _night(policy: SnapshotPolicy, day: int, retention: Any) -> SnapshotRequest:
+    """The schedule's trigger of a later night (sets a day apart), with this retention."""
+    when = datetime(2026, 11, 26 + day, 3, 0, tzinfo=UTC)
+    trigger = Trigger(type=TriggerType.SCHEDULE, id=f"bench@{when:%Y-%m-%dT%H:%M:%SZ}", time=when)
+    if retention is not None:
+        policy = policy.model_copy(update={"retention": Retention.model_validate(retention)})
+    return SnapshotRequest(policy=policy, trigger=trigger)
+
+
 def measure(n: int, workers: int) -> list[tuple[str, float, RunReport, Counter[str]]]:
     with mock_aws():
         session = boto3.Session(region_name=REGION)
@@ -109,13 +124,20 @@ def measure(n: int, workers: int) -> list[tuple[str, float, RunReport, Counter[s
         request = SnapshotRequest(policy=policy, trigger=trigger)
         store = IdempotencyStore(TABLE, session.client("dynamodb", config=DDB_CONFIG))
         results = []
-        for label in ("first delivery", "redelivery"):
+        nights = {
+            "first delivery": request,
+            "redelivery": request,
+            "2nd night": _night(policy, 2, None),
+            "3rd, retention": _night(policy, 3, {"count": 1}),
+        }
+        for label, request in nights.items():
             if label == "redelivery":
                 forget_records(setup_ddb)
+            COMPLETER.complete_all()  # a night apart: the earlier sets have completed
             counts.clear()
             clients = make_clients(session=session)
             deadline = Deadline.after(3600)
-            engine = build_engine(clients, request, deadline, idempotency=store)
+            engine = build_engine(clients, request, deadline, idempotency=store, ec2_api_share=None)
             start = time.monotonic()
             report = run_request(
                 clients.ec2, request, engine=engine, deadline=deadline, max_workers=workers
@@ -125,21 +147,35 @@ def measure(n: int, workers: int) -> list[tuple[str, float, RunReport, Counter[s
         return results
 
 
+# The local AWS's faithful CreateSnapshots (exclusions honoured, sets pending until completed).
+COMPLETER = SnapshotCompleter(EventSink(), lambda: (), delay=None)
+
+
 def main() -> int:
+    # Snapshot locks and AMI block-device filters, which retention's protection checks ask.
+    ec2_images.install()
+    install(COMPLETER)
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--workers", type=int, default=16)
     args = parser.parse_args()
     # No Lambda context here, so in-progress records have no expiry: not worth a warning each.
     warnings.filterwarnings("ignore", message="Couldn't determine the remaining time left")
-    print(f"{'N':>6} {'delivery':<15} {'started':>7} {'EC2/inst':>8} {'secs':>7}  calls by API")
+    print(
+        f"{'N':>6} {'delivery':<15} {'started':>7} {'deleted':>7} {'EC2/inst':>8} "
+        f"{'beyond N+D':>10} {'secs':>7}  calls by API"
+    )
     for n in args.sizes:
         for label, secs, report, counts in measure(n, args.workers):
             ec2 = sum(v for k, v in counts.items() if k.startswith("ec2."))
+            deleted = report.summary.retention_deleted
+            # what the run costs besides one CreateSnapshots per set and one DeleteSnapshot
+            # per expired snapshot
+            beyond = ec2 - counts["ec2.CreateSnapshots"] - counts["ec2.DeleteSnapshot"]
             by_api = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
             print(
-                f"{n:>6} {label:<15} {report.summary.started:>7} {ec2 / n:>8.3f} {secs:>7.1f}  "
-                f"{by_api}"
+                f"{n:>6} {label:<15} {report.summary.started:>7} {deleted:>7} {ec2 / n:>8.3f} "
+                f"{beyond / n:>10.3f} {secs:>7.1f}  {by_api}"
             )
     return 0
 

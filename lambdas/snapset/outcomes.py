@@ -56,14 +56,17 @@ class RetentionResult(BaseModel):
 
     With `dry_run`, `deleted` lists what would have been deleted and nothing was. `kept` counts
     the instance's older sets of the policy that were kept (the set this run started is not
-    counted). Errors never fail the snapshot part of the report; failed deletions are retried on
-    the next run.
+    counted); `remaining`, the sets retention would delete that this run had no time (or no
+    share of the DeleteSnapshot rate) left for: kept whole, and the next run deletes them.
+    Errors never fail the snapshot part of the report; failed deletions are retried on the next
+    run.
     """
 
     model_config = ConfigDict(frozen=True)
 
     deleted: tuple[str, ...] = ()
     kept: int = 0
+    remaining: int = 0
     errors: tuple[RetentionError, ...] = ()
     dry_run: bool = False
 

@@ -54,6 +54,10 @@ class Summary(BaseModel):
     skipped: int
     failed: int
     snapshots: int
+    # Retention's phase: snapshots deleted (or that a dry run would delete), and the sets it
+    # had no time or share of the DeleteSnapshot rate left for (the next run deletes them).
+    retention_deleted: int = 0
+    retention_remaining: int = 0
 
 
 class S3Location(BaseModel):
@@ -99,6 +103,8 @@ def summarize(outcomes: tuple[InstanceOutcome, ...]) -> Summary:
         skipped=counts[InstanceStatus.SKIPPED],
         failed=counts[InstanceStatus.FAILED],
         snapshots=sum(len(o.snapshots) for o in outcomes),
+        retention_deleted=sum(len(o.retention.deleted) for o in outcomes if o.retention),
+        retention_remaining=sum(o.retention.remaining for o in outcomes if o.retention),
     )
 
 

@@ -4,13 +4,16 @@ A *set* is the snapshots of one instance sharing one `snapset:trigger-id` (one C
 call). Sets are kept or deleted whole, and counted and aged as sets.
 
 The decision is pure (`managed_sets`, `select_sets_to_delete`) so it can be property-tested; the
-I/O around it (`apply_retention`) lists the instance's snapshots with one paginated
-DescribeSnapshots, checks only the sets the rules would delete for protections (registered AMI,
-shared or public, locked), and deletes what is left. Any check that cannot be made keeps the
-snapshots it was about: retention errs on keeping, never on deleting.
+I/O around it (`retain_sets`, a run's retention phase after all its sets started) lists the
+instances' snapshots with one paginated DescribeSnapshots per 200 instances, checks only the
+sets the rules would delete for protections (registered AMI, shared or public, locked), batched
+across the run, and deletes what is left, paced, whole sets at a time, until the deadline: what
+is left is counted in `remaining` and deleted by the next run. Any check that cannot be made
+keeps the snapshots it was about: retention errs on keeping, never on deleting.
 
-AWS calls used, all on the `ec2` client: DescribeSnapshots, DescribeLockedSnapshots,
-DescribeImages, DescribeSnapshotAttribute, DeleteSnapshot.
+AWS calls used, all on the `ec2` client: DescribeSnapshots and DeleteSnapshot here, and the
+protection checks of `protections` (DescribeLockedSnapshots, DescribeImages,
+DescribeSnapshotAttribute).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from snapset.deadline import NEVER, Deadline
-from snapset.errors import TIMEOUT, UNEXPECTED_ERROR, error_code, error_message
+from snapset.errors import UNEXPECTED_ERROR
 from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionError, RetentionResult
 from snapset.pacing import Pacer
 from snapset.policy import (
@@ -34,6 +37,12 @@ from snapset.policy import (
     TAG_TRIGGER_ID,
     Retention,
     SnapshotPolicy,
+)
+from snapset.protections import (
+    chunks,
+    out_of_time_error,
+    protected_ids,
+    retention_error,
 )
 
 if TYPE_CHECKING:
@@ -45,8 +54,8 @@ COMPLETED = "completed"
 ERROR = "error"
 # States a set may be deleted in; anything else (pending, recoverable, unknown) is kept.
 DELETABLE_STATES = frozenset({COMPLETED, ERROR})
-# EC2 accepts at most 200 values in one filter; used for every batched id list.
-_IDS_PER_CALL = 200
+# The largest page DescribeSnapshots allows: calls grow with pages, not instances.
+_SNAPSHOTS_PER_PAGE = 1000
 
 
 # --- the pure part ---------------------------------------------------------------------------
@@ -196,136 +205,34 @@ def select_sets_to_delete(
 # --- the I/O part ----------------------------------------------------------------------------
 
 
-def retention_error(exc: Exception, snapshot_id: str | None, what: str) -> RetentionError:
-    return RetentionError(
-        snapshot_id=snapshot_id, code=error_code(exc), message=f"{what}: {error_message(exc)}"
-    )
-
-
-def _chunks(ids: Sequence[str]) -> Iterable[list[str]]:
-    for start in range(0, len(ids), _IDS_PER_CALL):
-        yield list(ids[start : start + _IDS_PER_CALL])
-
-
 def list_snapshots(
     ec2: EC2Client, policy: str, instance_id: str, account_id: str | None = None
 ) -> list[SnapshotRecord]:
-    """One paginated DescribeSnapshots: our snapshots tagged with this policy and instance."""
-    filters: list[Any] = [
-        {"Name": f"tag:{TAG_POLICY}", "Values": [policy]},
-        {"Name": f"tag:{TAG_INSTANCE_ID}", "Values": [instance_id]},
-    ]
-    if account_id is not None:
-        filters.append({"Name": "owner-id", "Values": [account_id]})
+    """Our snapshots tagged with this policy and instance (see `list_instances_snapshots`)."""
+    return list_instances_snapshots(ec2, policy, [instance_id], account_id)
+
+
+def list_instances_snapshots(
+    ec2: EC2Client, policy: str, instance_ids: Sequence[str], account_id: str | None = None
+) -> list[SnapshotRecord]:
+    """Our snapshots tagged with this policy and one of these instances: one paginated
+    DescribeSnapshots per 200 instances (EC2's limit of values in a filter), 1,000 a page."""
     paginator = ec2.get_paginator("describe_snapshots")
-    return [
-        SnapshotRecord.from_api(raw)
-        for page in paginator.paginate(OwnerIds=["self"], Filters=filters)
-        for raw in page.get("Snapshots", [])
-    ]
-
-
-def locked_ids(ec2: EC2Client, ids: Sequence[str]) -> set[str]:
-    """Snapshots with an EBS snapshot lock in any state but `expired`."""
-    locked: set[str] = set()
-    for chunk in _chunks(ids):
-        token: str | None = None
-        while True:
-            page = (
-                ec2.describe_locked_snapshots(SnapshotIds=chunk, NextToken=token)
-                if token
-                else ec2.describe_locked_snapshots(SnapshotIds=chunk)
-            )
-            locked.update(
-                s["SnapshotId"]
-                for s in page.get("Snapshots", [])
-                if "SnapshotId" in s and s.get("LockState") != "expired"
-            )
-            token = page.get("NextToken")
-            if not token:
-                break
-    return locked
-
-
-def ami_backed_ids(ec2: EC2Client, ids: Sequence[str]) -> set[str]:
-    """Snapshots that back one of our registered AMIs (disabled and deprecated ones too)."""
-    wanted = set(ids)
-    backing: set[str] = set()
-    paginator = ec2.get_paginator("describe_images")
-    for chunk in _chunks(ids):
+    records: list[SnapshotRecord] = []
+    for chunk in chunks(instance_ids):
+        filters: list[Any] = [
+            {"Name": f"tag:{TAG_POLICY}", "Values": [policy]},
+            {"Name": f"tag:{TAG_INSTANCE_ID}", "Values": chunk},
+        ]
+        if account_id is not None:
+            filters.append({"Name": "owner-id", "Values": [account_id]})
         pages = paginator.paginate(
-            Owners=["self"],
-            IncludeDisabled=True,
-            IncludeDeprecated=True,
-            Filters=[{"Name": "block-device-mapping.snapshot-id", "Values": chunk}],
+            OwnerIds=["self"], Filters=filters, PaginationConfig={"PageSize": _SNAPSHOTS_PER_PAGE}
         )
-        for page in pages:
-            for image in page.get("Images", []):
-                for mapping in image.get("BlockDeviceMappings", []):
-                    sid = mapping.get("Ebs", {}).get("SnapshotId")
-                    if sid in wanted:
-                        backing.add(sid)
-    return backing
-
-
-def is_shared(ec2: EC2Client, snapshot_id: str) -> bool:
-    """Shared with another account or public (any createVolumePermission)."""
-    attr = ec2.describe_snapshot_attribute(
-        SnapshotId=snapshot_id, Attribute="createVolumePermission"
-    )
-    return bool(attr.get("CreateVolumePermissions"))
-
-
-def _out_of_time_error(what: str) -> RetentionError:
-    return RetentionError(
-        code=TIMEOUT, message=f"out of invocation time: {what}; the next run continues"
-    )
-
-
-def _protected(
-    ec2: EC2Client, candidates: Sequence[SnapshotSet], deadline: Deadline = NEVER
-) -> tuple[set[str], list[RetentionError]]:
-    """Snapshot ids of the candidate sets that must be kept, and the checks that failed.
-
-    A check that fails (denied, throttled past retries, or not supported, as by a local AWS
-    without snapshot locks) protects every snapshot it was about.
-    """
-    ids = [sid for s in candidates for sid in s.snapshot_ids]
-    errors: list[RetentionError] = []
-    protected: set[str] = set()
-    for what, check in (
-        ("DescribeLockedSnapshots", locked_ids),
-        ("DescribeImages", ami_backed_ids),
-    ):
-        try:
-            protected |= check(ec2, ids)
-        except Exception as exc:  # any failure, even a local AWS's NotImplementedError, keeps
-            logger.warning("retention check %s failed: %r", what, exc)
-            errors.append(
-                retention_error(
-                    exc, None, f"{what} failed, kept {len(candidates)} set(s) unchecked"
-                )
-            )
-            return set(ids), errors
-    for n, s in enumerate(candidates):
-        if protected.intersection(s.snapshot_ids):
-            continue  # kept anyway: no need to ask about its other snapshots
-        if deadline.expired():
-            unchecked = [sid for later in candidates[n:] for sid in later.snapshot_ids]
-            protected.update(unchecked)
-            errors.append(_out_of_time_error(f"kept {len(candidates) - n} set(s) unchecked"))
-            break
-        for sid in s.snapshot_ids:
-            try:
-                if is_shared(ec2, sid):
-                    protected.add(sid)
-            except Exception as exc:
-                logger.warning("retention check of %s failed: %r", sid, exc)
-                errors.append(
-                    retention_error(exc, sid, "DescribeSnapshotAttribute failed, kept its set")
-                )
-                protected.add(sid)
-    return protected, errors
+        records += [
+            SnapshotRecord.from_api(raw) for page in pages for raw in page.get("Snapshots", [])
+        ]
+    return records
 
 
 def _delete(
@@ -333,7 +240,9 @@ def _delete(
     doomed: Sequence[SnapshotSet],
     deadline: Deadline = NEVER,
     pacer: Pacer | None = None,
-) -> tuple[list[str], list[RetentionError]]:
+) -> tuple[list[str], list[RetentionError], int]:
+    """Delete the sets in order: the snapshots deleted, the errors, and how many sets were left
+    for the next run for lack of time."""
     deleted: list[str] = []
     errors: list[RetentionError] = []
     for n, s in enumerate(doomed):
@@ -343,8 +252,8 @@ def _delete(
         if deadline.expired() or (
             pacer is not None and not pacer.acquire(deadline, min(len(ids), pacer.burst))
         ):
-            errors.append(_out_of_time_error(f"{len(doomed) - n} set(s) not deleted yet"))
-            break
+            errors.append(out_of_time_error(f"{len(doomed) - n} set(s) not deleted yet"))
+            return deleted, errors, len(doomed) - n
         for sid in ids:
             try:
                 ec2.delete_snapshot(SnapshotId=sid)
@@ -354,7 +263,7 @@ def _delete(
                 )
             else:
                 deleted.append(sid)
-    return deleted, errors
+    return deleted, errors, 0
 
 
 def apply_retention(
@@ -368,17 +277,62 @@ def apply_retention(
     deadline: Deadline = NEVER,
     pacer: Pacer | None = None,
 ) -> RetentionResult:
-    """Delete the policy's older snapshot sets of one instance that its retention lets go.
+    """Delete the policy's older snapshot sets of one instance that its retention lets go
+    (`retain_sets` for one instance)."""
+    return retain_sets(
+        ec2,
+        policy,
+        [instance_id],
+        current_trigger_id,
+        now,
+        account_id=account_id,
+        deadline=deadline,
+        pacer=pacer,
+    )[instance_id]
 
-    Call it after this run's set of the instance was started (`current_trigger_id`), with an
+
+@dataclass(frozen=True)
+class _InstancePlan:
+    sets: tuple[SnapshotSet, ...]
+    older: int
+    candidates: tuple[SnapshotSet, ...]
+
+
+def _errors_for(errors: Sequence[RetentionError], plan: _InstancePlan) -> list[RetentionError]:
+    """The protection errors that concern one instance: its own snapshots' and the batch ones."""
+    mine = {sid for c in plan.candidates for sid in c.snapshot_ids}
+    return [e for e in errors if e.snapshot_id is None or e.snapshot_id in mine]
+
+
+def _named(instance_ids: Sequence[str]) -> str:
+    """The instances for a log line: up to three, then how many more."""
+    more = len(instance_ids) - 3
+    return ", ".join(instance_ids[:3]) + (f" and {more} more" if more > 0 else "")
+
+
+def retain_sets(
+    ec2: EC2Client,
+    policy: SnapshotPolicy,
+    instance_ids: Sequence[str],
+    current_trigger_id: str,
+    now: datetime,
+    *,
+    account_id: str | None = None,
+    deadline: Deadline = NEVER,
+    pacer: Pacer | None = None,
+) -> dict[str, RetentionResult]:
+    """Delete the policy's older snapshot sets of these instances that its retention lets go.
+
+    Call it after this run's sets of the instances were started (`current_trigger_id`), with an
     aware `now`. With `policy.dry_run` nothing is deleted and `deleted` lists what would be.
     `account_id`, when known, restricts candidates to snapshots owned by that account (AWS
-    already does with `OwnerIds=['self']`; a local AWS may not). Never raises: lookup and
-    deletion failures are returned in `errors`, and a failed lookup deletes nothing.
-    `deadline` is asked before each set's checks and deletion: once it has passed, the rest is
-    kept and reported (code `Timeout`) for the next run, so the report still gets out.
-    `pacer`, the run's share of EC2's DeleteSnapshot bucket, is asked for each set's calls at
-    once; a set it has no time for is kept and reported the same way.
+    already does with `OwnerIds=['self']`; a local AWS may not). Calls grow with pages: one
+    listing per 200 instances, protection checks batched across all their candidates, then the
+    deletions in instance order, whole sets at a time, each set's calls asked of `pacer` (the
+    run's share of EC2's DeleteSnapshot bucket). Never raises: lookup and deletion failures are
+    returned in each result's `errors`, and a failed lookup deletes nothing. Once `deadline`
+    has passed, the sets left are kept, counted in `remaining` and reported (code `Timeout`)
+    for the next run, so the report still gets out.
     """
     retention = policy.retention
     if retention is None:
@@ -386,27 +340,91 @@ def apply_retention(
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     dry_run = policy.dry_run
+    if not instance_ids:
+        return {}
     try:
-        records = list_snapshots(ec2, policy.name, instance_id, account_id)
-        sets = managed_sets(records, policy.name, instance_id, account_id)
-        older = sum(1 for s in sets if s.trigger_id != current_trigger_id)
-        # The rules alone first: protections are checked only for sets they would delete.
-        candidates = select_sets_to_delete(sets, retention, now, current_trigger_id)
-        if not candidates:
-            return RetentionResult(kept=older, dry_run=dry_run)
-        protected, errors = _protected(ec2, candidates, deadline)
-        doomed = select_sets_to_delete(sets, retention, now, current_trigger_id, protected)
+        records = list_instances_snapshots(ec2, policy.name, instance_ids, account_id)
+        by_instance: dict[str, list[SnapshotRecord]] = {iid: [] for iid in instance_ids}
+        for record in records:
+            by_instance.get(record.tags.get(TAG_INSTANCE_ID, ""), []).append(record)
+        plans: dict[str, _InstancePlan] = {}
+        for iid in instance_ids:
+            sets = managed_sets(by_instance[iid], policy.name, iid, account_id)
+            # The rules alone first: protections are checked only for sets they would delete.
+            plans[iid] = _InstancePlan(
+                sets=tuple(sets),
+                older=sum(1 for s in sets if s.trigger_id != current_trigger_id),
+                candidates=select_sets_to_delete(sets, retention, now, current_trigger_id),
+            )
+        candidates = [c for plan in plans.values() for c in plan.candidates]
+        protected, check_errors = (
+            protected_ids(ec2, [c.snapshot_ids for c in candidates], deadline)
+            if candidates
+            else (set(), [])
+        )
+    except (ClientError, BotoCoreError) as exc:
+        logger.warning("retention for %s failed: %r", _named(instance_ids), exc)
+        return {
+            iid: RetentionResult(
+                errors=(retention_error(exc, None, f"{iid}: listing snapshots"),), dry_run=dry_run
+            )
+            for iid in instance_ids
+        }
+    except Exception as exc:
+        # A bug must not cost the report of the snapshots just started; nothing is deleted.
+        logger.exception("unexpected error in retention for %s", _named(instance_ids))
+        return {
+            iid: RetentionResult(
+                errors=(RetentionError(code=UNEXPECTED_ERROR, message=f"{iid}: {exc!r}"),),
+                dry_run=dry_run,
+            )
+            for iid in instance_ids
+        }
+    return {
+        iid: _retain_instance(
+            ec2,
+            policy,
+            iid,
+            plan,
+            check_errors=check_errors,
+            protected=protected,
+            now=now,
+            current_trigger_id=current_trigger_id,
+            deadline=deadline,
+            pacer=pacer,
+        )
+        for iid, plan in plans.items()
+    }
+
+
+def _retain_instance(
+    ec2: EC2Client,
+    policy: SnapshotPolicy,
+    instance_id: str,
+    plan: _InstancePlan,
+    *,
+    check_errors: Sequence[RetentionError],
+    protected: set[str],
+    now: datetime,
+    current_trigger_id: str,
+    deadline: Deadline,
+    pacer: Pacer | None,
+) -> RetentionResult:
+    dry_run = policy.dry_run
+    if not plan.candidates:
+        return RetentionResult(kept=plan.older, dry_run=dry_run)
+    assert policy.retention is not None
+    errors = _errors_for(check_errors, plan)
+    try:
+        doomed = select_sets_to_delete(
+            plan.sets, policy.retention, now, current_trigger_id, protected
+        )
+        remaining = 0
         if dry_run:
             deleted = [sid for s in doomed for sid in s.snapshot_ids]
         else:
-            deleted, delete_errors = _delete(ec2, doomed, deadline, pacer)
+            deleted, delete_errors, remaining = _delete(ec2, doomed, deadline, pacer)
             errors += delete_errors
-    except (ClientError, BotoCoreError) as exc:
-        logger.warning("retention for %s failed: %r", instance_id, exc)
-        return RetentionResult(
-            errors=(retention_error(exc, None, f"{instance_id}: listing snapshots"),),
-            dry_run=dry_run,
-        )
     except Exception as exc:
         # A bug must not cost the report of the snapshots just started; nothing more is deleted.
         logger.exception("unexpected error in retention for %s", instance_id)
@@ -415,17 +433,22 @@ def apply_retention(
             dry_run=dry_run,
         )
     logger.info(
-        "retention %s %s: %s %d snapshot(s) of %d set(s), kept %d set(s), %d error(s)",
+        "retention %s %s: %s %d snapshot(s) of %d set(s), kept %d set(s), %d left, %d error(s)",
         policy.name,
         instance_id,
         "would delete" if dry_run else "deleted",
         len(deleted),
         len(doomed),
-        older - len(doomed),
+        plan.older - len(doomed),
+        remaining,
         len(errors),
     )
     return RetentionResult(
-        deleted=tuple(deleted), kept=older - len(doomed), errors=tuple(errors), dry_run=dry_run
+        deleted=tuple(deleted),
+        kept=plan.older - len(doomed),
+        remaining=remaining,
+        errors=tuple(errors),
+        dry_run=dry_run,
     )
 
 
@@ -463,3 +486,37 @@ def with_retention(
         pacer=pacer,
     )
     return outcome.model_copy(update={"retention": result})
+
+
+def with_retention_all(
+    ec2: EC2Client,
+    policy: SnapshotPolicy,
+    outcomes: Sequence[InstanceOutcome],
+    current_trigger_id: str,
+    now: datetime,
+    *,
+    account_id: str | None = None,
+    deadline: Deadline = NEVER,
+    pacer: Pacer | None = None,
+) -> list[InstanceOutcome]:
+    """The run's retention phase: every outcome retention applies to gets its `retention`
+    result (`retain_sets` over all of them at once), the others are returned as they are."""
+    wanted = [o.instance_id for o in outcomes if wants_retention(policy, o)]
+    if not wanted:
+        return list(outcomes)
+    results = retain_sets(
+        ec2,
+        policy,
+        wanted,
+        current_trigger_id,
+        now,
+        account_id=account_id,
+        deadline=deadline,
+        pacer=pacer,
+    )
+    return [
+        o.model_copy(update={"retention": results[o.instance_id]})
+        if o.instance_id in results
+        else o
+        for o in outcomes
+    ]

@@ -18,15 +18,12 @@ from pydantic import BaseModel, ConfigDict
 
 from snapset.outcomes import RetentionError
 from snapset.policy import Retention, SnapshotPolicy
+from snapset.protections import ami_backed_ids, is_shared, locked_ids, retention_error
 from snapset.retention import (
     DELETABLE_STATES,
     SnapshotSet,
-    ami_backed_ids,
-    is_shared,
     list_snapshots,
-    locked_ids,
     managed_sets,
-    retention_error,
     select_sets_to_delete,
 )
 

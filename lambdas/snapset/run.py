@@ -41,7 +41,7 @@ from snapset.pacing import (
 )
 from snapset.policy import SnapshotRequest, TriggerType
 from snapset.report import ReportStatus, RunReport, build_report
-from snapset.retention import with_retention
+from snapset.retention import with_retention_all
 from snapset.snapshots import RetryBudget, SnapshotFn, run_lookups, snapshot_all, snapshot_instance
 from snapset.targets import Instance, describe_instance, find_targets, matches_policy
 
@@ -224,10 +224,11 @@ def run_request(
     """Run a request end to end and return its report (or `Ignored` for a non-target event).
 
     `engine` makes the run's lookups for the instances found, then snapshots each (see
-    `build_engine`). After an instance's set has started,
-    the policy's retention deletes its older sets (see `retention.with_retention`), and stops
-    between sets once `deadline` has passed. Discovery errors (DescribeInstances denied or
-    throttled past botocore's retries) give a failed report naming the error.
+    `build_engine`). Once every set has started, the policy's retention deletes the instances'
+    older sets (see `retention.retain_sets`: calls per page, paced), and stops between sets
+    once `deadline` has passed, leaving the rest for the next run. Discovery errors
+    (DescribeInstances denied or throttled past botocore's retries) give a failed report
+    naming the error.
     """
     policy = request.policy
     try:
@@ -250,26 +251,20 @@ def run_request(
                 ),
             }
         )
-    retention = policy.retention
     snapshot = engine.for_targets(instances)
-
-    def snapshot_then_retain(instance: Instance) -> InstanceOutcome:
-        # Retention runs outside the idempotent snapshot step, so a redelivery retries it too.
-        outcome = snapshot(instance)
-        if retention is None:
-            return outcome
-        return with_retention(
-            ec2,
-            policy,
-            outcome,
-            request.trigger.id,
-            datetime.now(UTC),
-            deadline=deadline,
-            pacer=engine.delete_pacer,
-        )
-
     try:
-        outcomes = missing + snapshot_all(instances, snapshot_then_retain, max_workers)
+        outcomes = missing + snapshot_all(instances, snapshot, max_workers)
     finally:
         engine.release()
+    # Retention is the run's own phase, after every set has started: deletion never delays
+    # creation, and it runs outside the idempotent snapshot step, so a redelivery retries it.
+    outcomes = with_retention_all(
+        ec2,
+        policy,
+        outcomes,
+        request.trigger.id,
+        datetime.now(UTC),
+        deadline=deadline,
+        pacer=engine.delete_pacer,
+    )
     return build_report(policy.name, request.trigger, policy.dry_run, outcomes)

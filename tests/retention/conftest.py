@@ -153,21 +153,23 @@ def instances(aws: Aws) -> list[FleetInstance]:
 
 @pytest.fixture
 def retention_log() -> Iterator[list[logging.LogRecord]]:
-    """What retention logs for operators, read from its own logger (whatever the handler's
-    Powertools logger does to propagation)."""
+    """What retention and its protection checks log for operators, read from their own loggers
+    (whatever the handler's Powertools logger does to propagation), in order."""
     records: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             records.append(record)
 
-    logger = logging.getLogger("snapset.retention")
-    keep, level = Keep(), logger.level
-    logger.addHandler(keep)
-    logger.setLevel(logging.DEBUG)
+    loggers = [logging.getLogger(f"snapset.{name}") for name in ("retention", "protections")]
+    keep, levels = Keep(), [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(keep)
+        logger.setLevel(logging.DEBUG)
     yield records
-    logger.removeHandler(keep)
-    logger.setLevel(level)
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.removeHandler(keep)
+        logger.setLevel(level)
 
 
 def logged(records: list[logging.LogRecord]) -> list[tuple[str, str]]:

@@ -76,6 +76,7 @@ def test_every_candidate_is_checked_in_batches_through_every_page(
                     {"Name": f"tag:{TAG_POLICY}", "Values": ["nightly"]},
                     {"Name": f"tag:{TAG_INSTANCE_ID}", "Values": [INSTANCE]},
                 ],
+                "MaxResults": 1000,
             },
         )
         # locks: the first batch over two pages; an expired lock protects nothing
@@ -145,7 +146,7 @@ def test_every_candidate_is_checked_in_batches_through_every_page(
     assert result.kept == 7 - 2
     assert result.dry_run is dry_run
     verb = "would delete" if dry_run else "deleted"
-    summary = f"{verb} 80 snapshot(s) of 2 set(s), kept 5 set(s), 0 error(s)"
+    summary = f"{verb} 80 snapshot(s) of 2 set(s), kept 5 set(s), 0 left, 0 error(s)"
     assert logged(retention_log) == [("INFO", f"retention nightly {INSTANCE}: {summary}")]
 
 

@@ -14,7 +14,7 @@ from botocore.stub import Stubber
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 
 from localaws.fleet import MOTO_ACCOUNT, FleetInstance
-from snapset import retention
+from snapset import protections
 from snapset.deadline import Deadline
 from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionResult
 from snapset.pacing import Pacer
@@ -260,7 +260,7 @@ def test_any_failed_protection_lookup_keeps_every_set_and_says_why(
     assert summary == (
         "INFO",
         f"retention nightly {a.instance_id}: deleted 0 snapshot(s) of 0 set(s), kept 5 set(s), "
-        "1 error(s)",
+        "0 left, 1 error(s)",
     )
     assert aws.existing() == before
 
@@ -388,7 +388,7 @@ def test_an_ami_registered_after_the_check_gives_moto_s_in_use_error(
         aws.register_ami(sets[3][0])
         return set()
 
-    monkeypatch.setattr(retention, "ami_backed_ids", check_then_register)
+    monkeypatch.setattr(protections, "ami_backed_ids", check_then_register)
     result = apply_retention(aws.ec2, policy(count=1), a.instance_id, CURRENT, NOW)
     assert set(result.deleted) == ids(sets, [2, 3]) - {sets[3][0]}
     [error] = result.errors
@@ -426,6 +426,7 @@ def test_deletes_issue_one_describe_snapshots_with_owner_self_and_tag_filters() 
                     {"Name": "tag:snapset:policy", "Values": ["nightly"]},
                     {"Name": "tag:snapset:instance-id", "Values": ["i-0123456789abcdef0"]},
                 ],
+                "MaxResults": 1000,
             },
         )
         result = apply_retention(ec2, policy(count=1), "i-0123456789abcdef0", CURRENT, NOW)

@@ -85,6 +85,8 @@ def test_summary_counts_and_instance_order() -> None:
         "skipped": 0,
         "failed": 1,
         "snapshots": 3,
+        "retention_deleted": 0,
+        "retention_remaining": 0,
     }
 
 

@@ -4,8 +4,10 @@ policy's retention are deleted and the report lists them."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from botocore.client import BaseClient
 from moto.ec2.models import ec2_backends
 
 from localaws.fleet import MOTO_ACCOUNT, launch_instance, snapshots_by_volume
@@ -140,3 +142,32 @@ def test_a_schedule_input_must_carry_the_deployed_retention_unchanged(
     assert _existing(aws) == set(ids)
     genuine = {**forged, "retention": {"count": 7}}
     assert handler(genuine, context)["instances"][0]["status"] == "started"
+
+
+def test_retention_starts_once_every_set_of_the_run_has_started(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deploy_policies(monkeypatch, {"p": {"count": 1}})
+    fleet = [launch_instance(aws.ec2, tags={"Backup": "x"}) for _ in range(4)]
+    payload = {"policy": "p", "target_tags": {"Backup": ["x"]}}
+    for n in range(2):  # two completed sets per instance, a day apart
+        handler({**payload, "request_id": f"old-{n}"}, context)
+        COMPLETER.complete_all()
+        age_all_snapshots(1)
+    calls: list[str] = []
+    real = BaseClient._make_api_call
+
+    def record(self: BaseClient, operation: str, params: Any) -> Any:
+        calls.append(operation)
+        return real(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", record)
+    report = handler({**payload, "request_id": "now"}, context)
+    creates = [n for n, op in enumerate(calls) if op == "CreateSnapshots"]
+    deletes = [n for n, op in enumerate(calls) if op == "DeleteSnapshot"]
+    assert len(creates) == len(deletes) == len(fleet)  # one set each made, the oldest deleted
+    assert max(creates) < min(deletes)  # deletion never delays creation
+    # the retention phase lists the fleet's snapshots once, after the last CreateSnapshots
+    assert calls[max(creates) :].count("DescribeSnapshots") == 1
+    assert report["summary"]["retention_deleted"] == len(fleet)
+    assert report["summary"]["retention_remaining"] == 0

@@ -1,0 +1,142 @@
+"""Retention's protection checks: the snapshots that must be kept whatever the rules say.
+
+A snapshot that backs a registered AMI, is shared or public, or is locked is never deleted; a
+check that cannot be made keeps every snapshot it was about. AWS calls, all on the `ec2`
+client: DescribeLockedSnapshots, DescribeImages, DescribeSnapshotAttribute.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from snapset.deadline import NEVER, Deadline
+from snapset.errors import TIMEOUT, error_code, error_message
+from snapset.outcomes import RetentionError
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+
+logger = logging.getLogger(__name__)
+
+# EC2 accepts at most 200 values in one filter; used for every batched id list.
+IDS_PER_CALL = 200
+
+
+def retention_error(exc: Exception, snapshot_id: str | None, what: str) -> RetentionError:
+    """A retention step's error: the snapshot it was about (None: a lookup) and what failed."""
+    return RetentionError(
+        snapshot_id=snapshot_id, code=error_code(exc), message=f"{what}: {error_message(exc)}"
+    )
+
+
+def chunks(ids: Sequence[str]) -> Iterable[list[str]]:
+    for start in range(0, len(ids), IDS_PER_CALL):
+        yield list(ids[start : start + IDS_PER_CALL])
+
+
+def locked_ids(ec2: EC2Client, ids: Sequence[str]) -> set[str]:
+    """Snapshots with an EBS snapshot lock in any state but `expired`."""
+    locked: set[str] = set()
+    for chunk in chunks(ids):
+        token: str | None = None
+        while True:
+            page = (
+                ec2.describe_locked_snapshots(SnapshotIds=chunk, NextToken=token)
+                if token
+                else ec2.describe_locked_snapshots(SnapshotIds=chunk)
+            )
+            locked.update(
+                s["SnapshotId"]
+                for s in page.get("Snapshots", [])
+                if "SnapshotId" in s and s.get("LockState") != "expired"
+            )
+            token = page.get("NextToken")
+            if not token:
+                break
+    return locked
+
+
+def ami_backed_ids(ec2: EC2Client, ids: Sequence[str]) -> set[str]:
+    """Snapshots that back one of our registered AMIs (disabled and deprecated ones too)."""
+    wanted = set(ids)
+    backing: set[str] = set()
+    paginator = ec2.get_paginator("describe_images")
+    for chunk in chunks(ids):
+        pages = paginator.paginate(
+            Owners=["self"],
+            IncludeDisabled=True,
+            IncludeDeprecated=True,
+            Filters=[{"Name": "block-device-mapping.snapshot-id", "Values": chunk}],
+        )
+        for page in pages:
+            for image in page.get("Images", []):
+                for mapping in image.get("BlockDeviceMappings", []):
+                    sid = mapping.get("Ebs", {}).get("SnapshotId")
+                    if sid in wanted:
+                        backing.add(sid)
+    return backing
+
+
+def is_shared(ec2: EC2Client, snapshot_id: str) -> bool:
+    """Shared with another account or public (any createVolumePermission)."""
+    attr = ec2.describe_snapshot_attribute(
+        SnapshotId=snapshot_id, Attribute="createVolumePermission"
+    )
+    return bool(attr.get("CreateVolumePermissions"))
+
+
+def out_of_time_error(what: str) -> RetentionError:
+    return RetentionError(
+        code=TIMEOUT, message=f"out of invocation time: {what}; the next run continues"
+    )
+
+
+def protected_ids(
+    ec2: EC2Client, candidates: Sequence[Sequence[str]], deadline: Deadline = NEVER
+) -> tuple[set[str], list[RetentionError]]:
+    """Snapshot ids of the candidate sets (each given as its snapshot ids) that must be kept,
+    and the checks that failed.
+
+    Locks and AMIs are asked about in batches of 200 ids across all the candidates; sharing,
+    which EC2 answers per snapshot only, for each snapshot of a set nothing protects yet. A
+    check that fails (denied, throttled past retries, or not supported, as by a local AWS
+    without snapshot locks) protects every snapshot it was about.
+    """
+    ids = [sid for s in candidates for sid in s]
+    errors: list[RetentionError] = []
+    protected: set[str] = set()
+    for what, check in (
+        ("DescribeLockedSnapshots", locked_ids),
+        ("DescribeImages", ami_backed_ids),
+    ):
+        try:
+            protected |= check(ec2, ids)
+        except Exception as exc:  # any failure, even a local AWS's NotImplementedError, keeps
+            logger.warning("retention check %s failed: %r", what, exc)
+            errors.append(
+                retention_error(
+                    exc, None, f"{what} failed, kept {len(candidates)} set(s) unchecked"
+                )
+            )
+            return set(ids), errors
+    for n, s in enumerate(candidates):
+        if protected.intersection(s):
+            continue  # kept anyway: no need to ask about its other snapshots
+        if deadline.expired():
+            unchecked = [sid for later in candidates[n:] for sid in later]
+            protected.update(unchecked)
+            errors.append(out_of_time_error(f"kept {len(candidates) - n} set(s) unchecked"))
+            break
+        for sid in s:
+            try:
+                if is_shared(ec2, sid):
+                    protected.add(sid)
+            except Exception as exc:
+                logger.warning("retention check of %s failed: %r", sid, exc)
+                errors.append(
+                    retention_error(exc, sid, "DescribeSnapshotAttribute failed, kept its set")
+                )
+                protected.add(sid)
+    return protected, errors
