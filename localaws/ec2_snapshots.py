@@ -372,8 +372,19 @@ def make_handler(completer: SnapshotCompleter) -> Callable[[Any], Any]:
     return create_snapshots
 
 
+_installed: list[SnapshotCompleter] = []
+
+
+def installed_completer() -> SnapshotCompleter | None:
+    """The completer the patch reports to, if installed: a test harness that imports its
+    conftest twice in one process (mutmut runs pytest in-process more than once) keeps the
+    completer its tests complete sets with, instead of installing a second one."""
+    return _installed[-1] if _installed else None
+
+
 def install(completer: SnapshotCompleter) -> None:
     """Patch moto (idempotent for one server process)."""
+    _installed.append(completer)
     handler = make_handler(completer)
     handler.__name__ = "create_snapshots"
     ElasticBlockStore.create_snapshots = handler  # type: ignore[method-assign,assignment]

@@ -28,7 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ("retention", "retention_preview", "idempotency", "snapshots", "report")
+MODULES = (
+    "retention",
+    "protections",
+    "retention_preview",
+    "idempotency",
+    "snapshots",
+    "report",
+    "pacing",
+)
 # The fast tests (no e2e): tests/unit, tests/retention, and the plan preview's own tests in
 # tests/cli, the only ones that reach retention's explain_retention and preview_retention.
 FAST_TESTS = (

@@ -10,7 +10,7 @@ import pytest
 from moto import mock_aws
 
 from localaws import ec2_images
-from localaws.ec2_snapshots import SnapshotCompleter, install
+from localaws.ec2_snapshots import SnapshotCompleter, install, installed_completer
 from localaws.events import EventSink
 from localaws.topic_queue import drain_notifications, subscribe_queue
 from snapset import handler as handler_module
@@ -26,7 +26,9 @@ REPORT_BUCKET = "snapset-reports"
 
 # Plain moto ignores ExcludeDataVolumeIds and CopyTagsFromSource; the local AWS's faithful
 # CreateSnapshots fixes that in-process too. Snapshots stay pending (completed on request only).
-COMPLETER = SnapshotCompleter(EventSink(), lambda: (), delay=None)
+# mutmut runs pytest more than once in one process and this module may run again: keep the
+# completer installed first, which the tests' sets register with.
+COMPLETER = installed_completer() or SnapshotCompleter(EventSink(), lambda: (), delay=None)
 install(COMPLETER)
 ec2_images.install()  # snapshot locks and AMI block-device mappings, which retention checks
 
