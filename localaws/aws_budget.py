@@ -5,11 +5,12 @@ throttling"). `aws_budget(time_scale)` gives the fault rules that put every EC2 
 behind its bucket: the published burst, and the published refill times `time_scale`, so a night
 of a large fleet runs in minutes while what runs dry first is what runs dry on AWS.
 `function_overrides` gives the deployed function the same scale (its pacer then paces at its
-share of the scaled refill) and an invocation time divided by it, so a run meets the scaled
-bucket with the time a real invocation would have.
+share of the scaled refill) and an invocation time and safety margin divided by it, so a run
+meets the scaled buckets with the time a real invocation would have.
 
     aws.set_faults(*aws_budget(50))
-    router = Router(aws, deployment, **function_overrides(50, timeout_seconds=300))
+    router = Router(aws, deployment, **function_overrides(50, timeout_seconds=300,
+                                                          safety_margin_ms=10_000))
 """
 
 from __future__ import annotations
@@ -53,12 +54,18 @@ def aws_budget(time_scale: float = 1.0) -> list[FaultRule]:
     ]
 
 
-def function_overrides(time_scale: float, *, timeout_seconds: int) -> dict[str, Any]:
-    """`Router` arguments for the same profile: the function's EC2 rate scale (its pacer) and
-    its invocation time, the deployed timeout divided by the scale."""
+def function_overrides(
+    time_scale: float, *, timeout_seconds: int, safety_margin_ms: int
+) -> dict[str, Any]:
+    """`Router` arguments for the same profile: the function's EC2 rate scale (its pacer), and
+    its invocation time and the safety margin it keeps back for its report, the deployed ones
+    divided by the scale."""
     if time_scale <= 0:
         raise ValueError(f"time_scale must be positive (got {time_scale})")
     return {
         "remaining_ms": int(timeout_seconds * 1000 / time_scale),
-        "env_overrides": {"SNAPSET_EC2_RATE_SCALE": f"{time_scale:g}"},
+        "env_overrides": {
+            "SNAPSET_EC2_RATE_SCALE": f"{time_scale:g}",
+            "SNAPSET_SAFETY_MARGIN_MS": str(int(safety_margin_ms / time_scale)),
+        },
     }

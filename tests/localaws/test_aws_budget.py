@@ -52,9 +52,9 @@ def test_the_time_scale_multiplies_every_refill_and_keeps_every_burst() -> None:
 
 
 def test_the_function_gets_the_same_scale_and_a_scaled_invocation() -> None:
-    assert function_overrides(50, timeout_seconds=300) == {
+    assert function_overrides(50, timeout_seconds=300, safety_margin_ms=10_000) == {
         "remaining_ms": 6000,
-        "env_overrides": {"SNAPSET_EC2_RATE_SCALE": "50"},
+        "env_overrides": {"SNAPSET_EC2_RATE_SCALE": "50", "SNAPSET_SAFETY_MARGIN_MS": "200"},
     }
 
 

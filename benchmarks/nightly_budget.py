@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""A nightly run with retention under the AWS budget profile, through the deployed stack.
+
+N instances tagged for the deployed `nightly-app` policy (exclude the boot volume, keep 7
+sets), two data volumes each, with eight completed sets of history a day apart: tonight's run
+makes one set per instance (N CreateSnapshots) and deletes each instance's oldest set (2N
+DeleteSnapshot). Every EC2 API the function calls sits behind EC2's published bucket, refill
+times `--time-scale` (`localaws.aws_budget`); the function runs with the same scale (its pacer
+spends `ec2_api_share` of each bucket) and the deployed timeout and safety margin divided by
+it. The trigger is delivered as Lambda's async invoke would: once, then retried up to twice
+while the run reports instances to redo.
+
+Printed: the run's duration against the bucket lower bound at the share (creation, then
+retention, which waits for creation), sets started, snapshots deleted and left for the next
+night, instances lost (no set after the last delivery) and duplicate sets. A run that cannot fit
+Lambda's deliveries is what the Step Functions fan-out (issue 11, part 2) is for.
+
+    .venv/bin/python benchmarks/nightly_budget.py [--fleet 1000] [--time-scale 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lambdas"))
+
+os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+
+from localaws import LocalAws
+from localaws.aws_budget import aws_budget, function_overrides
+from localaws.deploy import deploy
+from localaws.router import Router
+from localaws.synth import synthesize
+from snapset.pacing import CREATE_SNAPSHOTS_BUCKET, DEFAULT_EC2_API_SHARE, DELETE_SNAPSHOT_BUCKET
+
+POLICY = "nightly-app"
+TAGS = {"Backup": "nightly", "Environment": "prod"}
+HISTORY_NIGHTS = 8  # keep 7: the oldest set of each instance goes tonight
+LAMBDA_DELIVERIES = 3  # an async invoke and Lambda's two retries
+
+
+def launch(ec2: Any, n: int) -> list[str]:
+    reservation = ec2.run_instances(
+        ImageId="ami-03cf127a",
+        MinCount=n,
+        MaxCount=n,
+        InstanceType="t3.micro",
+        TagSpecifications=[
+            {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in TAGS.items()]}
+        ],
+    )
+    ids = []
+    for raw in reservation["Instances"]:
+        zone = raw["Placement"]["AvailabilityZone"]
+        for device in ("/dev/sdf", "/dev/sdg"):
+            volume = ec2.create_volume(Size=10, AvailabilityZone=zone)["VolumeId"]
+            ec2.attach_volume(VolumeId=volume, InstanceId=raw["InstanceId"], Device=device)
+        ids.append(raw["InstanceId"])
+    return ids
+
+
+def history(aws: LocalAws, ec2: Any, ids: list[str], tonight: datetime) -> None:
+    """Eight completed sets per instance, as eight earlier nights of the policy made them."""
+    for night in range(HISTORY_NIGHTS, 0, -1):
+        when = tonight - timedelta(days=night)
+        trigger = f"{POLICY}@{when:%Y-%m-%dT%H:%M:%SZ}"
+        made = []
+        for iid in ids:
+            tags = {"snapset:policy": POLICY, "snapset:trigger-id": trigger}
+            tags["snapset:instance-id"] = iid
+            response = ec2.create_snapshots(
+                InstanceSpecification={"InstanceId": iid, "ExcludeBootVolume": True},
+                TagSpecifications=[
+                    {
+                        "ResourceType": "snapshot",
+                        "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+                    }
+                ],
+            )
+            made += [s["SnapshotId"] for s in response["Snapshots"]]
+        aws.complete_snapshots()
+        aws.set_snapshot_start_times(made, when)
+
+
+def sets_by_instance(ec2: Any, trigger: str) -> Counter[str]:
+    """Snapshots of tonight's trigger per instance."""
+    found: Counter[str] = Counter()
+    pages = ec2.get_paginator("describe_snapshots").paginate(
+        OwnerIds=["self"], Filters=[{"Name": "tag:snapset:trigger-id", "Values": [trigger]}]
+    )
+    for page in pages:
+        for snap in page["Snapshots"]:
+            tags = {t["Key"]: t["Value"] for t in snap.get("Tags", [])}
+            found[tags["snapset:instance-id"]] += 1
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fleet", type=int, default=1000)
+    parser.add_argument("--time-scale", type=float, default=20.0)
+    args = parser.parse_args(argv)
+    n, scale, share = args.fleet, args.time_scale, DEFAULT_EC2_API_SHARE
+    synth = synthesize()
+    tonight = datetime(2026, 11, 27, 2, 30, tzinfo=UTC)
+    trigger = f"{POLICY}@{tonight:%Y-%m-%dT%H:%M:%SZ}"
+    with LocalAws(snapshot_delay=None) as aws:
+        deployment = deploy(aws, synth)
+        ec2 = aws.client("ec2")
+        setup = time.monotonic()
+        ids = launch(ec2, n)
+        history(aws, ec2, ids, tonight)
+        print(f"fleet {n}: {HISTORY_NIGHTS} nights of history in {time.monotonic() - setup:.0f} s")
+        config = aws.client("lambda").get_function_configuration(
+            FunctionName=deployment.function_name
+        )
+        timeout = int(config["Timeout"])
+        margin = int(config["Environment"]["Variables"]["SNAPSET_SAFETY_MARGIN_MS"])
+        overrides = function_overrides(scale, timeout_seconds=timeout, safety_margin_ms=margin)
+        router = Router(aws, deployment, **overrides)
+        aws.set_faults(*aws_budget(scale))
+        started = time.monotonic()
+        outcomes = []
+        for attempt in range(1, LAMBDA_DELIVERIES + 1):
+            invocation = router.fire_schedule(
+                policy=POLICY, scheduled_time=tonight, attempt=attempt
+            )
+            outcomes.append(invocation)
+            if invocation.ok:
+                break
+        seconds = time.monotonic() - started
+        stats = {s["api"]: s for s in aws.faults()["stats"]}
+        aws.clear_faults()
+        router.close()
+        made = sets_by_instance(ec2, trigger)
+        oldest = tonight - timedelta(days=HISTORY_NIGHTS)
+        left = sets_by_instance(ec2, f"{POLICY}@{oldest:%Y-%m-%dT%H:%M:%SZ}")
+        older_kept = sum(
+            sets_by_instance(
+                ec2, f"{POLICY}@{tonight - timedelta(days=d):%Y-%m-%dT%H:%M:%SZ}"
+            ).total()
+            for d in range(1, HISTORY_NIGHTS)
+        )
+    create_rate = CREATE_SNAPSHOTS_BUCKET.refill_per_second * share * scale
+    delete_rate = DELETE_SNAPSHOT_BUCKET.refill_per_second * share * scale
+    create_burst = int(CREATE_SNAPSHOTS_BUCKET.burst * share)
+    delete_burst = int(DELETE_SNAPSHOT_BUCKET.burst * share)
+    bound = max(0, n - create_burst) / create_rate + max(0, 2 * n - delete_burst) / delete_rate
+    lost = n - len(made)
+    duplicates = sum(1 for count in made.values() if count > 2)
+    print(
+        f"time scale {scale:g}, share {share}, invocation {timeout / scale:.1f} s "
+        f"(deployed {timeout} s / {scale:g}), deliveries {len(outcomes)} of {LAMBDA_DELIVERIES}"
+    )
+    print(
+        f"duration {seconds:.1f} s; bucket lower bound {bound:.1f} s "
+        f"(CreateSnapshots {create_rate:g}/s after {create_burst}, then DeleteSnapshot "
+        f"{delete_rate:g}/s after {delete_burst}); ratio {seconds / bound:.2f}"
+    )
+    print(
+        f"sets started {len(made)}, snapshots deleted {2 * n - left.total()} of {2 * n} "
+        f"(sets left for the next night {len(left)}), newer sets wrongly deleted "
+        f"{2 * n * (HISTORY_NIGHTS - 1) - older_kept}, instances lost {lost}, "
+        f"duplicate sets {duplicates}"
+    )
+    refused = {api.split(":", 1)[1]: s["throttled"] for api, s in stats.items() if s["throttled"]}
+    print(f"refused by EC2's buckets: {refused or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
