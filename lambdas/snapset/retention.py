@@ -461,33 +461,6 @@ def wants_retention(policy: SnapshotPolicy, outcome: InstanceOutcome) -> bool:
     return outcome.status is InstanceStatus.STARTED
 
 
-def with_retention(
-    ec2: EC2Client,
-    policy: SnapshotPolicy,
-    outcome: InstanceOutcome,
-    current_trigger_id: str,
-    now: datetime,
-    *,
-    account_id: str | None = None,
-    deadline: Deadline = NEVER,
-    pacer: Pacer | None = None,
-) -> InstanceOutcome:
-    """The outcome with its `retention` result filled in when retention applies to it."""
-    if not wants_retention(policy, outcome):
-        return outcome
-    result = apply_retention(
-        ec2,
-        policy,
-        outcome.instance_id,
-        current_trigger_id,
-        now,
-        account_id=account_id,
-        deadline=deadline,
-        pacer=pacer,
-    )
-    return outcome.model_copy(update={"retention": result})
-
-
 def with_retention_all(
     ec2: EC2Client,
     policy: SnapshotPolicy,

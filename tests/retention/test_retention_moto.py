@@ -19,7 +19,7 @@ from snapset.deadline import Deadline
 from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionResult
 from snapset.pacing import Pacer
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
-from snapset.retention import apply_retention, with_retention
+from snapset.retention import apply_retention, with_retention_all
 from snapset.snapshots import run_lookups, snapshot_instance
 from snapset.targets import describe_instance
 from tests.retention.conftest import NOW, REGION, Aws, logged, managed_tags
@@ -463,7 +463,7 @@ def test_naive_now_and_missing_retention_are_programming_errors(aws: Aws) -> Non
         apply_retention(aws.ec2, no_retention, "i-0123456789abcdef0", CURRENT, NOW)
 
 
-# --- wiring: with_retention after the engine started a set ----------------------------------
+# --- wiring: with_retention_all after the engine started a set ----------------------------------
 
 
 def test_engine_then_retention_deletes_old_sets_and_keeps_the_new_one(
@@ -483,7 +483,7 @@ def test_engine_then_retention_deletes_old_sets_and_keeps_the_new_one(
     assert outcome.status is InstanceStatus.STARTED
     new_ids = {s.snapshot_id for s in outcome.snapshots}
 
-    outcome = with_retention(aws.ec2, pol, outcome, trigger.id, NOW)
+    [outcome] = with_retention_all(aws.ec2, pol, [outcome], trigger.id, NOW)
 
     assert outcome.retention is not None
     assert set(outcome.retention.deleted) == ids(old, [3, 4, 5])
@@ -515,7 +515,7 @@ def test_with_retention_only_for_started_or_dry_run_ok(
     pol = policy(count=1, dry_run=dry_run)
     before = aws.existing()
     outcome = InstanceOutcome(instance_id=a.instance_id, status=status)
-    after = with_retention(aws.ec2, pol, outcome, CURRENT, NOW)
+    [after] = with_retention_all(aws.ec2, pol, [outcome], CURRENT, NOW)
     if applies:
         assert after.retention is not None
         assert set(after.retention.deleted) == ids(sets, [2, 3])
@@ -527,7 +527,7 @@ def test_with_retention_only_for_started_or_dry_run_ok(
 def test_no_retention_policy_leaves_the_outcome_alone(aws: Aws) -> None:
     pol = SnapshotPolicy(policy="p", instance_ids=["i-0123456789abcdef0"])
     outcome = InstanceOutcome(instance_id="i-0123456789abcdef0", status=InstanceStatus.STARTED)
-    assert with_retention(aws.ec2, pol, outcome, CURRENT, NOW) is outcome
+    assert with_retention_all(aws.ec2, pol, [outcome], CURRENT, NOW) == [outcome]
     assert outcome.model_dump(mode="json")["retention"] is None
 
 

@@ -5,6 +5,7 @@ for the next run counted, and creation never waiting on deletion."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +21,7 @@ from snapset.outcomes import InstanceOutcome, InstanceStatus
 from snapset.pacing import Pacer
 from snapset.policy import SnapshotPolicy
 from snapset.retention import retain_sets, with_retention_all
-from tests.retention.conftest import NOW, REGION, Aws
+from tests.retention.conftest import NOW, REGION, Aws, logged
 
 CURRENT = "run-now"
 
@@ -186,3 +187,29 @@ def test_nothing_to_retain_makes_no_call(aws: Aws) -> None:
         assert with_retention_all(aws.ec2, policy(count=1), [outcome], CURRENT, NOW) == [outcome]
         assert retain_sets(aws.ec2, policy(count=1), [], CURRENT, NOW) == {}
     assert calls == {}
+
+
+@pytest.mark.parametrize(
+    ("count", "named"),
+    [
+        (1, "i-00000000000000000"),
+        (3, "i-00000000000000000, i-00000000000000001, i-00000000000000002"),
+        (5, "i-00000000000000000, i-00000000000000001, i-00000000000000002 and 2 more"),
+    ],
+)
+def test_a_failed_listing_keeps_everything_and_the_log_names_the_instances(
+    count: int, named: str, retention_log: list[logging.LogRecord]
+) -> None:
+    ec2 = boto3.client("ec2", region_name=REGION)
+    ids = [f"i-{n:017x}" for n in range(count)]
+    with Stubber(ec2) as stub:
+        stub.add_client_error("describe_snapshots", "UnauthorizedOperation", "no listing")
+        results = retain_sets(ec2, policy(count=1), ids, CURRENT, NOW)
+    for iid in ids:
+        [error] = results[iid].errors
+        assert (error.code, error.snapshot_id) == ("UnauthorizedOperation", None)
+        assert error.message == f"{iid}: listing snapshots: no listing"
+        assert results[iid].deleted == ()
+    [(level, message)] = logged(retention_log)
+    assert level == "WARNING"
+    assert message.startswith(f"retention for {named} failed: ClientError(")

@@ -189,6 +189,8 @@ def test_invalid_manual_payload_publishes_a_failure_report_naming_the_field(
     assert result["status"] == "failed"
     assert result["error"]["code"] == "InvalidInput"
     assert field in result["error"]["message"]
+    # nothing ran, dry or not: a subscriber routing dry runs elsewhere still gets the failure
+    assert result["dry_run"] is False
     _, report = only_report(aws)
     assert report.error is not None
     assert field in report.error.message
