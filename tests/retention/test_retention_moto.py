@@ -368,7 +368,10 @@ def test_deletion_errors_are_reported_per_snapshot_and_retried_next_run(
         (in_use, "InvalidSnapshot.InUse"),
         (throttled, "RequestLimitExceeded"),
     }
-    assert all(e.message for e in result.errors)
+    # each names the call, the snapshot, its set, and AWS's message
+    by_id = {e.snapshot_id: e.message for e in result.errors}
+    assert by_id[in_use] == f"DeleteSnapshot {in_use} (set nightly-d3): try later"
+    assert by_id[throttled] == f"DeleteSnapshot {throttled} (set nightly-d4): try later"
     assert {in_use, throttled} <= aws.existing()
 
     aws.ec2.delete_snapshot = real

@@ -1,0 +1,57 @@
+"""Protection checks in batches: out of time, the unchecked sets are kept; an image listing
+without the optional keys protects nothing by mistake and crashes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from snapset.deadline import Deadline
+from snapset.protections import ami_backed_ids, protected_ids
+
+REGION = "us-east-1"
+SETS = [[f"snap-{s:04x}{v:013x}" for v in range(2)] for s in range(3)]
+IDS = [sid for ids in SETS for sid in ids]
+
+
+def _batch_checks(stub: Stubber) -> None:
+    stub.add_response("describe_locked_snapshots", {"Snapshots": []}, {"SnapshotIds": IDS})
+    stub.add_response("describe_images", {"Images": []})
+
+
+def test_out_of_time_the_sets_not_yet_checked_for_sharing_are_kept() -> None:
+    ec2 = boto3.client("ec2", region_name=REGION)
+    expired = iter([False, True])  # the first set is checked, then time runs out
+    deadline = Deadline(at=1.0, clock=lambda: float(next(expired, True)))
+    with Stubber(ec2) as stub:
+        _batch_checks(stub)
+        for sid in SETS[0]:  # only the first set's sharing is asked about
+            stub.add_response(
+                "describe_snapshot_attribute",
+                {"CreateVolumePermissions": []},
+                {"SnapshotId": sid, "Attribute": "createVolumePermission"},
+            )
+        protected, errors = protected_ids(ec2, SETS, deadline)
+        stub.assert_no_pending_responses()
+    assert protected == set(SETS[1] + SETS[2])
+    [error] = errors
+    assert (error.code, error.snapshot_id) == ("Timeout", None)
+    assert error.message == (
+        "out of invocation time: kept 2 set(s) unchecked; the next run continues"
+    )
+
+
+@pytest.mark.parametrize(
+    "images",
+    [{}, {"Images": [{"ImageId": "ami-1"}]}, {"Images": [{"BlockDeviceMappings": [{}]}]}],
+    ids=["no-images-key", "image-without-mappings", "mapping-without-ebs"],
+)
+def test_an_image_listing_without_optional_keys_backs_nothing(images: dict[str, Any]) -> None:
+    ec2 = boto3.client("ec2", region_name=REGION)
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_images", images)
+        assert ami_backed_ids(ec2, IDS) == set()
+        stub.assert_no_pending_responses()
