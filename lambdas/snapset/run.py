@@ -42,7 +42,14 @@ from snapset.pacing import (
 from snapset.policy import SnapshotRequest, TriggerType
 from snapset.report import ReportStatus, RunReport, build_report
 from snapset.retention import with_retention_all
-from snapset.snapshots import RetryBudget, SnapshotFn, run_lookups, snapshot_all, snapshot_instance
+from snapset.snapshots import (
+    RetryBudget,
+    SnapshotFn,
+    out_of_time,
+    run_lookups,
+    snapshot_all,
+    snapshot_instance,
+)
 from snapset.targets import Instance, describe_instance, find_targets, matches_policy
 
 if TYPE_CHECKING:
@@ -166,7 +173,7 @@ class Engine:
                 context=store.context,
                 dynamodb_client=store.dynamodb,
             )
-        return self.wrap(engine)
+        return self.wrap(partial(_unless_out_of_time, engine, self.budget))
 
     def release(self) -> None:
         """Release the trigger's run marker if this run holds it (at the run's end)."""
@@ -176,6 +183,17 @@ class Engine:
             release_delivery(
                 store.dynamodb, store.table_name, self.request.policy.name, self.request.trigger.id
             )
+
+
+def _unless_out_of_time(
+    engine: SnapshotFn, budget: RetryBudget, instance: Instance
+) -> InstanceOutcome:
+    """Past the deadline an instance is reported without its idempotency record: writing and
+    deleting one per unstarted instance costs two DynamoDB calls each, which at fleet scale
+    would run the invocation past its timeout after the deadline meant to keep it inside."""
+    if budget.expired():
+        return out_of_time(instance.instance_id)
+    return engine(instance)
 
 
 def build_engine(

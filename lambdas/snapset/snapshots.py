@@ -526,6 +526,15 @@ def create_snapshot_set(
         )
 
 
+def out_of_time(instance_id: str) -> InstanceOutcome:
+    """An instance not started because the invocation ran out of time (retried on redelivery)."""
+    return InstanceOutcome.failed(
+        instance_id,
+        TIMEOUT,
+        f"{instance_id}: not started, the invocation ran out of time; the next delivery retries it",
+    )
+
+
 def snapshot_instance(
     ec2: EC2Client,
     request: SnapshotRequest,
@@ -538,12 +547,7 @@ def snapshot_instance(
     """Plan and snapshot one instance with what the run's listings found (`run_lookups`);
     every error becomes a failed outcome for it."""
     if budget.expired():
-        return InstanceOutcome.failed(
-            instance.instance_id,
-            TIMEOUT,
-            f"{instance.instance_id}: not started, the invocation ran out of time; "
-            "the next delivery retries it",
-        )
+        return out_of_time(instance.instance_id)
     try:
         plan = plan_instance(request.policy, instance, lookups.tag_excluded)
         if isinstance(plan, InstanceOutcome):

@@ -9,6 +9,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.client import BaseClient
 from botocore.exceptions import ClientError, NoCredentialsError, ParamValidationError
 from botocore.stub import Stubber
 
@@ -452,3 +453,32 @@ def test_completion_event_ignores_look_alike_tags_that_could_break_sns(
     event["detail"]["snapshot_id"] = f"arn:aws:ec2::us-east-1:snapshot/{sid}"
     assert handler(event, context)["reports"] == []
     assert aws.messages() == []
+
+
+def test_past_the_deadline_instances_cost_no_idempotency_records(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance reached after the deadline is reported Timeout without writing (and then
+    deleting) its record: at fleet scale those calls would outlast the invocation."""
+    fleet = [launch_instance(aws.ec2, tags={"Backup": "late"}) for _ in range(3)]
+    context.remaining_ms = 5_000  # less than the 10 s safety margin: the deadline has passed
+    calls: list[str] = []
+    real = BaseClient._make_api_call
+
+    def record(self: BaseClient, operation: str, params: Any) -> Any:
+        calls.append(f"{self.meta.service_model.service_name}:{operation}")
+        return real(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", record)
+    with pytest.raises(IncompleteRun):
+        handler({"policy": "p", "target_tags": {"Backup": ["late"]}}, context)
+    monkeypatch.undo()
+    [report] = [json.loads(m["Message"]) for m in aws.messages()]
+    assert {i["error"]["code"] for i in report["instances"]} == {"Timeout"}
+    assert len(report["instances"]) == len(fleet)
+    assert "ec2:CreateSnapshots" not in calls
+    # the run marker only: claimed, then released; no record per instance
+    assert [c for c in calls if c.startswith("dynamodb:")] == [
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+    ]
