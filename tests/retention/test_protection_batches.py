@@ -10,7 +10,7 @@ import pytest
 from botocore.stub import Stubber
 
 from snapset.deadline import Deadline
-from snapset.protections import ami_backed_ids, protected_ids
+from snapset.protections import ami_backed_ids, locked_ids, protected_ids
 
 REGION = "us-east-1"
 SETS = [[f"snap-{s:04x}{v:013x}" for v in range(2)] for s in range(3)]
@@ -54,4 +54,12 @@ def test_an_image_listing_without_optional_keys_backs_nothing(images: dict[str, 
     with Stubber(ec2) as stub:
         stub.add_response("describe_images", images)
         assert ami_backed_ids(ec2, IDS) == set()
+        stub.assert_no_pending_responses()
+
+
+def test_a_lock_listing_without_snapshots_locks_nothing() -> None:
+    ec2 = boto3.client("ec2", region_name=REGION)
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_locked_snapshots", {}, {"SnapshotIds": IDS})
+        assert locked_ids(ec2, IDS) == set()
         stub.assert_no_pending_responses()

@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from localaws.fleet import FleetInstance
+from snapset import retention
 from snapset.deadline import Deadline
 from snapset.outcomes import InstanceOutcome, InstanceStatus
 from snapset.pacing import Pacer
@@ -213,3 +214,46 @@ def test_a_failed_listing_keeps_everything_and_the_log_names_the_instances(
     [(level, message)] = logged(retention_log)
     assert level == "WARNING"
     assert message.startswith(f"retention for {named} failed: ClientError(")
+
+
+def test_a_dry_run_with_nothing_to_delete_says_it_was_a_dry_run(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    a = instances[0]
+    history(aws, a, range(1, 2))  # one older set: nothing to delete with count 1
+    dry = SnapshotPolicy.model_validate(
+        {
+            "policy": "nightly",
+            "target_tags": {"Backup": ["x"]},
+            "retention": {"count": 1},
+            "dry_run": True,
+        }
+    )
+    [result] = retain_sets(aws.ec2, dry, [a.instance_id], CURRENT, NOW).values()
+    assert (result.deleted, result.kept, result.dry_run) == ((), 1, True)
+
+
+def test_a_bug_while_deleting_one_instances_sets_spares_the_others(
+    aws: Aws,
+    instances: list[FleetInstance],
+    monkeypatch: pytest.MonkeyPatch,
+    retention_log: list[logging.LogRecord],
+) -> None:
+    a, b = instances[:2]
+    sets_a = history(aws, a, range(1, 3))
+    sets_b = history(aws, b, range(1, 3))
+    real = retention._delete
+
+    def buggy(ec2: Any, doomed: Any, *args: Any) -> Any:
+        if doomed and set(doomed[0].snapshot_ids) == set(sets_a[2]):
+            raise KeyError("a bug")
+        return real(ec2, doomed, *args)
+
+    monkeypatch.setattr(retention, "_delete", buggy)
+    results = retain_sets(aws.ec2, policy(count=1), [a.instance_id, b.instance_id], CURRENT, NOW)
+    [error] = results[a.instance_id].errors
+    assert (error.code, error.message) == ("UnexpectedError", f"{a.instance_id}: KeyError('a bug')")
+    assert (results[a.instance_id].deleted, results[a.instance_id].dry_run) == ((), False)
+    assert set(results[b.instance_id].deleted) == set(sets_b[2])
+    bugs = [(level, text) for level, text in logged(retention_log) if level == "ERROR"]
+    assert bugs == [("ERROR", f"unexpected error in retention for {a.instance_id}")]
