@@ -108,15 +108,19 @@ class Explanation:
 
 
 def read_explanations(path: Path = SURVIVORS_FILE) -> dict[str, Explanation]:
-    """`NAME | MUTATED LINE | REASON` lines; blank lines and `#` comments are skipped."""
+    """`NAME | MUTATED LINE | REASON` lines; blank lines and `#` comments are skipped. The
+    mutated line may hold ` | ` itself (a union type): the name ends at the first separator,
+    the reason starts after the last."""
     explained: dict[str, Explanation] = {}
     if not path.exists():
         return explained
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
-        parts = [part.strip() for part in line.split(" | ", 2)]
-        if len(parts) != 3 or not all(parts):
+        name, _, rest = line.partition(" | ")
+        mutated, _, reason = rest.rpartition(" | ")
+        parts = [name.strip(), mutated.strip(), reason.strip()]
+        if not all(parts):
             raise SystemExit(f"{path}:{number}: expected 'NAME | MUTATED LINE | REASON'")
         explained[parts[0]] = Explanation(parts[1], parts[2])
     return explained
