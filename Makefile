@@ -64,8 +64,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/throttle_throughput.py
 	$(PY) benchmarks/api_calls.py
 	$(PY) benchmarks/localaws_scale.py
+	$(PY) benchmarks/nightly_budget.py
 
-# Mutation testing (mutmut) of retention (and its preview), idempotency, snapshots and report against the fast
+# Mutation testing (mutmut) of retention (its preview and protection checks), idempotency, snapshots, report and pacing against the fast
 # tests; survivors are explained in mutation/survivors.txt. Slow, so not part of `make test`.
 # `make mutate MODULES="retention idempotency"` runs some of them.
 mutate: $(STAMP)
