@@ -258,3 +258,31 @@ def test_a_bug_while_deleting_one_instances_sets_spares_the_others(
     assert set(results[b.instance_id].deleted) == set(sets_b[2])
     bugs = [(level, text) for level, text in logged(retention_log) if level == "ERROR"]
     assert bugs == [("ERROR", f"unexpected error in retention for {a.instance_id}")]
+
+
+def test_a_bug_in_a_dry_runs_final_selection_is_reported_as_a_dry_run(
+    aws: Aws, instances: list[FleetInstance], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = instances[0]
+    history(aws, a, range(1, 3))
+    before = aws.existing()
+    real = retention.select_sets_to_delete
+
+    def buggy(*args: Any) -> Any:
+        if len(args) == 5:  # the selection that weighs the protections
+            raise KeyError("a bug")
+        return real(*args)
+
+    monkeypatch.setattr(retention, "select_sets_to_delete", buggy)
+    dry = SnapshotPolicy.model_validate(
+        {
+            "policy": "nightly",
+            "target_tags": {"Backup": ["x"]},
+            "retention": {"count": 1},
+            "dry_run": True,
+        }
+    )
+    [result] = retain_sets(aws.ec2, dry, [a.instance_id], CURRENT, NOW).values()
+    assert [e.code for e in result.errors] == ["UnexpectedError"]
+    assert (result.deleted, result.dry_run) == ((), True)
+    assert aws.existing() == before
