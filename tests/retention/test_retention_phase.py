@@ -286,3 +286,28 @@ def test_a_bug_in_a_dry_runs_final_selection_is_reported_as_a_dry_run(
     assert [e.code for e in result.errors] == ["UnexpectedError"]
     assert (result.deleted, result.dry_run) == ((), True)
     assert aws.existing() == before
+
+
+def test_a_listed_snapshot_of_another_instance_is_ignored() -> None:
+    """EC2's filter returns only the listed instances' snapshots; should it return another
+    (or one without the tag), it is left out, and the run's retention goes on."""
+    ec2 = boto3.client("ec2", region_name=REGION)
+    mine = "i-0123456789abcdef0"
+    foreign = {
+        "SnapshotId": "snap-0000000000000000f",
+        "State": "completed",
+        "StartTime": NOW,
+        "OwnerId": "123456789012",
+        "Tags": [
+            {"Key": "snapset:policy", "Value": "nightly"},
+            {"Key": "snapset:instance-id", "Value": "i-0fedcba9876543210"},
+            {"Key": "snapset:trigger-id", "Value": "old"},
+        ],
+    }
+    untagged = {**foreign, "SnapshotId": "snap-0000000000000000e", "Tags": foreign["Tags"][:1]}
+    with Stubber(ec2) as stub:
+        stub.add_response("describe_snapshots", {"Snapshots": [foreign, untagged]})
+        results = retain_sets(ec2, policy(count=1), [mine], CURRENT, NOW)
+        stub.assert_no_pending_responses()
+    assert results[mine].errors == ()
+    assert (results[mine].deleted, results[mine].kept) == ((), 0)
