@@ -311,3 +311,20 @@ def test_a_listed_snapshot_of_another_instance_is_ignored() -> None:
         stub.assert_no_pending_responses()
     assert results[mine].errors == ()
     assert (results[mine].deleted, results[mine].kept) == ((), 0)
+
+
+def test_a_failed_listing_in_a_dry_run_is_reported_as_a_dry_run() -> None:
+    ec2 = boto3.client("ec2", region_name=REGION)
+    dry = SnapshotPolicy.model_validate(
+        {
+            "policy": "nightly",
+            "target_tags": {"Backup": ["x"]},
+            "retention": {"count": 1},
+            "dry_run": True,
+        }
+    )
+    with Stubber(ec2) as stub:
+        stub.add_client_error("describe_snapshots", "UnauthorizedOperation", "no listing")
+        [result] = retain_sets(ec2, dry, ["i-0123456789abcdef0"], CURRENT, NOW).values()
+    assert [e.code for e in result.errors] == ["UnauthorizedOperation"]
+    assert result.dry_run is True
