@@ -328,3 +328,26 @@ def test_a_failed_listing_in_a_dry_run_is_reported_as_a_dry_run() -> None:
         [result] = retain_sets(ec2, dry, ["i-0123456789abcdef0"], CURRENT, NOW).values()
     assert [e.code for e in result.errors] == ["UnauthorizedOperation"]
     assert result.dry_run is True
+
+
+def test_a_bug_while_planning_a_dry_run_is_reported_as_a_dry_run(
+    aws: Aws, instances: list[FleetInstance], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = instances[0]
+    history(aws, a, range(1, 3))
+
+    def buggy(*_: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(retention, "managed_sets", buggy)
+    dry = SnapshotPolicy.model_validate(
+        {
+            "policy": "nightly",
+            "target_tags": {"Backup": ["x"]},
+            "retention": {"count": 1},
+            "dry_run": True,
+        }
+    )
+    [result] = retain_sets(aws.ec2, dry, [a.instance_id], CURRENT, NOW).values()
+    assert [e.code for e in result.errors] == ["UnexpectedError"]
+    assert result.dry_run is True
