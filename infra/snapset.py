@@ -17,19 +17,22 @@ from constructs import Construct
 
 from infra.alarms import Alarms
 from infra.config import SnapsetConfig
+from infra.fan_out import FanOut
 from infra.function import SnapshotFunction
 from infra.notifications import Notifications
 from infra.reports import ReportArchive
 from infra.triggers import Triggers
+from snapset.settings import ENV_STATE_MACHINE_ARN
 
 
 class Snapset(Construct):
     """Snapset for one account and region.
 
-    `notifications` (topic and key), `reports` (the full reports' bucket), `snapshot_function`
-    (function, role, grants, table, DLQ), `triggers` (schedules, rules, their DLQs) and
-    `alarms`; the most used parts are also attributes here: `function`, `role`, `topic`,
-    `topic_key`, `idempotency_table`.
+    `notifications` (topic and key), `reports` (the full reports' bucket, also the fan-out's
+    run files), `snapshot_function` (function, role, grants, table, DLQ), `fan_out` (the state
+    machine a run too big for one invocation is handed to), `triggers` (schedules, rules,
+    their DLQs) and `alarms`; the most used parts are also attributes here: `function`,
+    `role`, `topic`, `topic_key`, `idempotency_table`.
     """
 
     def __init__(
@@ -60,6 +63,16 @@ class Snapset(Construct):
         self.reports.grant_store(self.role)
         self.idempotency_table = self.snapshot_function.idempotency_table
         self.notifications.only_publisher(self.role)
+        self.fan_out = FanOut(
+            self,
+            "FanOut",
+            config=config,
+            function=self.function,
+            function_role=self.role,
+            bucket=self.reports.bucket,
+            key=self.reports.key,
+        )
+        self.function.add_environment(ENV_STATE_MACHINE_ARN, self.fan_out.state_machine_arn)
         self.triggers = Triggers(self, "Triggers", config=config, function=self.function)
         self.alarms = Alarms(
             self,

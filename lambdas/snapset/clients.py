@@ -36,6 +36,11 @@ S3_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30
 )
 
+# StartExecution is idempotent on name and input, so botocore may resend it.
+SFN_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=10
+)
+
 
 @dataclass(frozen=True)
 class Clients:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,8 +12,9 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
 
-from snapset.clients import S3_CONFIG, make_clients
+from snapset.clients import S3_CONFIG, SFN_CONFIG, make_clients
 from snapset.completion import (
     COMPLETION_DETAIL_TYPES,
     completion_reports,
@@ -20,8 +23,10 @@ from snapset.completion import (
 )
 from snapset.deadline import Deadline
 from snapset.errors import InvalidInput
+from snapset.fanout import FanOutTask, aggregate, hand_off, retain_batch, run_batch
 from snapset.idempotency import DDB_CONFIG
-from snapset.policy import Trigger
+from snapset.outcomes import InstanceOutcome
+from snapset.policy import SnapshotRequest, Trigger, describe_validation_error
 from snapset.report import (
     MAX_RESPONSE_BYTES,
     RunReport,
@@ -30,8 +35,9 @@ from snapset.report import (
     publish_report,
 )
 from snapset.report_archive import archive_report
-from snapset.run import IdempotencyStore, Ignored, build_engine, run_request
+from snapset.run import HandedOff, HandOff, IdempotencyStore, Ignored, build_engine, run_request
 from snapset.settings import SERVICE_NAME, Settings
+from snapset.targets import Instance
 from snapset.triggers import parse_request, with_deployed_retention
 
 logger = Logger()
@@ -110,13 +116,125 @@ def _completion(event: dict[str, Any], config: Settings) -> dict[str, Any]:
     return {"kind": "completion", "reports": [r.model_dump(mode="json") for r in reports]}
 
 
+def _store(config: Settings, context: LambdaContext) -> IdempotencyStore:
+    return IdempotencyStore(
+        table_name=config.idempotency_table,
+        dynamodb=session().client("dynamodb", config=DDB_CONFIG),
+        context=context,
+    )
+
+
+def _publish_run(report: RunReport, config: Settings, context: LambdaContext) -> RunReport:
+    """Store the full report in S3, publish the (fitted) SNS message, record the metrics."""
+    report = archive_report(
+        session().client("s3", config=S3_CONFIG),
+        config.report_bucket,
+        report,
+        context.aws_request_id,
+    )
+    if report.full_report_error is not None:
+        logger.error("full report not stored", extra={"error": report.full_report_error})
+        metrics.add_metric(name="ReportsNotStored", unit=MetricUnit.Count, value=1)
+    message_id = publish_report(make_clients(session=session()).sns, config.topic_arn, report)
+    record_metrics(report)
+    logger.info(
+        "run finished",
+        extra={
+            "status": report.status.value,
+            "summary": report.summary.model_dump(),
+            "message_id": message_id,
+            "full_report": report.full_report.model_dump() if report.full_report else None,
+            "execution_arn": report.execution_arn,
+        },
+    )
+    return report
+
+
+def _retry_ids(outcomes: Sequence[InstanceOutcome]) -> list[str]:
+    return [o.instance_id for o in outcomes if o.error and o.error.retry_on_redelivery]
+
+
+def _fan_out_task(event: dict[str, Any], config: Settings, context: LambdaContext) -> Any:
+    """A step of the fan-out state machine: a batch, its retention, or the aggregation."""
+    try:
+        task = FanOutTask.model_validate(event)
+    except ValidationError as exc:
+        # The state machine sent it: a mismatch is a bug between the two, fail the task loudly.
+        raise InvalidInput(describe_validation_error(exc, "fan-out task: ")) from None
+    request = task.run.request
+    logger.set_correlation_id(request.trigger.id)
+    logger.append_keys(policy=request.policy.name, fan_out_task=task.snapset_task)
+    if task.batch is not None:
+        logger.append_keys(batch=task.batch.index)
+    s3 = session().client("s3", config=S3_CONFIG)
+    deadline = Deadline.for_invocation(
+        context.get_remaining_time_in_millis(), config.safety_margin_ms
+    )
+    if task.snapset_task == "aggregate":
+        report = _publish_run(aggregate(s3, task), config, context)
+        return {
+            "status": report.status.value,
+            "summary": report.summary.model_dump(mode="json"),
+            "full_report": report.full_report.model_dump() if report.full_report else None,
+        }
+    clients = make_clients(session=session())
+    if task.snapset_task == "retain":
+        kept = retain_batch(
+            clients.ec2, s3, task, deadline=deadline, rate_scale=config.ec2_rate_scale
+        )
+        return kept.model_dump(mode="json")
+    result, outcomes = run_batch(
+        clients,
+        s3,
+        task,
+        deadline=deadline,
+        store=_store(config, context),
+        max_workers=config.max_workers,
+        rate_scale=config.ec2_rate_scale,
+    )
+    retry = _retry_ids(outcomes)
+    if retry:
+        # The Map's Retry redoes the batch: its idempotency records make that redo only these.
+        raise IncompleteRun(
+            f"batch {result.batch}: {len(retry)} instance(s) to retry: {', '.join(retry[:20])}"
+        )
+    return result.model_dump(mode="json")
+
+
+def _hand_off(request: SnapshotRequest, config: Settings, deadline: Deadline) -> HandOff:
+    def decide(
+        instances: Sequence[Instance], missing: Sequence[InstanceOutcome]
+    ) -> HandedOff | None:
+        remaining = deadline.remaining()
+        return hand_off(
+            session().client("s3", config=S3_CONFIG),
+            session().client("stepfunctions", config=SFN_CONFIG),
+            state_machine_arn=config.state_machine_arn,
+            bucket=config.report_bucket,
+            request=request,
+            instances=instances,
+            missing=missing,
+            remaining_seconds=remaining,
+            # Workers run on the same function, so they have what this invocation had.
+            worker_seconds=remaining,
+            share=config.ec2_api_share,
+            rate_scale=config.ec2_rate_scale,
+            max_workers=config.max_workers,
+        )
+
+    return decide
+
+
 @logger.inject_lambda_context(log_event=False, clear_state=True)
 @metrics.log_metrics
-def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
-    """Entry point for schedules, instance events, completion events and manual invokes."""
+def handler(event: Any, context: LambdaContext) -> Any:
+    """Entry point for schedules, instance events, completion events, manual invokes and the
+    fan-out state machine's tasks."""
     config = settings()
     if isinstance(event, dict) and event.get("detail-type") in COMPLETION_DETAIL_TYPES:
         return _completion(event, config)
+    if isinstance(event, dict) and "snapset_task" in event:
+        return _fan_out_task(event, config, context)
     try:
         request = with_deployed_retention(
             parse_request(event, default_request_id=context.aws_request_id),
@@ -130,11 +248,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     deadline = Deadline.for_invocation(
         context.get_remaining_time_in_millis(), config.safety_margin_ms
     )
-    store = IdempotencyStore(
-        table_name=config.idempotency_table,
-        dynamodb=session().client("dynamodb", config=DDB_CONFIG),
-        context=context,
-    )
+    store = _store(config, context)
     engine = build_engine(
         clients,
         request,
@@ -144,7 +258,12 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         ec2_rate_scale=config.ec2_rate_scale,
     )
     result = run_request(
-        clients.ec2, request, engine=engine, deadline=deadline, max_workers=config.max_workers
+        clients.ec2,
+        request,
+        engine=engine,
+        deadline=deadline,
+        max_workers=config.max_workers,
+        hand_off=_hand_off(request, config, deadline),
     )
     if isinstance(result, Ignored):
         metrics.add_dimension(name="policy", value=request.policy.name)
@@ -154,29 +273,15 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
             extra={"instance_id": result.instance_id, "reason": result.reason},
         )
         return {"status": "ignored", "instance_id": result.instance_id, "reason": result.reason}
-    result = archive_report(
-        session().client("s3", config=S3_CONFIG),
-        config.report_bucket,
-        result,
-        context.aws_request_id,
-    )
-    if result.full_report_error is not None:
-        logger.error("full report not stored", extra={"error": result.full_report_error})
-        metrics.add_metric(name="ReportsNotStored", unit=MetricUnit.Count, value=1)
-    message_id = publish_report(clients.sns, config.topic_arn, result)
-    record_metrics(result)
-    logger.info(
-        "run finished",
-        extra={
-            "status": result.status.value,
-            "summary": result.summary.model_dump(),
-            "message_id": message_id,
-            "full_report": result.full_report.model_dump() if result.full_report else None,
-        },
-    )
+    if isinstance(result, HandedOff):
+        metrics.add_dimension(name="policy", value=request.policy.name)
+        metrics.add_metric(name="RunsHandedOff", unit=MetricUnit.Count, value=1)
+        logger.info("run handed off to the fan-out state machine", extra=result.__dict__)
+        return {"status": "handed_off", **dataclasses.asdict(result)}
+    result = _publish_run(result, config, context)
     if result.error is not None and result.error.retry_on_redelivery:
         raise IncompleteRun(f"finding the targets failed ({result.error.code}); retry the trigger")
-    retry = [o.instance_id for o in result.instances if o.error and o.error.retry_on_redelivery]
+    retry = _retry_ids(result.instances)
     if retry:
         raise IncompleteRun(
             f"{len(retry)} instance(s) to retry on the next delivery: {', '.join(retry[:20])}"

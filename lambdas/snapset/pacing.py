@@ -37,13 +37,16 @@ DEFAULT_EC2_API_SHARE = 0.5
 
 class Pacer:
     """A thread-safe token bucket: `acquire` waits its turn, in arrival order, or declines when
-    the wait would pass the deadline. It starts full, as EC2's buckets do after a quiet spell."""
+    the wait would pass the deadline. It starts full, as EC2's buckets do after a quiet spell,
+    unless `start_full` is False: a fan-out worker that follows another on the same share must
+    not spend a burst its predecessor already spent."""
 
     def __init__(
         self,
         rate: float,
         burst: int,
         *,
+        start_full: bool = True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -54,7 +57,7 @@ class Pacer:
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._tokens = float(burst)
+        self._tokens = float(burst) if start_full else 0.0
         self._updated = clock()
 
     @classmethod
@@ -64,6 +67,7 @@ class Pacer:
         share: float,
         *,
         time_scale: float = 1.0,
+        start_full: bool = True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> Pacer:
@@ -72,6 +76,7 @@ class Pacer:
         return cls(
             bucket.refill_per_second * share * time_scale,
             max(1, math.floor(bucket.burst * share)),
+            start_full=start_full,
             clock=clock,
             sleep=sleep,
         )

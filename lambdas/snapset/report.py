@@ -88,6 +88,8 @@ class RunReport(BaseModel):
     # stored, and then `full_report_error` says why).
     full_report: S3Location | None = None
     full_report_error: str | None = None
+    # A run handed off to the fan-out state machine: its execution (None for an inline run).
+    execution_arn: str | None = None
 
     @property
     def failures(self) -> tuple[InstanceOutcome, ...]:

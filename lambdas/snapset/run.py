@@ -86,6 +86,23 @@ def _event_targets(
 
 
 @dataclass(frozen=True)
+class HandedOff:
+    """A run too big for one invocation, handed to the fan-out state machine (`fanout`): its
+    execution publishes the run report. `duplicate`: an earlier delivery of the trigger had
+    already started that execution, so this one started nothing."""
+
+    execution_arn: str
+    instances: int
+    batches: int
+    estimated_seconds: float
+    duplicate: bool = False
+
+
+# Decides, once the targets are known, whether the run is handed off (see `fanout.hand_off`).
+HandOff = Callable[[Sequence[Instance], Sequence[InstanceOutcome]], HandedOff | None]
+
+
+@dataclass(frozen=True)
 class IdempotencyStore:
     """Where the engine records each instance's started set: the table and its client.
 
@@ -112,6 +129,9 @@ class Engine:
     wrap: Callable[[SnapshotFn], SnapshotFn] = _as_is
     # The run's share of EC2's DeleteSnapshot bucket, for retention (None: unpaced).
     delete_pacer: Pacer | None = None
+    # The run marker's key when it is not the trigger's own: a fan-out batch claims its own,
+    # so a retried batch (and only it) looks for the sets its earlier attempt made.
+    delivery_key: str | None = None
 
     # Whether this run holds the trigger's run marker (released by `release`).
     _held: list[bool] = field(default_factory=list)
@@ -131,7 +151,7 @@ class Engine:
             store.dynamodb,
             store.table_name,
             self.request.policy.name,
-            self.request.trigger.id,
+            self._delivery_key,
             holds_for_seconds=holds,
         )
         if delivery is Delivery.FIRST:
@@ -181,8 +201,12 @@ class Engine:
         if store is not None and self._held:
             self._held.clear()
             release_delivery(
-                store.dynamodb, store.table_name, self.request.policy.name, self.request.trigger.id
+                store.dynamodb, store.table_name, self.request.policy.name, self._delivery_key
             )
+
+    @property
+    def _delivery_key(self) -> str:
+        return self.delivery_key or self.request.trigger.id
 
 
 def _unless_out_of_time(
@@ -205,21 +229,31 @@ def build_engine(
     wrap: Callable[[SnapshotFn], SnapshotFn] = _as_is,
     ec2_api_share: float | None = DEFAULT_EC2_API_SHARE,
     ec2_rate_scale: float = 1.0,
+    pacers_start_full: bool = True,
+    delivery_key: str | None = None,
 ) -> Engine:
     """The engine for a request: per run, its lookups (see the module docstring); per instance,
     plan, CreateSnapshots through the client without botocore retries, retries within
     `deadline`, and with `idempotency` at most one set per (policy, trigger, instance) across
     deliveries. `wrap` wraps the per-instance function (the CLI's progress bar). CreateSnapshots
     and retention's DeleteSnapshot calls are paced to `ec2_api_share` of EC2's buckets (None:
-    unpaced; `ec2_rate_scale` multiplies their refill, for the local AWS's time-scaled profile).
-    The handler and the CLI both build their engine here."""
+    unpaced; `ec2_rate_scale` multiplies their refill, for the local AWS's time-scaled profile;
+    `pacers_start_full` False for a fan-out worker that follows another on the same share).
+    `delivery_key` is the run marker's key when it is not the trigger id (a fan-out batch's).
+    The handler, the fan-out workers and the CLI all build their engine here."""
     create_pacer = delete_pacer = None
     if ec2_api_share is not None:
         create_pacer = Pacer.share_of(
-            CREATE_SNAPSHOTS_BUCKET, ec2_api_share, time_scale=ec2_rate_scale
+            CREATE_SNAPSHOTS_BUCKET,
+            ec2_api_share,
+            time_scale=ec2_rate_scale,
+            start_full=pacers_start_full,
         )
         delete_pacer = Pacer.share_of(
-            DELETE_SNAPSHOT_BUCKET, ec2_api_share, time_scale=ec2_rate_scale
+            DELETE_SNAPSHOT_BUCKET,
+            ec2_api_share,
+            time_scale=ec2_rate_scale,
+            start_full=pacers_start_full,
         )
     return Engine(
         clients=clients,
@@ -228,6 +262,7 @@ def build_engine(
         idempotency=idempotency,
         wrap=wrap,
         delete_pacer=delete_pacer,
+        delivery_key=delivery_key,
     )
 
 
@@ -238,8 +273,13 @@ def run_request(
     engine: Engine,
     deadline: Deadline,
     max_workers: int,
-) -> RunReport | Ignored:
+    hand_off: HandOff | None = None,
+) -> RunReport | Ignored | HandedOff:
     """Run a request end to end and return its report (or `Ignored` for a non-target event).
+
+    Once the targets are known, `hand_off` (when given) may take a run that does not fit the
+    invocation to the fan-out state machine: `HandedOff`, and nothing else is done here. An
+    instance event (one instance) always runs inline.
 
     `engine` makes the run's lookups for the instances found, then snapshots each (see
     `build_engine`). Once every set has started, the policy's retention deletes the instances'
@@ -269,6 +309,10 @@ def run_request(
                 ),
             }
         )
+    if hand_off is not None and request.event_instance_id is None:
+        handed = hand_off(instances, missing)
+        if handed is not None:
+            return handed
     snapshot = engine.for_targets(instances)
     try:
         outcomes = missing + snapshot_all(instances, snapshot, max_workers)

@@ -28,6 +28,8 @@ ENV_IDEMPOTENCY_TABLE = "SNAPSET_IDEMPOTENCY_TABLE"
 # The bucket that keeps every run's full report (the SNS message may be trimmed to fit).
 ENV_REPORT_BUCKET = "SNAPSET_REPORT_BUCKET"
 ENV_SAFETY_MARGIN_MS = "SNAPSET_SAFETY_MARGIN_MS"
+# The fan-out state machine a run too big for one invocation is handed to.
+ENV_STATE_MACHINE_ARN = "SNAPSET_STATE_MACHINE_ARN"
 # The deployed policies and their retention, `{"name": {"count": 7} | null, ...}`: retention is
 # taken from here only, never from a payload.
 ENV_DEPLOYED_POLICIES = "SNAPSET_DEPLOYED_POLICIES"
@@ -45,6 +47,10 @@ _DEPLOYED = TypeAdapter(dict[PolicyName, Retention | None])
 # digits, dots and hyphens, starting and ending with a letter or digit.
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
+_STATE_MACHINE_ARN = re.compile(
+    r"arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:stateMachine:[A-Za-z0-9_-]{1,80}"
+)
+
 DEFAULT_MAX_WORKERS = 8
 DEFAULT_SAFETY_MARGIN_MS = 10_000
 
@@ -60,6 +66,7 @@ class Settings:
     topic_arn: str
     idempotency_table: str
     report_bucket: str
+    state_machine_arn: str
     deployed_policies: DeployedPolicies = field(default_factory=dict)
     max_workers: int = DEFAULT_MAX_WORKERS
     safety_margin_ms: int = DEFAULT_SAFETY_MARGIN_MS
@@ -83,10 +90,17 @@ class Settings:
             raise ConfigError(
                 f"{ENV_REPORT_BUCKET} must name the S3 bucket for full run reports (got {bucket!r})"
             )
+        machine = env.get(ENV_STATE_MACHINE_ARN, "").strip()
+        if not _STATE_MACHINE_ARN.fullmatch(machine):
+            # Without it a fleet too big for one invocation could only run out of time.
+            raise ConfigError(
+                f"{ENV_STATE_MACHINE_ARN} must be the fan-out state machine's ARN (got {machine!r})"
+            )
         return cls(
             topic_arn=topic_arn,
             idempotency_table=table,
             report_bucket=bucket,
+            state_machine_arn=machine,
             deployed_policies=_deployed_policies(env),
             max_workers=_int(env, ENV_MAX_WORKERS, DEFAULT_MAX_WORKERS, 1, 64),
             safety_margin_ms=_int(env, ENV_SAFETY_MARGIN_MS, DEFAULT_SAFETY_MARGIN_MS, 0, 600_000),

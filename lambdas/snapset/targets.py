@@ -89,14 +89,24 @@ def find_targets(ec2: EC2Client, policy: SnapshotPolicy) -> Targets:
     that does not exist becomes a failed outcome (InvalidInstanceID.NotFound); filtering by
     `instance-id` instead of passing InstanceIds keeps one unknown ID from failing the whole call.
     """
+    by_id = describe_instances(ec2, policy.instance_ids)
+    found = {i.instance_id: i for i in by_id.instances}
+    if policy.target_tags:
+        for inst in _describe(ec2, tag_filters(policy.target_tags)):
+            found[inst.instance_id] = inst
+    return Targets(
+        instances=sorted(found.values(), key=lambda i: i.instance_id), missing=by_id.missing
+    )
+
+
+def describe_instances(ec2: EC2Client, instance_ids: Sequence[str]) -> Targets:
+    """Describe instances by id, `FILTER_VALUES_PER_CALL` ids per call; an id that does not
+    exist is a failed outcome (InvalidInstanceID.NotFound), the others are unaffected."""
     found: dict[str, Instance] = {}
-    ids = list(policy.instance_ids)
+    ids = list(instance_ids)
     for start in range(0, len(ids), FILTER_VALUES_PER_CALL):
         chunk = ids[start : start + FILTER_VALUES_PER_CALL]
         for inst in _describe(ec2, [{"Name": "instance-id", "Values": chunk}]):
-            found[inst.instance_id] = inst
-    if policy.target_tags:
-        for inst in _describe(ec2, tag_filters(policy.target_tags)):
             found[inst.instance_id] = inst
     missing = [
         InstanceOutcome.failed(

@@ -47,6 +47,8 @@ IMPLIED = {
     "sns:Publish": {"kms:Decrypt", "kms:GenerateDataKey*"},
     # A PutObject to an SSE-KMS bucket makes S3 ask the bucket's key for a data key.
     "s3:PutObject": {"kms:GenerateDataKey"},
+    # A GetObject of an SSE-KMS object makes S3 decrypt its data key with the bucket's key.
+    "s3:GetObject": {"kms:Decrypt"},
 }
 # Used by the Lambda service and runtime with the function's role, not by our code.
 PLATFORM = {
@@ -152,9 +154,10 @@ class Context:
     memory_limit_in_mb: int = 256
     invoked_function_arn: str = f"arn:aws:lambda:{REGION}:{MOTO_ACCOUNT}:function:snapset"
     aws_request_id: str = "00000000-0000-0000-0000-000000000000"
+    remaining_ms: int = 300_000
 
     def get_remaining_time_in_millis(self) -> int:
-        return 300_000
+        return self.remaining_ms
 
 
 def _event(name: str, **changes: Any) -> dict[str, Any]:
@@ -162,8 +165,11 @@ def _event(name: str, **changes: Any) -> dict[str, Any]:
     return {**event, **changes}
 
 
-def _function_environment(s: Synth, topic_arn: str, table: str, bucket: str) -> dict[str, str]:
-    """The synthesized function's variables, its topic, table and bucket references resolved."""
+def _function_environment(
+    s: Synth, topic_arn: str, table: str, bucket: str, state_machine_arn: str
+) -> dict[str, str]:
+    """The synthesized function's variables, its topic, table, bucket and state machine
+    references resolved."""
     env = {}
     for key, value in the_function(s)["Properties"]["Environment"]["Variables"].items():
         if isinstance(value, str):
@@ -174,6 +180,8 @@ def _function_environment(s: Synth, topic_arn: str, table: str, bucket: str) -> 
             env[key] = table
         elif key == "SNAPSET_REPORT_BUCKET":
             env[key] = bucket
+        elif key == "SNAPSET_STATE_MACHINE_ARN":
+            env[key] = state_machine_arn
         else:
             raise AssertionError(f"teach the tour to resolve {key}: {value}")
     return env
@@ -198,6 +206,42 @@ def _backdated_sets(ec2: Any, instance_id: str, volume_id: str, policy: str, n: 
             ],
         )["SnapshotId"]
         snapshots[sid].start_time = datetime.now(UTC) - timedelta(days=age)
+
+
+def _fan_out(
+    ec2: Any,
+    sfn: Any,
+    machine: str,
+    instance_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+    recorder: Recorder,
+) -> None:
+    """A run handed off (1% of EC2's buckets, 30 s of invocation: two instances do not fit),
+    then the tasks its execution sends: a batch, its retention, the aggregation."""
+    other = launch_instance(ec2, tags={"Backup": "fanned"})
+    monkeypatch.setenv("SNAPSET_EC2_API_SHARE", "0.01")
+    handler_module.settings.cache_clear()
+    payload = {"policy": "nightly-app", "instance_ids": [instance_id, other.instance_id]}
+    with recorder.recording():
+        answer = handler_module.handler(payload, Context(remaining_ms=30_000))
+    assert answer["status"] == "handed_off", answer
+    [execution] = sfn.list_executions(stateMachineArn=machine)["executions"]
+    run = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])["run"]
+    run = {**run, "worker_share": 0.5, "retention": True}
+    batch = {"index": 0, "instance_ids": [instance_id, other.instance_id]}
+    with recorder.recording():
+        created = handler_module.handler(
+            {"snapset_task": "batch", "run": run, "batch": batch}, Context()
+        )
+        retained = handler_module.handler(
+            {"snapset_task": "retain", "run": run, "batch": batch}, Context()
+        )
+        handler_module.handler(
+            {"snapset_task": "aggregate", "run": run, "created": [created], "retained": [retained]},
+            Context(),
+        )
+    monkeypatch.delenv("SNAPSET_EC2_API_SHARE")
+    handler_module.settings.cache_clear()
 
 
 def rule_input(s: Synth, event: dict[str, Any]) -> Any:
@@ -225,7 +269,14 @@ def tour(s: Synth, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, extra: P
             BillingMode="PAY_PER_REQUEST",
         )
         boto3.client("s3", region_name=REGION).create_bucket(Bucket="reports")
-        for key, value in _function_environment(s, topic_arn, "idempotency", "reports").items():
+        sfn = boto3.client("stepfunctions", region_name=REGION)
+        machine = sfn.create_state_machine(
+            name="fan-out",
+            definition=json.dumps({"StartAt": "S", "States": {"S": {"Type": "Succeed"}}}),
+            roleArn=f"arn:aws:iam::{MOTO_ACCOUNT}:role/fan-out",
+        )["stateMachineArn"]
+        env = _function_environment(s, topic_arn, "idempotency", "reports", machine)
+        for key, value in env.items():
             monkeypatch.setenv(key, value)
         nightly = launch_instance(
             ec2,
@@ -258,6 +309,7 @@ def tour(s: Synth, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, extra: P
                 )
                 if extra is not None:  # a module of the runtime package, for the negative test
                     exec(compile(extra.read_text(), str(extra), "exec"), {"__name__": "snapset.x"})
+            _fan_out(ec2, sfn, machine, nightly.instance_id, monkeypatch, recorder)
         finally:
             handler_module.settings.cache_clear()
             handler_module.session.cache_clear()
@@ -291,6 +343,9 @@ def test_the_tour_records_the_runs_calls(toured: set[str]) -> None:
         "ec2:DescribeLockedSnapshots",
         "sns:Publish",
         "dynamodb:PutItem",
+        "states:StartExecution",
+        "s3:GetObject",
+        "s3:PutObject",
     } <= toured
 
 

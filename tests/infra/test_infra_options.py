@@ -64,7 +64,8 @@ def test_function_settings(s: Synth) -> None:
     assert fn["Layers"] == [LAYER]
     assert fn["Environment"]["Variables"]["POWERTOOLS_LOG_LEVEL"] == "DEBUG"
     assert fn["Environment"]["Variables"]["SNAPSET_EC2_API_SHARE"] == "0.25"
-    assert s.only("AWS::Logs::LogGroup")["Properties"]["RetentionInDays"] == 365
+    groups = s.resources("AWS::Logs::LogGroup").values()
+    assert [g["Properties"]["RetentionInDays"] for g in groups] == [365, 365]
 
 
 def test_subscriptions(s: Synth) -> None:

@@ -30,6 +30,7 @@ from snapset.settings import (
     ENV_MAX_WORKERS,
     ENV_REPORT_BUCKET,
     ENV_SAFETY_MARGIN_MS,
+    ENV_STATE_MACHINE_ARN,
     ENV_TOPIC_ARN,
     METRICS_NAMESPACE,
     SERVICE_NAME,
@@ -116,6 +117,22 @@ def test_function_environment_is_the_lambda_contract(s: Synth) -> None:
         ENV_SAFETY_MARGIN_MS: "10000",
         ENV_EC2_API_SHARE: "0.5",
         ENV_DEPLOYED_POLICIES: '{"nightly-app":{"count":7},"on-stop":{"max_age_days":30}}',
+        # by the state machine's name, not a reference (which would make a cycle)
+        ENV_STATE_MACHINE_ARN: {
+            "Fn::Join": [
+                "",
+                [
+                    "arn:",
+                    {"Ref": "AWS::Partition"},
+                    ":states:",
+                    {"Ref": "AWS::Region"},
+                    ":",
+                    {"Ref": "AWS::AccountId"},
+                    ":stateMachine:"
+                    + s.only("AWS::StepFunctions::StateMachine")["Properties"]["StateMachineName"],
+                ],
+            ]
+        },
         "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
         "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
         "POWERTOOLS_LOG_LEVEL": "INFO",
@@ -127,6 +144,9 @@ def test_function_environment_is_the_lambda_contract(s: Synth) -> None:
     resolved[ENV_TOPIC_ARN] = "arn:aws:sns:eu-central-1:123456789012:Snapset-Topic"
     resolved[ENV_IDEMPOTENCY_TABLE] = "Snapset-IdempotencyTable"
     resolved[ENV_REPORT_BUCKET] = "snapset-reports-0a1b2c3d"
+    resolved[ENV_STATE_MACHINE_ARN] = (
+        "arn:aws:states:eu-central-1:123456789012:stateMachine:Snapset-FanOut-F402FADA"
+    )
     settings = Settings.from_env(resolved)
     assert (settings.max_workers, settings.safety_margin_ms) == (8, 10_000)
     assert (settings.ec2_api_share, settings.ec2_rate_scale) == (0.5, 1.0)
@@ -173,11 +193,17 @@ def test_code_asset_is_the_lambdas_dir_without_requirements(s: Synth) -> None:
     assert not any(f.endswith("requirements.txt") or "__pycache__" in f for f in files)
 
 
-def test_log_group_with_retention_is_the_functions(s: Synth) -> None:
-    group = s.only("AWS::Logs::LogGroup")
-    assert group["Properties"]["RetentionInDays"] == 90
+def test_log_groups_with_retention_are_the_functions_and_the_state_machines(s: Synth) -> None:
+    groups = s.resources("AWS::Logs::LogGroup")
+    assert {g["Properties"]["RetentionInDays"] for g in groups.values()} == {90}
     fn = s.only("AWS::Lambda::Function")["Properties"]
-    assert fn["LoggingConfig"]["LogGroup"] == ref(s, "AWS::Logs::LogGroup")
+    machine = s.only("AWS::StepFunctions::StateMachine")["Properties"]
+    [destination] = machine["LoggingConfiguration"]["Destinations"]
+    used = {
+        fn["LoggingConfig"]["LogGroup"]["Ref"],
+        destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0],
+    }
+    assert used == set(groups)
 
 
 def test_async_invocations_retry_twice_then_go_to_the_dlq(s: Synth) -> None:
@@ -428,7 +454,9 @@ def test_no_action_wildcard_and_no_managed_policies(s: Synth) -> None:
 def test_function_created_after_all_its_policies(s: Synth) -> None:
     fn = s.only("AWS::Lambda::Function")
     policies = set(s.resources("AWS::IAM::Policy"))
-    assert {p for p in policies if "Scheduler" not in p} == set(fn["DependsOn"])
+    assert {p for p in policies if "Scheduler" not in p and "StateMachine" not in p} == set(
+        fn["DependsOn"]
+    )
 
 
 # --- encryption and the topic ---------------------------------------------------------------
@@ -616,6 +644,7 @@ def test_outputs(s: Synth, config: Any) -> None:
             ENV_TOPIC_ARN: "arn:aws:sns:eu-central-1:123456789012:Snapset-Topic",
             ENV_IDEMPOTENCY_TABLE: "Snapset-IdempotencyTable",
             ENV_REPORT_BUCKET: "snapset-reports-0a1b2c3d",
+            ENV_STATE_MACHINE_ARN: "arn:aws:states:eu-central-1:123456789012:stateMachine:x",
             ENV_DEPLOYED_POLICIES: env[ENV_DEPLOYED_POLICIES],
         }
     ).deployed_policies
@@ -627,6 +656,10 @@ def test_outputs(s: Synth, config: Any) -> None:
 
 
 PARTITION_REGION = "arn:<AWS::Partition>:ec2:<AWS::Region>"
+MACHINE_EXECUTIONS = (
+    "arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:"
+    '{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"SnapsetFanOutStateMachine50ADDD47"}]}]}'
+)
 EXPECTED_ACKS = {
     "Function/FunctionDlq": {"AwsSolutions-SQS3"},
     "Triggers/SchedulerDlq": {"AwsSolutions-SQS3"},
@@ -635,8 +668,18 @@ EXPECTED_ACKS = {
         "AwsSolutions-IAM5[Resource::*]",  # X-Ray
         "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
         "AwsSolutions-IAM5[Resource::<SnapsetReports608494F0.Arn>/reports/*]",
+        "AwsSolutions-IAM5[Resource::<SnapsetReports608494F0.Arn>/runs/*]",
     },
     "Reports/Reports": {"AwsSolutions-S1"},
+    "FanOut/StateMachine/Role/DefaultPolicy": {
+        "AwsSolutions-IAM5[Resource::*]",  # X-Ray and log delivery
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::<SnapsetReports608494F0>/*]",
+        "AwsSolutions-IAM5[Resource::<SnapsetFunction003C2387.Arn>:*]",
+    },
+    "FanOut/StateMachine/DistributedMapPolicy": {
+        f"AwsSolutions-IAM5[Resource::{MACHINE_EXECUTIONS}:*]",
+        f"AwsSolutions-IAM5[Resource::{MACHINE_EXECUTIONS}/*:*]",
+    },
     "Function/CreateSnapshotsPolicy": {
         "AwsSolutions-IAM5[Resource::*]",
         f"AwsSolutions-IAM5[Resource::{PARTITION_REGION}:<AWS::AccountId>:instance/*]",

@@ -9,7 +9,9 @@ import pytest
 from infra_support import Synth, example_config, synth
 
 from infra.config import ConfigError, load_config
+from infra.fan_out import SID_RUN_FILES
 from infra.reports import SID_REPORT_KEY, SID_STORE_REPORTS
+from snapset.fanout import RUN_PREFIX
 from snapset.report_archive import REPORT_PREFIX
 from snapset.settings import ENV_REPORT_BUCKET
 
@@ -119,12 +121,20 @@ def test_the_function_may_only_put_reports_under_the_prefix(s: Synth) -> None:
             }
         }
     }
-    # nothing else in any of the role's policies reaches S3
-    for policy in s.resources("AWS::IAM::Policy").values():
+    # nothing else in any of the function role's policies reaches S3 but the fan-out's run
+    # files, read and written under their own prefix only
+    runs = sids[SID_RUN_FILES]
+    assert sorted(runs["Action"]) == ["s3:GetObject", "s3:PutObject"]
+    assert runs["Resource"] == {
+        "Fn::Join": ["", [{"Fn::GetAtt": [logical_id, "Arn"]}, f"/{RUN_PREFIX}*"]]
+    }
+    for name, policy in s.resources("AWS::IAM::Policy").items():
+        if "StateMachine" in name:  # the state machine's role: its ItemReader reads batches
+            continue
         for st in policy["Properties"]["PolicyDocument"]["Statement"]:
             actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
             s3_actions = [a for a in actions if a.startswith("s3:")]
-            assert s3_actions in ([], ["s3:PutObject"]), st
+            assert s3_actions == [] or st.get("Sid") in (SID_STORE_REPORTS, SID_RUN_FILES), st
 
 
 def test_the_function_and_the_outputs_name_the_bucket(s: Synth) -> None:

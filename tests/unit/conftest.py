@@ -18,11 +18,15 @@ from snapset.settings import (
     ENV_DEPLOYED_POLICIES,
     ENV_IDEMPOTENCY_TABLE,
     ENV_REPORT_BUCKET,
+    ENV_STATE_MACHINE_ARN,
     ENV_TOPIC_ARN,
 )
 
 IDEMPOTENCY_TABLE = "snapset-idempotency"
 REPORT_BUCKET = "snapset-reports"
+# moto in-process runs no execution: StartExecution only records it, which is what unit tests
+# of the hand-off read back.
+FAN_OUT_DEFINITION = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}})
 
 # Plain moto ignores ExcludeDataVolumeIds and CopyTagsFromSource; the local AWS's faithful
 # CreateSnapshots fixes that in-process too. Snapshots stay pending (completed on request only).
@@ -55,6 +59,21 @@ class Aws:
     topic_arn: str
     queue_url: str
     s3: Any
+    sfn: Any
+    state_machine_arn: str
+
+    def executions(self) -> list[dict[str, Any]]:
+        """The fan-out state machine's executions, each with its parsed input."""
+        listed = self.sfn.list_executions(stateMachineArn=self.state_machine_arn)["executions"]
+        return [
+            {
+                **e,
+                "input": json.loads(
+                    self.sfn.describe_execution(executionArn=e["executionArn"])["input"]
+                ),
+            }
+            for e in listed
+        ]
 
     def full_reports(self) -> list[dict[str, Any]]:
         """Every full report stored in the report bucket so far, in key order."""
@@ -90,11 +109,27 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         monkeypatch.setenv(ENV_TOPIC_ARN, topic_arn)
         monkeypatch.setenv(ENV_IDEMPOTENCY_TABLE, IDEMPOTENCY_TABLE)
         monkeypatch.setenv(ENV_REPORT_BUCKET, REPORT_BUCKET)
+        sfn = boto3.client("stepfunctions", region_name="us-east-1")
+        machine_arn = sfn.create_state_machine(
+            name="snapset-fan-out",
+            definition=FAN_OUT_DEFINITION,
+            roleArn="arn:aws:iam::123456789012:role/snapset-fan-out",
+        )["stateMachineArn"]
+        monkeypatch.setenv(ENV_STATE_MACHINE_ARN, machine_arn)
         # No deployed policy by default: a test that runs retention deploys its policy.
         monkeypatch.setenv(ENV_DEPLOYED_POLICIES, "{}")
         handler_module.settings.cache_clear()
         COMPLETER.reset()
-        yield Aws(boto3.client("ec2", region_name="us-east-1"), sns, sqs, topic_arn, queue_url, s3)
+        yield Aws(
+            boto3.client("ec2", region_name="us-east-1"),
+            sns,
+            sqs,
+            topic_arn,
+            queue_url,
+            s3,
+            sfn,
+            machine_arn,
+        )
         handler_module.settings.cache_clear()
 
 

@@ -11,6 +11,7 @@ from snapset.settings import (
     ENV_EC2_RATE_SCALE,
     ENV_IDEMPOTENCY_TABLE,
     ENV_REPORT_BUCKET,
+    ENV_STATE_MACHINE_ARN,
     ENV_TOPIC_ARN,
     ConfigError,
     Settings,
@@ -21,7 +22,30 @@ BASE = {
     ENV_IDEMPOTENCY_TABLE: "Snapset-IdempotencyTable",
     ENV_REPORT_BUCKET: "snapset-reports-0a1b2c3d",
     ENV_DEPLOYED_POLICIES: '{"nightly": {"count": 7}, "on-stop": null}',
+    ENV_STATE_MACHINE_ARN: "arn:aws:states:eu-central-1:123456789012:stateMachine:Snapset-FanOut",
 }
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        None,
+        "",
+        "arn:aws:states:eu-central-1:123456789012:execution:Snapset-FanOut:x",
+        "arn:aws:lambda:eu-central-1:123456789012:function:Snapset-FanOut",
+        "Snapset-FanOut",
+    ],
+)
+def test_the_state_machine_is_required_and_named(arn: str | None) -> None:
+    env = {k: v for k, v in BASE.items() if k != ENV_STATE_MACHINE_ARN}
+    if arn is not None:
+        env[ENV_STATE_MACHINE_ARN] = arn
+    with pytest.raises(ConfigError, match=f"^{ENV_STATE_MACHINE_ARN} must be the fan-out"):
+        Settings.from_env(env)
+
+
+def test_the_state_machine_arn_is_read() -> None:
+    assert Settings.from_env(BASE).state_machine_arn == BASE[ENV_STATE_MACHINE_ARN]
 
 
 def test_deployed_policies_and_their_retention() -> None:

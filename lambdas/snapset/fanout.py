@@ -1,0 +1,478 @@
+"""Fan-out on Step Functions: a run whose plan does not fit one invocation is handed to the
+state machine the stack deploys, and done batch by batch by this same function.
+
+The trigger's invocation plans: once its targets are known, `estimate` prices the work with
+EC2's token buckets at Snapset's share (CreateSnapshots for every instance, and for a policy
+with retention one expired set's DeleteSnapshot calls per instance, a nightly steady state). A
+plan that fits `INLINE_FRACTION` of the invocation's remaining time runs inline as before; one
+that does not is handed off (`hand_off`): its instance ids are written to S3 in batches
+(`fan_out_shape` sizes them and the Map's concurrency from the same buckets), and one execution
+is started, named from the trigger, so that a duplicate delivery of the trigger starts none.
+
+The state machine (infra/fan_out.py) maps the batches onto the function: `run_batch` snapshots
+one batch with the inline run's engine (idempotency records, pacing at its part of the share,
+a run marker per batch so that only a retried batch looks for sets its earlier attempt made),
+`retain_batch` runs retention for one batch once every batch has started, and `aggregate`
+merges what the batches wrote to S3 into one run report. A batch the Map gave up on (after its
+retries) is reported instance by instance with the error that stopped it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict, Field
+
+from snapset.clients import Clients
+from snapset.deadline import Deadline
+from snapset.errors import error_code
+from snapset.outcomes import InstanceOutcome, InstanceStatus
+from snapset.pacing import CREATE_SNAPSHOTS_BUCKET, DELETE_SNAPSHOT_BUCKET, Pacer
+from snapset.policy import SnapshotPolicy, SnapshotRequest
+from snapset.report import RunReport, build_report
+from snapset.retention import with_retention_all
+from snapset.run import HandedOff, IdempotencyStore, build_engine
+from snapset.snapshots import snapshot_all
+from snapset.targets import UNSNAPSHOTTABLE_STATES, Instance, describe_instances
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_stepfunctions import SFNClient
+
+logger = logging.getLogger(__name__)
+
+# The function's role reads and writes under this prefix only (infra/reports.py scopes it).
+RUN_PREFIX = "runs/"
+# An inline run may plan to use this much of the invocation's time: the estimate leaves out
+# EC2's latency and AWS's own refusals.
+INLINE_FRACTION = 0.5
+# A batch is sized to fill this much of a worker invocation at its part of the share.
+BATCH_FILL = 0.6
+# Seconds one CreateSnapshots (or DeleteSnapshot) call takes, for a worker's thread pool.
+CALL_SECONDS = 0.5
+# Distributed Map's children run at most this many at once here: each gets share / concurrency.
+MAX_CONCURRENCY = 40
+MAX_BATCH_SIZE = 1000
+# Step Functions' execution names: 1-80 characters of letters, digits, '-' and '_'.
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class Estimate(BaseModel):
+    """How long EC2's buckets make a run at Snapset's share: the lower bound of its duration."""
+
+    model_config = ConfigDict(frozen=True)
+
+    creates: int
+    deletes: int
+    create_seconds: float
+    delete_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        # Retention is its own phase after every set has started: the phases add up.
+        return self.create_seconds + self.delete_seconds
+
+
+def _bucket_seconds(calls: int, rate: float, burst: float) -> float:
+    return max(0.0, calls - burst) / rate
+
+
+def estimate(
+    policy: SnapshotPolicy,
+    instances: Sequence[Instance],
+    *,
+    share: float,
+    rate_scale: float = 1.0,
+    max_workers: int = 8,
+) -> Estimate:
+    """Price a run with EC2's buckets at `share` (refill times `rate_scale`): one
+    CreateSnapshots per instance that can be snapshotted, and with retention one expired set
+    per instance (DeleteSnapshot per volume), plus the calls' own latency over `max_workers`
+    threads."""
+    live = [i for i in instances if i.state not in UNSNAPSHOTTABLE_STATES and i.volumes]
+    creates = len(live)
+    deletes = sum(len(i.volumes) for i in live) if policy.retention is not None else 0
+    create_rate = CREATE_SNAPSHOTS_BUCKET.refill_per_second * share * rate_scale
+    delete_rate = DELETE_SNAPSHOT_BUCKET.refill_per_second * share * rate_scale
+    latency = CALL_SECONDS / max_workers
+    return Estimate(
+        creates=creates,
+        deletes=deletes,
+        create_seconds=_bucket_seconds(creates, create_rate, CREATE_SNAPSHOTS_BUCKET.burst * share)
+        + creates * latency,
+        delete_seconds=_bucket_seconds(deletes, delete_rate, DELETE_SNAPSHOT_BUCKET.burst * share)
+        + deletes * latency,
+    )
+
+
+class FanOutShape(BaseModel):
+    """How a handed-off run is cut: `batch_size` instances per Map item, `max_concurrency`
+    items at once, each worker paced at `worker_share` of EC2's buckets (the run's share split
+    between the concurrent workers, so together they never exceed it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_size: int = Field(ge=1, le=MAX_BATCH_SIZE)
+    max_concurrency: int = Field(ge=1, le=MAX_CONCURRENCY)
+    worker_share: float = Field(gt=0, le=1)
+
+
+def fan_out_shape(
+    *,
+    share: float,
+    worker_seconds: float,
+    volumes_per_instance: float,
+    retention: bool,
+    rate_scale: float = 1.0,
+    max_workers: int = 8,
+) -> FanOutShape:
+    """Concurrency: enough workers that their threads can keep up with the share's refill
+    (`max_workers` calls every `CALL_SECONDS` each), at least 2 so one worker's start-up or
+    end overlaps another's work. Batch size: what one worker paced at its part of the share
+    creates (and, with retention, deletes: one expired set per instance) in `BATCH_FILL` of
+    `worker_seconds`, the time a worker invocation has."""
+    create_rate = CREATE_SNAPSHOTS_BUCKET.refill_per_second * share * rate_scale
+    per_worker = max_workers / CALL_SECONDS
+    concurrency = min(MAX_CONCURRENCY, max(2, math.ceil(create_rate / per_worker)))
+    worker_rate = create_rate / concurrency
+    size = BATCH_FILL * worker_seconds * worker_rate
+    if retention:
+        delete_rate = DELETE_SNAPSHOT_BUCKET.refill_per_second * share * rate_scale
+        worker_deletes = delete_rate / concurrency
+        size = min(
+            size, BATCH_FILL * worker_seconds * worker_deletes / max(volumes_per_instance, 1)
+        )
+    return FanOutShape(
+        batch_size=max(1, min(MAX_BATCH_SIZE, math.floor(size))),
+        max_concurrency=concurrency,
+        worker_share=share / concurrency,
+    )
+
+
+class Batch(BaseModel):
+    """One Map item: the batch's position in the plan and its instance ids."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int = Field(ge=0)
+    instance_ids: tuple[str, ...] = Field(min_length=1)
+
+
+class FanOutRun(BaseModel):
+    """A handed-off run, as the execution's input: the request, where its plan and results
+    are, how it is cut. Every task of the execution gets it (`$$.Execution.Input`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    request: SnapshotRequest
+    bucket: str
+    prefix: str
+    items_key: str
+    batches: int = Field(ge=1)
+    instances: int = Field(ge=1)
+    max_concurrency: int = Field(ge=1, le=MAX_CONCURRENCY)
+    worker_share: float = Field(gt=0, le=1)
+    retention: bool
+    missing: tuple[InstanceOutcome, ...] = ()
+
+    def result_key(self, phase: Literal["create", "retain"], index: int) -> str:
+        return f"{self.prefix}{phase}/batch-{index:05d}.json"
+
+
+class BatchResult(BaseModel):
+    """What a Map item returned: a worker's counts, or (from the item's Catch) the error that
+    stopped the batch after its retries."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch: int
+    instances: int = 0
+    started: int = 0
+    failed: int = 0
+    error: str | None = None
+    cause: str | None = None
+
+
+class FanOutTask(BaseModel):
+    """What the state machine sends the function: `task` names the step."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    snapset_task: Literal["batch", "retain", "aggregate"]
+    run: FanOutRun
+    batch: Batch | None = None
+    execution_arn: str | None = None
+    created: tuple[BatchResult, ...] = ()
+    retained: tuple[BatchResult, ...] = ()
+
+
+def execution_name(policy: str, trigger_id: str) -> str:
+    """The execution's name, the same for every delivery of a trigger (so a duplicate starts
+    none): the policy, then a digest of policy and trigger (trigger ids may be 256 characters
+    of anything)."""
+    digest = hashlib.sha256(f"{policy}\0{trigger_id}".encode()).hexdigest()[:32]
+    return f"{_NAME_UNSAFE.sub('_', policy)[:47]}-{digest}"
+
+
+def _put_json(s3: S3Client, bucket: str, key: str, body: Any) -> None:
+    s3.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=json.dumps(body, separators=(",", ":")).encode(),
+        ContentType="application/json",
+    )
+
+
+def _get_json(s3: S3Client, bucket: str, key: str) -> Any | None:
+    """The object's JSON, or None when there is none (NoSuchKey)."""
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if error_code(exc) in ("NoSuchKey", "404"):
+            return None
+        raise
+    return json.loads(body)
+
+
+def hand_off(
+    s3: S3Client,
+    sfn: SFNClient,
+    *,
+    state_machine_arn: str,
+    bucket: str,
+    request: SnapshotRequest,
+    instances: Sequence[Instance],
+    missing: Sequence[InstanceOutcome],
+    remaining_seconds: float,
+    worker_seconds: float,
+    share: float,
+    rate_scale: float = 1.0,
+    max_workers: int = 8,
+) -> HandedOff | None:
+    """Hand the run to the state machine when its estimate does not fit `INLINE_FRACTION` of
+    `remaining_seconds`; None (run inline) when it does.
+
+    The batches go to `runs/<policy>/<execution name>/<plan digest>/items.json`: the digest
+    of the plan keeps two deliveries that found different targets from overwriting each other's
+    plan, and puts it in the execution's input, so the second gets ExecutionAlreadyExists
+    and stands down; a duplicate with the same plan gets the running execution back from
+    StartExecution (Standard executions are idempotent on name and input)."""
+    policy = request.policy
+    price = estimate(policy, instances, share=share, rate_scale=rate_scale, max_workers=max_workers)
+    if not instances or price.seconds <= INLINE_FRACTION * remaining_seconds:
+        return None
+    if remaining_seconds <= 0:
+        # No time left even to size batches: inline reports each instance out of time, and
+        # the trigger's redelivery retries them.
+        return None
+    volumes = sum(len(i.volumes) for i in instances) / len(instances)
+    shape = fan_out_shape(
+        share=share,
+        worker_seconds=worker_seconds,
+        volumes_per_instance=volumes,
+        retention=policy.retention is not None,
+        rate_scale=rate_scale,
+        max_workers=max_workers,
+    )
+    ids = [i.instance_id for i in instances]
+    batches = [
+        Batch(index=n, instance_ids=tuple(ids[start : start + shape.batch_size]))
+        for n, start in enumerate(range(0, len(ids), shape.batch_size))
+    ]
+    items = [b.model_dump(mode="json") for b in batches]
+    plan_digest = hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+    name = execution_name(policy.name, request.trigger.id)
+    prefix = f"{RUN_PREFIX}{_NAME_UNSAFE.sub('_', policy.name)}/{name}/{plan_digest}/"
+    run = FanOutRun(
+        request=request,
+        bucket=bucket,
+        prefix=prefix,
+        items_key=f"{prefix}items.json",
+        batches=len(batches),
+        instances=len(ids) + len(missing),
+        max_concurrency=shape.max_concurrency,
+        worker_share=shape.worker_share,
+        retention=policy.retention is not None,
+        missing=tuple(missing),
+    )
+    _put_json(s3, bucket, run.items_key, items)
+    handed = HandedOff(
+        execution_arn=_execution_arn(state_machine_arn, name),
+        instances=run.instances,
+        batches=run.batches,
+        estimated_seconds=round(price.seconds, 1),
+    )
+    try:
+        started = sfn.start_execution(
+            stateMachineArn=state_machine_arn,
+            name=name,
+            # Under "run": the definition's tasks pass `$.run` on beside their own results.
+            input=json.dumps({"run": run.model_dump(mode="json")}, separators=(",", ":")),
+        )
+    except ClientError as exc:
+        if error_code(exc) != "ExecutionAlreadyExists":
+            raise
+        logger.info("execution %s already exists: a duplicate delivery stands down", name)
+        return dataclasses.replace(handed, duplicate=True)
+    logger.info(
+        "run handed off",
+        extra={
+            "execution_arn": started["executionArn"],
+            "batches": run.batches,
+            "batch_size": shape.batch_size,
+            "max_concurrency": shape.max_concurrency,
+            "estimated_seconds": price.seconds,
+        },
+    )
+    return dataclasses.replace(handed, execution_arn=started["executionArn"])
+
+
+def _execution_arn(state_machine_arn: str, name: str) -> str:
+    # arn:aws:states:<region>:<account>:stateMachine:<sm> -> ...:execution:<sm>:<name>
+    head, _, machine = state_machine_arn.rpartition(":stateMachine:")
+    return f"{head}:execution:{machine}:{name}"
+
+
+def run_batch(
+    clients: Clients,
+    s3: S3Client,
+    task: FanOutTask,
+    *,
+    deadline: Deadline,
+    store: IdempotencyStore,
+    max_workers: int,
+    rate_scale: float = 1.0,
+) -> tuple[BatchResult, list[InstanceOutcome]]:
+    """Snapshot one batch as an inline run snapshots its instances, and write its outcomes to
+    S3 (before the caller raises for the instances to retry, so the last attempt's outcomes
+    are what the report shows even when the Map gives up on the batch)."""
+    run, batch = task.run, _batch(task)
+    request = run.request
+    found = describe_instances(clients.ec2, batch.instance_ids)
+    engine = build_engine(
+        clients,
+        request,
+        deadline,
+        idempotency=store,
+        ec2_api_share=run.worker_share,
+        ec2_rate_scale=rate_scale,
+        # The first wave of workers takes the share's burst; later ones follow on its refill.
+        pacers_start_full=batch.index < run.max_concurrency,
+        delivery_key=f"{request.trigger.id}#batch-{batch.index}",
+    )
+    snapshot = engine.for_targets(found.instances)
+    try:
+        outcomes = found.missing + snapshot_all(found.instances, snapshot, max_workers)
+    finally:
+        engine.release()
+    _put_json(
+        s3,
+        run.bucket,
+        run.result_key("create", batch.index),
+        [o.model_dump(mode="json") for o in outcomes],
+    )
+    return _counts(batch.index, outcomes), outcomes
+
+
+def retain_batch(
+    ec2: Any,
+    s3: S3Client,
+    task: FanOutTask,
+    *,
+    deadline: Deadline,
+    rate_scale: float = 1.0,
+    now: datetime | None = None,
+) -> BatchResult:
+    """Retention for one batch once every batch has started: the instances whose set started
+    (read back from the batch's results) get their older sets deleted, paced at the worker's
+    part of the DeleteSnapshot share; the outcomes with retention go to the batch's retain
+    results. A batch with no create results (the Map gave up on it) has nothing to retain."""
+    run, batch = task.run, _batch(task)
+    raw = _get_json(s3, run.bucket, run.result_key("create", batch.index))
+    if raw is None:
+        return BatchResult(batch=batch.index, error="NoResults", cause="the batch never ran")
+    outcomes = [InstanceOutcome.model_validate(o) for o in raw]
+    pacer = Pacer.share_of(
+        DELETE_SNAPSHOT_BUCKET,
+        run.worker_share,
+        time_scale=rate_scale,
+        start_full=batch.index < run.max_concurrency,
+    )
+    retained = with_retention_all(
+        ec2,
+        run.request.policy,
+        outcomes,
+        run.request.trigger.id,
+        now or datetime.now(UTC),
+        deadline=deadline,
+        pacer=pacer,
+    )
+    _put_json(
+        s3,
+        run.bucket,
+        run.result_key("retain", batch.index),
+        [o.model_dump(mode="json") for o in retained],
+    )
+    return _counts(batch.index, retained)
+
+
+BATCH_FAILED = "BatchFailed"
+
+
+def aggregate(s3: S3Client, task: FanOutTask) -> RunReport:
+    """The run report of a handed-off run: each batch's outcomes with retention where its
+    retain step wrote them, else as created; a batch without results is reported instance by
+    instance as failed with the error that stopped it (`BatchFailed`, retried on the next
+    delivery of the trigger). Instances the plan could not find come from the plan."""
+    run = task.run
+    items = _get_json(s3, run.bucket, run.items_key)
+    if items is None:
+        raise LookupError(f"s3://{run.bucket}/{run.items_key}: the run's plan is gone")
+    errors = {r.batch: r for r in task.created if r.error is not None}
+    outcomes: list[InstanceOutcome] = list(run.missing)
+    for item in items:
+        batch = Batch.model_validate(item)
+        raw = _get_json(s3, run.bucket, run.result_key("retain", batch.index))
+        if raw is None:
+            raw = _get_json(s3, run.bucket, run.result_key("create", batch.index))
+        if raw is not None:
+            outcomes.extend(InstanceOutcome.model_validate(o) for o in raw)
+            continue
+        failure = errors.get(batch.index)
+        why = f"{failure.error}: {failure.cause or ''}".strip() if failure else "no result"
+        outcomes.extend(
+            InstanceOutcome.failed(
+                iid,
+                BATCH_FAILED,
+                f"{iid}: batch {batch.index} of the fan-out failed after its retries "
+                f"({why[:300]}); its set may have started, the next delivery finds it",
+            )
+            for iid in batch.instance_ids
+        )
+    policy = run.request.policy
+    report = build_report(policy.name, run.request.trigger, policy.dry_run, outcomes)
+    return report.model_copy(update={"execution_arn": task.execution_arn})
+
+
+def _batch(task: FanOutTask) -> Batch:
+    if task.batch is None:
+        raise ValueError(f"a {task.snapset_task!r} task needs its batch")
+    return task.batch
+
+
+def _counts(index: int, outcomes: Sequence[InstanceOutcome]) -> BatchResult:
+    return BatchResult(
+        batch=index,
+        instances=len(outcomes),
+        started=sum(o.status is InstanceStatus.STARTED for o in outcomes),
+        failed=sum(o.status is InstanceStatus.FAILED for o in outcomes),
+    )

@@ -1,0 +1,345 @@
+"""Fan-out: a run that does not fit its invocation is handed to the state machine, and the
+state machine's tasks (sent here as the deployed definition sends them) do it batch by batch
+with the inline run's guarantees, ending in one report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+from botocore.client import BaseClient
+from botocore.exceptions import ClientError
+
+from localaws.fleet import launch_instance, snapshots_by_volume
+from snapset import handler as handler_module
+from snapset.errors import InvalidInput
+from snapset.fanout import (
+    BATCH_FAILED,
+    FanOutRun,
+    estimate,
+    execution_name,
+    fan_out_shape,
+)
+from snapset.handler import IncompleteRun, handler
+from snapset.policy import SnapshotPolicy
+from snapset.settings import ENV_EC2_API_SHARE
+from snapset.targets import AttachedVolume, Instance
+from tests.unit.conftest import COMPLETER, Aws, LambdaContext, deploy_policies
+from tests.unit.test_retention_in_run import age_all_snapshots
+
+TAGS = {"Backup": ["fan"]}
+
+
+def _instances(n: int, volumes: int = 2) -> list[Instance]:
+    return [
+        Instance(
+            instance_id=f"i-{k:017x}",
+            state="running",
+            volumes=tuple(
+                AttachedVolume(
+                    volume_id=f"vol-{k:08x}{v:09x}", device_name=f"/dev/sd{v}", is_root=v == 0
+                )
+                for v in range(volumes)
+            ),
+            tags={},
+        )
+        for k in range(n)
+    ]
+
+
+def test_the_estimate_is_the_slowest_phase_sum_of_ec2s_buckets_at_the_share() -> None:
+    policy = SnapshotPolicy.model_validate({"policy": "p", "target_tags": TAGS})
+    price = estimate(policy, _instances(10_000), share=0.5, max_workers=8)
+    # 50 of the 100-token burst, then 2.5 per second; plus 0.5 s per call over 8 threads
+    assert price.creates == 10_000
+    assert price.deletes == 0
+    assert price.create_seconds == pytest.approx((10_000 - 50) / 2.5 + 10_000 * 0.5 / 8)
+    retaining = SnapshotPolicy.model_validate(
+        {"policy": "p", "target_tags": TAGS, "retention": {"count": 7}}
+    )
+    with_deletes = estimate(retaining, _instances(1_000), share=0.5, rate_scale=20)
+    # one expired set of two volumes per instance, the refill times the local time scale
+    assert with_deletes.deletes == 2_000
+    assert with_deletes.delete_seconds == pytest.approx((2_000 - 50) / 50 + 2_000 * 0.5 / 8)
+    assert with_deletes.seconds == with_deletes.create_seconds + with_deletes.delete_seconds
+
+
+def test_stopped_instances_without_volumes_and_terminated_ones_cost_nothing() -> None:
+    policy = SnapshotPolicy.model_validate({"policy": "p", "target_tags": TAGS})
+    live = _instances(3)
+    terminated = [dataclasses.replace(i, state="terminated") for i in live]
+    no_volumes = [dataclasses.replace(i, volumes=()) for i in live]
+    assert estimate(policy, live + terminated + no_volumes, share=0.5).creates == 3
+
+
+def test_the_shape_splits_the_share_and_fills_each_worker() -> None:
+    shape = fan_out_shape(share=0.5, worker_seconds=290, volumes_per_instance=2, retention=False)
+    # 2.5 creates per second need no more than 2 workers of 8 threads: each gets half
+    assert shape.max_concurrency == 2
+    assert shape.worker_share == 0.25
+    assert shape.batch_size == int(0.6 * 290 * 1.25)
+    retaining = fan_out_shape(share=0.5, worker_seconds=290, volumes_per_instance=2, retention=True)
+    # two deletes per instance at the same rate: half the batch
+    assert retaining.batch_size == int(0.6 * 290 * 1.25 / 2)
+    fast = fan_out_shape(
+        share=0.5, worker_seconds=15, volumes_per_instance=2, retention=False, rate_scale=20
+    )
+    # 50 per second need 4 workers at 16 calls per second each
+    assert fast.max_concurrency == 4
+    assert fast.worker_share == 0.125
+
+
+def test_execution_names_are_per_policy_and_trigger_and_valid() -> None:
+    name = execution_name("nightly", "a" * 256)
+    assert name == execution_name("nightly", "a" * 256)
+    assert name != execution_name("nightly", "b")
+    assert name != execution_name("other", "a" * 256)
+    assert len(name) <= 80
+    assert all(c.isalnum() or c in "-_" for c in execution_name("p.with spaces", "x:y/z"))
+
+
+def _fleet(aws: Aws, n: int, *, tag: str = "fan") -> list[str]:
+    return sorted(launch_instance(aws.ec2, tags={"Backup": tag}).instance_id for _ in range(n))
+
+
+def _tight(monkeypatch: pytest.MonkeyPatch, context: LambdaContext) -> None:
+    """2% of EC2's buckets (a burst of 2, 0.1 calls per second) and 20 s of invocation: five
+    instances no longer fit (10 s allowed inline, 30 s estimated)."""
+    monkeypatch.setenv(ENV_EC2_API_SHARE, "0.02")
+    handler_module.settings.cache_clear()
+    context.remaining_ms = 30_000
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = BaseClient._make_api_call
+
+    def record(self: BaseClient, operation: str, params: Any) -> Any:
+        calls.append(f"{self.meta.service_model.service_name}:{operation}")
+        return real(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", record)
+    return calls
+
+
+def test_a_small_run_stays_inline(aws: Aws, context: LambdaContext) -> None:
+    _fleet(aws, 3)
+    answer = handler({"policy": "p", "target_tags": TAGS, "request_id": "r"}, context)
+    assert answer["summary"]["started"] == 3
+    assert aws.executions() == []
+
+
+def test_a_run_that_does_not_fit_is_handed_off_without_a_snapshot(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _fleet(aws, 5)
+    _tight(monkeypatch, context)
+    calls = _count_calls(monkeypatch)
+    answer = handler({"policy": "p", "target_tags": TAGS, "request_id": "r1"}, context)
+    assert answer["status"] == "handed_off"
+    assert answer["instances"] == 5
+    assert "ec2:CreateSnapshots" not in calls
+    assert aws.messages() == []  # the execution's aggregator reports, not the hand-off
+    [execution] = aws.executions()
+    assert execution["name"] == execution_name("p", "r1")
+    assert answer["execution_arn"] == execution["executionArn"]
+    run = FanOutRun.model_validate(execution["input"]["run"])
+    assert run.request.trigger.id == "r1"
+    assert run.instances == 5
+    items = json.loads(aws.s3.get_object(Bucket=run.bucket, Key=run.items_key)["Body"].read())
+    assert len(items) == run.batches
+    assert sorted(i for b in items for i in b["instance_ids"]) == ids
+    assert [b["index"] for b in items] == list(range(run.batches))
+    assert run.worker_share * run.max_concurrency == pytest.approx(0.02)
+
+
+def test_a_duplicate_delivery_starts_no_second_execution(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fleet(aws, 5)
+    _tight(monkeypatch, context)
+    payload = {"policy": "p", "target_tags": TAGS, "request_id": "r1"}
+    first = handler(payload, context)
+    _fleet(aws, 1)  # the redelivery finds another plan: it must not replace the first
+    again = handler(payload, context)
+    [execution] = aws.executions()
+    assert again["duplicate"] is True
+    assert again["execution_arn"] == first["execution_arn"] == execution["executionArn"]
+    run = FanOutRun.model_validate(execution["input"]["run"])
+    items = json.loads(aws.s3.get_object(Bucket=run.bucket, Key=run.items_key)["Body"].read())
+    assert sum(len(b["instance_ids"]) for b in items) == 5
+
+
+def _run(aws: Aws) -> dict[str, Any]:
+    """The execution's run, its workers paced at a share that keeps the tests fast (the hand-off
+    was made at 2%; pacing has its own tests)."""
+    [execution] = aws.executions()
+    run: dict[str, Any] = execution["input"]["run"]
+    return {**run, "worker_share": 0.5}
+
+
+SCHEDULE = {"scheduled_time": "2026-12-03T01:00:00Z", "schedule_arn": "arn:aws:scheduler:x"}
+
+
+def _items(aws: Aws, run: dict[str, Any]) -> list[dict[str, Any]]:
+    body = aws.s3.get_object(Bucket=run["bucket"], Key=run["items_key"])["Body"].read()
+    items: list[dict[str, Any]] = json.loads(body)
+    return items
+
+
+def _execute(aws: Aws, context: LambdaContext, run: dict[str, Any]) -> dict[str, Any]:
+    """What the deployed definition does: each batch, retention if the run retains, then the
+    aggregator, with the Map's results passed on."""
+    created = [
+        handler({"snapset_task": "batch", "run": run, "batch": b}, context)
+        for b in _items(aws, run)
+    ]
+    retained = (
+        [
+            handler({"snapset_task": "retain", "run": run, "batch": b}, context)
+            for b in _items(aws, run)
+        ]
+        if run["retention"]
+        else []
+    )
+    return handler(
+        {
+            "snapset_task": "aggregate",
+            "run": run,
+            "created": created,
+            "retained": retained,
+            "execution_arn": "arn:aws:states:us-east-1:123456789012:execution:m:e",
+        },
+        context,
+    )
+
+
+def test_the_batches_make_one_set_each_and_the_aggregator_one_report(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _fleet(aws, 5)
+    _tight(monkeypatch, context)
+    handler({"policy": "p", "target_tags": TAGS, "schedule": SCHEDULE}, context)
+    context.remaining_ms = 300_000
+    calls = _count_calls(monkeypatch)
+    answer = _execute(aws, context, _run(aws))
+    assert calls.count("ec2:CreateSnapshots") == 5
+    # a scheduled batch's first attempt looks for no set: no DescribeSnapshots at all
+    assert "ec2:DescribeSnapshots" not in calls
+    assert answer["status"] == "succeeded"
+    assert answer["summary"]["started"] == 5
+    [report] = [json.loads(m["Message"]) for m in aws.messages()]
+    assert [i["instance_id"] for i in report["instances"]] == ids
+    assert report["trigger"]["id"] == "p@2026-12-03T01:00:00Z"
+    assert report["execution_arn"].endswith(":execution:m:e")
+    assert report["full_report"] == answer["full_report"]
+    assert len(snapshots_by_volume(aws.ec2)) == 5
+
+
+def test_a_retried_batch_redoes_only_what_did_not_start(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _fleet(aws, 5)
+    _tight(monkeypatch, context)
+    handler({"policy": "p", "target_tags": TAGS, "request_id": "r1"}, context)
+    run = _run(aws)
+    task = {"snapset_task": "batch", "run": run, "batch": {"index": 0, "instance_ids": ids}}
+    refused = ids[-1]
+    real = BaseClient._make_api_call
+
+    def refuse_one(self: BaseClient, operation: str, params: Any) -> Any:
+        if (
+            operation == "CreateSnapshots"
+            and params["InstanceSpecification"]["InstanceId"] == refused
+        ):
+            raise ClientError(
+                {"Error": {"Code": "RequestLimitExceeded", "Message": "x"}}, operation
+            )
+        return real(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", refuse_one)
+    context.remaining_ms = 12_000  # 2 s past the margin: no time to wait out the refusal
+    with pytest.raises(IncompleteRun, match=f"batch 0: 1 instance.*{refused}"):
+        handler(task, context)
+    # the batch's results are written before it raises: the report shows the last attempt
+    written = json.loads(
+        aws.s3.get_object(Bucket=run["bucket"], Key=f"{run['prefix']}create/batch-00000.json")[
+            "Body"
+        ].read()
+    )
+    assert [o["status"] for o in written] == ["started"] * 4 + ["failed"]
+    monkeypatch.setattr(BaseClient, "_make_api_call", real)
+    context.remaining_ms = 300_000
+    calls = _count_calls(monkeypatch)
+    # the Map retries the batch: only the refused instance is snapshotted
+    again = handler(task, context)
+    assert again["started"] == 5
+    assert again["failed"] == 0
+    assert calls.count("ec2:CreateSnapshots") == 1
+    assert len(snapshots_by_volume(aws.ec2)) == 5
+
+
+def test_a_batch_the_map_gave_up_on_is_reported_instance_by_instance(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fleet(aws, 5)
+    _tight(monkeypatch, context)
+    handler({"policy": "p", "target_tags": TAGS, "request_id": "r1"}, context)
+    context.remaining_ms = 300_000
+    run = _run(aws)
+    items = _items(aws, run)
+    lost, *done = items
+    created = [{"batch": lost["index"], "error": "Sandbox.Timedout"}] + [
+        handler({"snapset_task": "batch", "run": run, "batch": b}, context) for b in done
+    ]
+    answer = handler(
+        {"snapset_task": "aggregate", "run": run, "created": created, "retained": []}, context
+    )
+    assert answer["status"] == "partial"
+    [report] = [json.loads(m["Message"]) for m in aws.messages()]
+    failed = {i["instance_id"]: i["error"] for i in report["instances"] if i["status"] == "failed"}
+    assert set(failed) == set(lost["instance_ids"])
+    assert {e["code"] for e in failed.values()} == {BATCH_FAILED}
+    assert all("Sandbox.Timedout" in e["message"] for e in failed.values())
+    assert report["summary"]["instances"] == 5
+
+
+def test_retention_runs_per_batch_after_every_batch_started(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deploy_policies(monkeypatch, {"p": {"count": 1}})
+    _fleet(aws, 5)
+    payload = {"policy": "p", "target_tags": TAGS}
+    for n in range(2):  # two completed inline sets per instance, a day apart
+        handler({**payload, "request_id": f"old-{n}"}, context)
+        COMPLETER.complete_all()
+        age_all_snapshots(1)
+    before = {
+        s
+        for snaps in snapshots_by_volume(aws.ec2).values()
+        for s in (x["SnapshotId"] for x in snaps)
+    }
+    _tight(monkeypatch, context)
+    handler({**payload, "request_id": "fan"}, context)
+    context.remaining_ms = 300_000
+    aws.messages()
+    answer = _execute(aws, context, _run(aws))
+    [report] = [json.loads(m["Message"]) for m in aws.messages()]
+    # count 1: this run's set and the newest completed one stay, the oldest goes
+    assert answer["summary"]["retention_deleted"] == 5
+    deleted = {d for i in report["instances"] for d in i["retention"]["deleted"]}
+    after = {
+        s
+        for snaps in snapshots_by_volume(aws.ec2).values()
+        for s in (x["SnapshotId"] for x in snaps)
+    }
+    assert deleted == before - after
+    assert len(after) == 10
+
+
+def test_a_task_the_function_cannot_parse_names_the_field(aws: Aws, context: LambdaContext) -> None:
+    with pytest.raises(InvalidInput, match="run"):
+        handler({"snapset_task": "batch", "batch": {"index": 0, "instance_ids": ["i-1"]}}, context)
+    assert aws.messages() == []
