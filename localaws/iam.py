@@ -7,7 +7,8 @@ is on and matches each statement's `Resource` against the literal `"*"`: a state
 ARNs never applies, so a least-privilege role is refused nearly everything. `install()` makes a
 statement's `Resource` apply to such requests (as if it matched), so roles are enforced at the
 level of their actions. SQS, S3, IAM and STS requests, where moto knows the resource, are
-matched as moto matches them.
+matched as moto matches them. moto names the action after the operation (`lambda:Invoke`);
+where IAM names it otherwise (`lambda:InvokeFunction`) the IAM name is checked.
 
 `assume_role_as_service` is what the Lambda service does with a function's execution role: it
 checks the role's trust policy names the service principal and asks STS for credentials, with
@@ -25,7 +26,7 @@ from moto.iam.exceptions import NotFoundException as IAMNotFoundException
 from moto.iam.models import iam_backends
 from moto.sts.models import sts_backends
 
-__all__ = ["AssumeRoleRefused", "assume_role_as_service", "install"]
+__all__ = ["IAM_ACTIONS", "AssumeRoleRefused", "assume_role_as_service", "install"]
 
 _INSTALLED = "_localaws_iam"
 
@@ -39,12 +40,28 @@ def _signature_not_checked(self: Any) -> None:
     the caller is known by its access key (and session token), its signature is not checked."""
 
 
+# Operations whose IAM action is not named like the operation: moto checks `service:Operation`.
+IAM_ACTIONS = {
+    "lambda:Invoke": "lambda:InvokeFunction",
+    "lambda:InvokeWithResponseStream": "lambda:InvokeFunction",
+    "lambda:GetLayerVersionByArn": "lambda:GetLayerVersion",
+}
+
+
 def install() -> None:
     """Match a statement's `Resource` against requests whose resource moto does not know;
-    identify callers by their access key without checking the signature."""
+    identify callers by their access key without checking the signature; check the IAM
+    action of operations named otherwise (`IAM_ACTIONS`)."""
     if getattr(IAMPolicyStatement, _INSTALLED, False):
         return
     IAMRequestBase.check_signature = _signature_not_checked  # type: ignore[method-assign]
+    moto_init = IAMRequestBase.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        moto_init(self, *args, **kwargs)
+        self._action = IAM_ACTIONS.get(self._action, self._action)
+
+    IAMRequestBase.__init__ = init  # type: ignore[method-assign]
     moto_matches = IAMPolicyStatement._check_element_matches
 
     def check_element_matches(self: Any, statement_element: Any, value: str) -> bool:
