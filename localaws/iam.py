@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from moto.iam.access_control import IAMPolicyStatement, IAMRequestBase
+from moto.core.exceptions import JsonRESTError
+from moto.iam.access_control import IAMPolicyStatement, IAMRequest, IAMRequestBase
 from moto.iam.exceptions import NotFoundException as IAMNotFoundException
 from moto.iam.models import iam_backends
 from moto.sts.models import sts_backends
@@ -48,10 +49,23 @@ IAM_ACTIONS = {
 }
 
 
+class LambdaAccessDenied(JsonRESTError):
+    """Lambda's refusal, in Lambda's JSON error format (moto answers every service in XML,
+    which botocore cannot parse for a REST-JSON service: the error code became `403`)."""
+
+    code = 403
+
+    def __init__(self, user_arn: str, action: str) -> None:
+        super().__init__(
+            "AccessDeniedException", f"User: {user_arn} is not authorized to perform: {action}"
+        )
+
+
 def install() -> None:
     """Match a statement's `Resource` against requests whose resource moto does not know;
     identify callers by their access key without checking the signature; check the IAM
-    action of operations named otherwise (`IAM_ACTIONS`)."""
+    action of operations named otherwise (`IAM_ACTIONS`); refuse Lambda calls in Lambda's
+    JSON error format (`AccessDeniedException`)."""
     if getattr(IAMPolicyStatement, _INSTALLED, False):
         return
     IAMRequestBase.check_signature = _signature_not_checked  # type: ignore[method-assign]
@@ -62,6 +76,14 @@ def install() -> None:
         self._action = IAM_ACTIONS.get(self._action, self._action)
 
     IAMRequestBase.__init__ = init  # type: ignore[method-assign]
+    moto_denied = IAMRequest._raise_access_denied
+
+    def raise_access_denied(self: Any) -> None:
+        if self._service == "lambda":
+            raise LambdaAccessDenied(self._access_key.arn, self._action)
+        moto_denied(self)
+
+    IAMRequest._raise_access_denied = raise_access_denied  # type: ignore[method-assign]
     moto_matches = IAMPolicyStatement._check_element_matches
 
     def check_element_matches(self: Any, statement_element: Any, value: str) -> bool:

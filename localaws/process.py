@@ -363,6 +363,11 @@ class LocalAws:
         all; `reset()` makes it 1 again). Every wait is still recorded (`states_waits`)."""
         return self._control("POST", "stepfunctions", {"wait_scale": scale})
 
+    def set_states_no_runtime_timeout(self, seconds: float) -> dict[str, Any]:
+        """How long a Step Functions Lambda task waits for a runtime (a `Router`) to poll
+        before it fails (default 5 s; `reset()` restores it)."""
+        return self._control("POST", "stepfunctions", {"no_runtime_seconds": seconds})
+
     def states_waits(self, *, drain: bool = False) -> list[dict[str, Any]]:
         """The waits Step Functions asked for, unscaled, in order: `kind` (`retry`, `wait`) and
         `seconds`; `drain` forgets them."""

@@ -225,7 +225,7 @@ class StatesControl:
             return max(0.0, float(seconds)) * self.wait_scale
 
     def configure(self, body: Mapping[str, Any]) -> None:
-        unknown = set(body) - {"wait_scale"}
+        unknown = set(body) - {"wait_scale", "no_runtime_seconds"}
         if unknown:
             raise ValueError(f"unknown stepfunctions fields: {sorted(unknown)}")
         if "wait_scale" in body:
@@ -233,13 +233,23 @@ class StatesControl:
             if scale < 0:
                 raise ValueError("wait_scale must be >= 0")
             self.wait_scale = scale
+        if "no_runtime_seconds" in body:
+            seconds = float(body["no_runtime_seconds"])
+            if seconds <= 0:
+                raise ValueError("no_runtime_seconds must be > 0")
+            self.tasks.no_runtime_seconds = seconds
 
     def state(self, *, drain: bool = False) -> dict[str, Any]:
         with self._lock:
             waits = list(self.waits)
             if drain:
                 self.waits.clear()
-        return {"wait_scale": self.wait_scale, "waits": waits, "lambda_tasks": self.tasks.stats()}
+        return {
+            "wait_scale": self.wait_scale,
+            "no_runtime_seconds": self.tasks.no_runtime_seconds,
+            "waits": waits,
+            "lambda_tasks": self.tasks.stats(),
+        }
 
     def role_credentials(self, role_arn: str, region: str) -> dict[str, str]:
         """The state machine role's credentials as Step Functions gets them (kept until reset)."""
@@ -256,6 +266,7 @@ class StatesControl:
             self.waits.clear()
             self._credentials.clear()
         self.tasks.reset()
+        self.tasks.no_runtime_seconds = NO_RUNTIME_SECONDS
         _enable_execution()
 
 

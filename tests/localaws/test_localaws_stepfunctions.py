@@ -1,0 +1,497 @@
+"""Step Functions on the local AWS: moto's ASL interpreter, Lambda tasks run by the Router.
+
+A tiny function (its zip in S3, created outside any template) plans, processes the items of a
+Distributed Map read from S3, and aggregates; the state machine has its own role, and IAM is
+enforced, as in the e2e tests.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from localaws import LocalAws
+from localaws.cfn_resolver import Resolver
+from localaws.deploy import Deployment
+from localaws.router import Router
+
+BUCKET = "sfn-test-items"
+FUNCTION = "sfn-test-function"
+ACCOUNT = "123456789012"
+
+HANDLER = """
+import os
+import time
+
+
+def handler(event, context):
+    action = event.get("action")
+    if action == "plan":
+        return {"bucket": event["bucket"], "key": event["key"]}
+    if action == "aggregate":
+        ok = [r for r in event["results"] if "Error" not in r and "error" not in r]
+        return {"processed": sorted(r["id"] for r in ok), "failed": len(event["results"]) - len(ok)}
+    item = event["item"]
+    if item.get("fail"):
+        raise ValueError(f"item {item['id']} failed")
+    start = time.time()
+    time.sleep(item.get("sleep", 0))
+    return {"id": item["id"], "index": event["index"], "pid": os.getpid(), "start": start,
+            "end": time.time()}
+"""
+
+GRANTS = ("lambda:InvokeFunction", "s3:GetObject")
+
+
+def _trust(service: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
+            ],
+        }
+    )
+
+
+def _code() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("app.py", HANDLER)
+    return buffer.getvalue()
+
+
+@dataclass
+class Stack:
+    aws: LocalAws
+    function_arn: str
+    role_name: str
+    role_arn: str
+    sfn: Any
+
+    def put_items(self, items: list[dict[str, Any]], key: str = "items.json") -> str:
+        self.aws.client("s3").put_object(Bucket=BUCKET, Key=key, Body=json.dumps(items))
+        return key
+
+    def state_machine(self, definition: dict[str, Any], name: str = "fan-out") -> str:
+        arn: str = self.sfn.create_state_machine(
+            name=name, definition=json.dumps(definition), roleArn=self.role_arn
+        )["stateMachineArn"]
+        return arn
+
+    def run(
+        self, state_machine_arn: str, payload: Any, name: str = "run-1", timeout: float = 60.0
+    ) -> dict[str, Any]:
+        arn = self.sfn.start_execution(
+            stateMachineArn=state_machine_arn, name=name, input=json.dumps(payload)
+        )["executionArn"]
+        return self.aws.wait_for_execution(arn, timeout)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LocalAws]:
+    aws = LocalAws(snapshot_delay=None, enforce_iam=True)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+        aws.start()
+    try:
+        yield aws
+    finally:
+        aws.stop()
+
+
+def _stack(aws: LocalAws, grants: tuple[str, ...] = GRANTS) -> Stack:
+    iam, s3, lam = aws.client("iam"), aws.client("s3"), aws.client("lambda")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="code.zip", Body=_code())
+    function_role = iam.create_role(
+        RoleName="sfn-test-function", AssumeRolePolicyDocument=_trust("lambda.amazonaws.com")
+    )["Role"]["Arn"]
+    role = iam.create_role(
+        RoleName="sfn-test-states", AssumeRolePolicyDocument=_trust("states.amazonaws.com")
+    )["Role"]
+    if grants:
+        iam.put_role_policy(
+            RoleName=role["RoleName"],
+            PolicyName="grants",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": list(grants), "Resource": "*"}],
+                }
+            ),
+        )
+    function = lam.create_function(
+        FunctionName=FUNCTION,
+        Runtime="python3.12",
+        Role=function_role,
+        Handler="app.handler",
+        Code={"S3Bucket": BUCKET, "S3Key": "code.zip"},
+        Timeout=10,
+    )
+    return Stack(
+        aws, function["FunctionArn"], role["RoleName"], role["Arn"], aws.client("stepfunctions")
+    )
+
+
+def _deployment(aws: LocalAws) -> Deployment:
+    """A minimal deployment naming the function and its code: what a Router reads."""
+    template = {
+        "Resources": {
+            "Function": {
+                "Type": "AWS::Lambda::Function",
+                "Properties": {"Code": {"S3Bucket": BUCKET, "S3Key": "code.zip"}},
+            }
+        }
+    }
+    physical_ids = {"Function": FUNCTION}
+    resolver = Resolver(
+        aws, template, physical_ids, stack_name="sfn-test", stack_id="sfn-test", account=ACCOUNT
+    )
+    return Deployment(
+        aws,
+        "sfn-test",
+        "sfn-test",
+        template,
+        physical_ids,
+        {"FunctionName": FUNCTION},
+        [],
+        resolver,
+    )
+
+
+@pytest.fixture
+def aws(server: LocalAws) -> LocalAws:
+    server.reset()
+    return server
+
+
+@pytest.fixture
+def stack(aws: LocalAws) -> Stack:
+    return _stack(aws)
+
+
+@pytest.fixture
+def router(aws: LocalAws, stack: Stack) -> Iterator[Router]:
+    routed = Router(aws, _deployment(aws))
+    yield routed
+    routed.close()
+
+
+def _item_task(function_arn: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::lambda:invoke",
+        "Parameters": {"FunctionName": function_arn, "Payload.$": "$"},
+        "OutputPath": "$.Payload",
+        "End": True,
+        **extra,
+    }
+
+
+def _fan_out(
+    function_arn: str, item_task: dict[str, Any], *, max_concurrency: int = 3
+) -> dict[str, Any]:
+    """Plan (a plain function ARN as Resource), a Distributed Map over S3, aggregate."""
+    return {
+        "StartAt": "Plan",
+        "States": {
+            "Plan": {
+                "Type": "Task",
+                "Resource": function_arn,
+                "Parameters": {"action": "plan", "bucket": BUCKET, "key.$": "$.key"},
+                "Next": "Items",
+            },
+            "Items": {
+                "Type": "Map",
+                "MaxConcurrency": max_concurrency,
+                "ItemReader": {
+                    "Resource": "arn:aws:states:::s3:getObject",
+                    "ReaderConfig": {"InputType": "JSON"},
+                    "Parameters": {"Bucket.$": "$.bucket", "Key.$": "$.key"},
+                },
+                "ItemSelector": {"item.$": "$$.Map.Item.Value", "index.$": "$$.Map.Item.Index"},
+                "ItemProcessor": {
+                    "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+                    "StartAt": "Work",
+                    "States": {"Work": item_task, "Caught": {"Type": "Pass", "End": True}},
+                },
+                "ResultPath": "$.results",
+                "Next": "Aggregate",
+            },
+            "Aggregate": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke",
+                "Parameters": {
+                    "FunctionName": function_arn,
+                    "Payload": {"action": "aggregate", "results.$": "$.results"},
+                },
+                "OutputPath": "$.Payload",
+                "End": True,
+            },
+        },
+    }
+
+
+def _item_invocations(router: Router) -> list[Any]:
+    return [i for i in router.invocations if "item" in (i.payload or {})]
+
+
+def _max_overlap(results: list[dict[str, Any]]) -> int:
+    edges = sorted([(r["start"], 1) for r in results] + [(r["end"], -1) for r in results])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_every_item_runs_through_the_function_concurrently(stack: Stack, router: Router) -> None:
+    key = stack.put_items([{"id": i, "sleep": 0.5} for i in range(6)])
+    machine = stack.state_machine(_fan_out(stack.function_arn, _item_task(stack.function_arn)))
+
+    described = stack.run(machine, {"key": key})
+
+    assert described["status"] == "SUCCEEDED", described
+    assert json.loads(described["output"]) == {"processed": [0, 1, 2, 3, 4, 5], "failed": 0}
+    assert {i.source for i in router.invocations} == {"states"}
+    assert [i.payload["action"] for i in router.invocations if "action" in i.payload] == [
+        "plan",
+        "aggregate",
+    ]
+    items = _item_invocations(router)
+    assert sorted(json.dumps(i.payload, sort_keys=True) for i in items) == sorted(
+        json.dumps({"item": {"id": n, "sleep": 0.5}, "index": n}, sort_keys=True) for n in range(6)
+    )
+    # MaxConcurrency 3: items really overlapped, never more than three at once
+    assert 2 <= _max_overlap([i.result for i in items]) <= 3
+
+
+def test_a_failing_item_is_retried_as_configured_then_caught(
+    aws: LocalAws, stack: Stack, router: Router
+) -> None:
+    aws.set_states_wait_scale(0)
+    key = stack.put_items([{"id": 0}, {"id": 1, "fail": True}, {"id": 2}])
+    task = _item_task(
+        stack.function_arn,
+        Retry=[
+            {
+                "ErrorEquals": ["ValueError"],
+                "IntervalSeconds": 30,
+                "MaxAttempts": 2,
+                "BackoffRate": 2.0,
+            }
+        ],
+        Catch=[{"ErrorEquals": ["States.ALL"], "Next": "Caught"}],
+    )
+    machine = stack.state_machine(_fan_out(stack.function_arn, task))
+
+    started = time.monotonic()
+    described = stack.run(machine, {"key": key})
+
+    assert time.monotonic() - started < 20  # 30 s + 60 s of backoff, not slept
+    assert described["status"] == "SUCCEEDED", described
+    assert json.loads(described["output"]) == {"processed": [0, 2], "failed": 1}
+    failed = [i for i in _item_invocations(router) if i.payload["item"].get("fail")]
+    assert len(failed) == 3  # the attempt and MaxAttempts retries
+    assert all(i.error is not None and i.error.error_type == "ValueError" for i in failed)
+    assert aws.states_waits() == [
+        {"kind": "retry", "seconds": 30.0},
+        {"kind": "retry", "seconds": 60.0},
+    ]
+
+
+def test_the_catch_gets_the_function_error_as_lambda_reports_it(
+    aws: LocalAws, stack: Stack, router: Router
+) -> None:
+    key = stack.put_items([{"id": 7, "fail": True}])
+    task = _item_task(
+        stack.function_arn,
+        Catch=[{"ErrorEquals": ["ValueError"], "ResultPath": "$.error", "Next": "Caught"}],
+    )
+    machine = stack.state_machine(_fan_out(stack.function_arn, task))
+
+    described = stack.run(machine, {"key": key})
+
+    assert described["status"] == "SUCCEEDED", described
+    [aggregate] = [i for i in router.invocations if i.payload.get("action") == "aggregate"]
+    [caught] = aggregate.payload["results"]
+    assert caught["error"]["Error"] == "ValueError"
+    cause = json.loads(caught["error"]["Cause"])
+    assert cause["errorType"] == "ValueError"
+    assert cause["errorMessage"] == "item 7 failed"
+    assert any("raise ValueError" in line for line in cause["stackTrace"])
+
+
+def test_full_jitter_and_max_delay_bound_the_backoff(
+    aws: LocalAws, stack: Stack, router: Router
+) -> None:
+    aws.set_states_wait_scale(0)
+    key = stack.put_items([{"id": 1, "fail": True}])
+    task = _item_task(
+        stack.function_arn,
+        Retry=[
+            {
+                "ErrorEquals": ["States.ALL"],
+                "IntervalSeconds": 30,
+                "MaxAttempts": 3,
+                "BackoffRate": 2.0,
+                "MaxDelaySeconds": 40,
+                "JitterStrategy": "FULL",
+            }
+        ],
+        Catch=[{"ErrorEquals": ["States.ALL"], "Next": "Caught"}],
+    )
+    machine = stack.state_machine(_fan_out(stack.function_arn, task))
+
+    described = stack.run(machine, {"key": key})
+
+    assert described["status"] == "SUCCEEDED", described
+    assert len(_item_invocations(router)) == 4
+    waits = aws.states_waits()
+    assert [w["kind"] for w in waits] == ["retry"] * 3
+    assert all(0 <= w["seconds"] <= 40 for w in waits)  # 30, 60, 120 capped at 40, jittered
+
+
+def test_waits_sleep_scaled_and_are_recorded_unscaled(aws: LocalAws, stack: Stack) -> None:
+    machine = stack.state_machine(
+        {"StartAt": "Pause", "States": {"Pause": {"Type": "Wait", "Seconds": 1, "End": True}}}
+    )
+    started = time.monotonic()
+    assert stack.run(machine, {}, name="real-time")["status"] == "SUCCEEDED"
+    assert time.monotonic() - started >= 1.0  # the default scale is real time
+
+    aws.set_states_wait_scale(0.001)
+    long_wait = stack.state_machine(
+        {"StartAt": "Pause", "States": {"Pause": {"Type": "Wait", "Seconds": 600, "End": True}}},
+        name="long-wait",
+    )
+    assert stack.run(long_wait, {}, name="scaled", timeout=10)["status"] == "SUCCEEDED"
+    assert aws.states_waits(drain=True) == [
+        {"kind": "wait", "seconds": 1.0},
+        {"kind": "wait", "seconds": 600.0},
+    ]
+    assert aws.states_waits() == []
+
+
+@pytest.mark.parametrize(
+    ("grants", "refused"),
+    [(("s3:GetObject",), "lambda:InvokeFunction"), (("lambda:InvokeFunction",), "s3:GetObject")],
+)
+def test_a_missing_grant_on_the_state_machine_role_fails_the_execution(
+    aws: LocalAws, grants: tuple[str, ...], refused: str
+) -> None:
+    stack = _stack(aws, grants)
+    router = Router(aws, _deployment(aws))
+    try:
+        key = stack.put_items([{"id": 0}])
+        plan_free = _fan_out(stack.function_arn, _item_task(stack.function_arn))
+        plan_free["StartAt"] = "Items"  # straight to the Map: its reader, then the item's task
+        described = stack.run(
+            stack.state_machine(plan_free), {"bucket": BUCKET, "key": key}, timeout=30
+        )
+    finally:
+        router.close()
+
+    assert described["status"] == "FAILED", described
+    assert router.invocations == []
+    if refused == "lambda:InvokeFunction":  # as Lambda refuses the role: AccessDeniedException
+        assert described["error"] == "Lambda.AccessDeniedException"
+        assert described["cause"].startswith(
+            f"User: arn:aws:sts::{ACCOUNT}:assumed-role/{stack.role_name}/localaws-states is "
+            f"not authorized to perform: lambda:InvokeFunction (Service: AWSLambda; "
+            f"Status Code: 403; Error Code: AccessDeniedException;"
+        )
+    else:  # the reader's GetObject, refused by S3 (moto's error name: States.Runtime)
+        assert described["error"] == "States.Runtime"
+        assert "(AccessDenied) when calling the GetObject operation" in described["cause"]
+
+
+def test_the_role_is_granted_the_task_runs(aws: LocalAws) -> None:
+    """The control for the test above: the same definition with both grants succeeds."""
+    stack = _stack(aws)
+    router = Router(aws, _deployment(aws))
+    try:
+        key = stack.put_items([{"id": 0}])
+        plan_free = _fan_out(stack.function_arn, _item_task(stack.function_arn))
+        plan_free["StartAt"] = "Items"
+        described = stack.run(stack.state_machine(plan_free), {"bucket": BUCKET, "key": key})
+    finally:
+        router.close()
+    assert described["status"] == "SUCCEEDED", described
+    assert len(router.invocations) == 2
+
+
+def test_without_a_router_a_task_fails_with_a_clear_error(aws: LocalAws, stack: Stack) -> None:
+    aws.set_states_no_runtime_timeout(0.5)
+    machine = stack.state_machine(
+        {
+            "StartAt": "Plan",
+            "States": {
+                "Plan": {
+                    "Type": "Task",
+                    "Resource": "arn:aws:states:::lambda:invoke",
+                    "Parameters": {"FunctionName": stack.function_arn, "Payload": {}},
+                    "End": True,
+                }
+            },
+        }
+    )
+    started = time.monotonic()
+    described = stack.run(machine, {}, timeout=15)
+    assert time.monotonic() - started < 10
+    assert described["status"] == "FAILED"
+    assert "no Lambda runtime took the Step Functions task" in described.get("cause", "")
+
+
+def _pause_machine(stack: Stack) -> str:
+    return stack.state_machine(
+        {"StartAt": "Pause", "States": {"Pause": {"Type": "Wait", "Seconds": 600, "End": True}}},
+        name="pause",
+    )
+
+
+def test_a_duplicate_name_with_the_same_input_is_the_running_execution(stack: Stack) -> None:
+    machine = _pause_machine(stack)
+    first = stack.sfn.start_execution(stateMachineArn=machine, name="trigger-1", input='{"a":1}')
+    again = stack.sfn.start_execution(stateMachineArn=machine, name="trigger-1", input='{"a":1}')
+    assert again["executionArn"] == first["executionArn"]
+    assert first["executionArn"].endswith(":pause:trigger-1")
+    with pytest.raises(ClientError) as refused:
+        stack.sfn.start_execution(stateMachineArn=machine, name="trigger-1", input='{"a":2}')
+    assert refused.value.response["Error"]["Code"] == "ExecutionAlreadyExists"
+    assert len(stack.sfn.list_executions(stateMachineArn=machine)["executions"]) == 1
+
+    stack.sfn.stop_execution(executionArn=first["executionArn"])
+    stopped = stack.aws.wait_for_execution(first["executionArn"], 10)
+    assert stopped["status"] == "ABORTED"
+    with pytest.raises(ClientError) as closed:  # a closed execution's name is not reusable
+        stack.sfn.start_execution(stateMachineArn=machine, name="trigger-1", input='{"a":1}')
+    assert closed.value.response["Error"]["Code"] == "ExecutionAlreadyExists"
+
+
+def test_unnamed_executions_get_their_own_uuid_names(stack: Stack) -> None:
+    machine = _pause_machine(stack)
+    arns = [stack.sfn.start_execution(stateMachineArn=machine)["executionArn"] for _ in range(2)]
+    names = [arn.rsplit(":", 1)[1] for arn in arns]
+    assert len(set(names)) == 2
+    assert all(re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", n) for n in names)
+    for arn in arns:
+        stack.sfn.stop_execution(executionArn=arn)
+
+
+@pytest.mark.parametrize("name", ["a" * 81, "has space", "colon:name", "slash/name", "brace{"])
+def test_a_name_aws_refuses_is_invalid(stack: Stack, name: str) -> None:
+    machine = _pause_machine(stack)
+    with pytest.raises(ClientError) as refused:
+        stack.sfn.start_execution(stateMachineArn=machine, name=name)
+    assert refused.value.response["Error"]["Code"] == "InvalidName"
