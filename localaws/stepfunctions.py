@@ -19,6 +19,8 @@ server and closes the gaps that matter to a deployed state machine:
   length, so tests see the backoff the definition asked for.
 * **Execution names**: an unnamed StartExecution gets a UUID (moto names it `None`, so a second
   one clashed with the first), and a name AWS refuses is `InvalidName`.
+* **Errors**: the interpreter's own (`InvalidDefinition`, ...) reach the client with their code.
+* **Distributed Map**: tolerated failures enforced, `ItemBatcher` (`localaws.stepfunctions_map`).
 
 See README.md (item 12) for what remains of moto's gaps.
 """
@@ -42,15 +44,16 @@ from botocore.config import Config
 from moto.awslambda.models import LambdaBackend
 from moto.awslambda_simple.models import LambdaSimpleBackend
 from moto.core.config import default_user_config
-from moto.core.exceptions import JsonRESTError
+from moto.core.exceptions import AWSError, JsonRESTError
 from moto.stepfunctions.exceptions import InvalidName
+from moto.stepfunctions.parser import api as parser_api
 from moto.stepfunctions.parser import models as parser_models
 from moto.stepfunctions.parser.asl.component.common.retry import retrier_decl
 from moto.stepfunctions.parser.asl.component.state.wait.wait_function import wait_function
 from moto.stepfunctions.parser.asl.utils import boto_client as boto_client_module
 from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 
-from localaws import iam
+from localaws import iam, stepfunctions_map
 
 __all__ = [
     "CALLER_HEADER",
@@ -419,6 +422,20 @@ def _patch_start_execution() -> None:
     StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign]
 
 
+def _fix_parser_errors() -> None:
+    """The interpreter's errors (`InvalidDefinition`, ...) name their code in `code`, which
+    moto's `AWSError` never reads (its `TYPE`): they reached the client with an empty code."""
+    for value in vars(parser_api).values():
+        if (
+            isinstance(value, type)
+            and issubclass(value, AWSError)
+            and value.TYPE is None
+            and isinstance(vars(value).get("code"), str)
+        ):
+            value.TYPE = vars(value)["code"]
+            value.STATUS = int(vars(value).get("status_code", 400))
+
+
 def install(control: StatesControl) -> None:
     """Execution on, and the patches above (idempotent)."""
     _enable_execution()
@@ -428,4 +445,6 @@ def install(control: StatesControl) -> None:
     _patch_clients(control)
     _patch_waits(control)
     _patch_start_execution()
+    _fix_parser_errors()
+    stepfunctions_map.install()
     setattr(parser_models, _INSTALLED, True)

@@ -23,6 +23,7 @@ from localaws import LocalAws
 from localaws.cfn_resolver import Resolver
 from localaws.deploy import Deployment
 from localaws.router import Router
+from localaws.stepfunctions_map import batches, exceeds_tolerance, rewrite_definition
 
 BUCKET = "sfn-test-items"
 FUNCTION = "sfn-test-function"
@@ -38,8 +39,14 @@ def handler(event, context):
     if action == "plan":
         return {"bucket": event["bucket"], "key": event["key"]}
     if action == "aggregate":
-        ok = [r for r in event["results"] if "Error" not in r and "error" not in r]
-        return {"processed": sorted(r["id"] for r in ok), "failed": len(event["results"]) - len(ok)}
+        ok = [r for r in event["results"] if r and "Error" not in r and "error" not in r]
+        ids = sorted(n for r in ok for n in r.get("ids", [r.get("id")]))
+        return {"processed": ids, "failed": len(event["results"]) - len(ok)}
+    if "Items" in event:
+        failed = [i["item"]["id"] for i in event["Items"] if i["item"].get("fail")]
+        if failed:
+            raise ValueError(f"items {failed} failed")
+        return {"ids": [i["item"]["id"] for i in event["Items"]], "batch": event.get("BatchInput")}
     item = event["item"]
     if item.get("fail"):
         raise ValueError(f"item {item['id']} failed")
@@ -199,7 +206,7 @@ def _item_task(function_arn: str, **extra: Any) -> dict[str, Any]:
 
 
 def _fan_out(
-    function_arn: str, item_task: dict[str, Any], *, max_concurrency: int = 3
+    function_arn: str, item_task: dict[str, Any], *, max_concurrency: int = 3, **map_fields: Any
 ) -> dict[str, Any]:
     """Plan (a plain function ARN as Resource), a Distributed Map over S3, aggregate."""
     return {
@@ -227,6 +234,7 @@ def _fan_out(
                 },
                 "ResultPath": "$.results",
                 "Next": "Aggregate",
+                **map_fields,
             },
             "Aggregate": {
                 "Type": "Task",
@@ -383,52 +391,74 @@ def test_waits_sleep_scaled_and_are_recorded_unscaled(aws: LocalAws, stack: Stac
     assert aws.states_waits() == []
 
 
-@pytest.mark.parametrize(
-    ("grants", "refused"),
-    [(("s3:GetObject",), "lambda:InvokeFunction"), (("lambda:InvokeFunction",), "s3:GetObject")],
-)
-def test_a_missing_grant_on_the_state_machine_role_fails_the_execution(
-    aws: LocalAws, grants: tuple[str, ...], refused: str
-) -> None:
-    stack = _stack(aws, grants)
+def _invoke_once(function_arn: str) -> dict[str, Any]:
+    task = _item_task(function_arn)
+    task["Parameters"] = {"FunctionName": function_arn, "Payload": {"item": {"id": 0}, "index": 0}}
+    return {"StartAt": "Invoke", "States": {"Invoke": task}}
+
+
+def test_a_missing_invoke_grant_fails_the_task_as_lambda_refuses_it(aws: LocalAws) -> None:
+    stack = _stack(aws, ("s3:GetObject",))
     router = Router(aws, _deployment(aws))
     try:
+        described = stack.run(stack.state_machine(_invoke_once(stack.function_arn)), {})
         key = stack.put_items([{"id": 0}])
-        plan_free = _fan_out(stack.function_arn, _item_task(stack.function_arn))
-        plan_free["StartAt"] = "Items"  # straight to the Map: its reader, then the item's task
-        described = stack.run(
-            stack.state_machine(plan_free), {"bucket": BUCKET, "key": key}, timeout=30
+        in_map = stack.run(
+            stack.state_machine(
+                _fan_out(stack.function_arn, _item_task(stack.function_arn)), name="map"
+            ),
+            {"key": key},
         )
     finally:
         router.close()
 
     assert described["status"] == "FAILED", described
+    assert described["error"] == "Lambda.AccessDeniedException"
+    assert described["cause"].startswith(
+        f"User: arn:aws:sts::{ACCOUNT}:assumed-role/{stack.role_name}/localaws-states is "
+        f"not authorized to perform: lambda:InvokeFunction (Service: AWSLambda; "
+        f"Status Code: 403; Error Code: AccessDeniedException;"
+    )
+    # the plan task (a plain function ARN) is refused too: nothing ever ran
+    assert in_map["status"] == "FAILED", in_map
+    assert "not authorized to perform: lambda:InvokeFunction" in in_map["cause"]
     assert router.invocations == []
-    if refused == "lambda:InvokeFunction":  # as Lambda refuses the role: AccessDeniedException
-        assert described["error"] == "Lambda.AccessDeniedException"
-        assert described["cause"].startswith(
-            f"User: arn:aws:sts::{ACCOUNT}:assumed-role/{stack.role_name}/localaws-states is "
-            f"not authorized to perform: lambda:InvokeFunction (Service: AWSLambda; "
-            f"Status Code: 403; Error Code: AccessDeniedException;"
-        )
-    else:  # the reader's GetObject, refused by S3 (moto's error name: States.Runtime)
-        assert described["error"] == "States.Runtime"
-        assert "(AccessDenied) when calling the GetObject operation" in described["cause"]
 
 
-def test_the_role_is_granted_the_task_runs(aws: LocalAws) -> None:
-    """The control for the test above: the same definition with both grants succeeds."""
-    stack = _stack(aws)
+def test_a_missing_get_object_grant_fails_the_item_reader(aws: LocalAws) -> None:
+    stack = _stack(aws, ("lambda:InvokeFunction",))
     router = Router(aws, _deployment(aws))
     try:
         key = stack.put_items([{"id": 0}])
-        plan_free = _fan_out(stack.function_arn, _item_task(stack.function_arn))
-        plan_free["StartAt"] = "Items"
-        described = stack.run(stack.state_machine(plan_free), {"bucket": BUCKET, "key": key})
+        definition = _fan_out(stack.function_arn, _item_task(stack.function_arn))
+        definition["StartAt"] = "Items"  # straight to the Map: its reader first
+        described = stack.run(stack.state_machine(definition), {"bucket": BUCKET, "key": key})
+    finally:
+        router.close()
+
+    assert described["status"] == "FAILED", described
+    assert described["error"] == "States.Runtime"  # moto's name (AWS: States.ItemReaderFailed)
+    assert "(AccessDenied) when calling the GetObject operation" in described["cause"]
+    assert router.invocations == []
+
+
+def test_the_role_is_granted_the_task_runs(aws: LocalAws) -> None:
+    """The control for the two tests above: the same definitions with both grants succeed."""
+    stack = _stack(aws)
+    router = Router(aws, _deployment(aws))
+    try:
+        described = stack.run(stack.state_machine(_invoke_once(stack.function_arn)), {})
+        key = stack.put_items([{"id": 0}])
+        definition = _fan_out(stack.function_arn, _item_task(stack.function_arn))
+        definition["StartAt"] = "Items"
+        in_map = stack.run(
+            stack.state_machine(definition, name="map"), {"bucket": BUCKET, "key": key}
+        )
     finally:
         router.close()
     assert described["status"] == "SUCCEEDED", described
-    assert len(router.invocations) == 2
+    assert in_map["status"] == "SUCCEEDED", in_map
+    assert len(router.invocations) == 3
 
 
 def test_without_a_router_a_task_fails_with_a_clear_error(aws: LocalAws, stack: Stack) -> None:
@@ -495,3 +525,158 @@ def test_a_name_aws_refuses_is_invalid(stack: Stack, name: str) -> None:
     with pytest.raises(ClientError) as refused:
         stack.sfn.start_execution(stateMachineArn=machine, name=name)
     assert refused.value.response["Error"]["Code"] == "InvalidName"
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "status"),
+    [
+        ({}, "FAILED"),  # AWS's default: no failure tolerated
+        ({"ToleratedFailureCount": 1}, "SUCCEEDED"),
+        ({"ToleratedFailureCount": 0}, "FAILED"),
+        ({"ToleratedFailurePercentage": 25}, "SUCCEEDED"),  # an integer: moto's parser refused it
+        ({"ToleratedFailurePercentage": 20}, "FAILED"),
+        ({"ToleratedFailureCount": 5, "ToleratedFailurePercentage": 10.0}, "FAILED"),  # either
+    ],
+)
+def test_failed_items_past_the_tolerated_threshold_fail_the_map(
+    stack: Stack, router: Router, tolerance: dict[str, Any], status: str
+) -> None:
+    key = stack.put_items([{"id": 0}, {"id": 1, "fail": True}, {"id": 2}, {"id": 3}])
+    machine = stack.state_machine(
+        _fan_out(stack.function_arn, _item_task(stack.function_arn), **tolerance)
+    )
+
+    described = stack.run(machine, {"key": key})
+
+    assert described["status"] == status, described
+    assert len(_item_invocations(router)) == 4  # every item ran (AWS may stop sooner)
+    if status == "FAILED":
+        assert described["error"] == "States.ExceedToleratedFailureThreshold"
+        assert "(1 of 4)" in described["cause"]
+    else:
+        assert json.loads(described["output"]) == {"processed": [0, 2, 3], "failed": 1}
+
+
+def test_a_caught_threshold_failure_is_the_map_s_error(stack: Stack, router: Router) -> None:
+    key = stack.put_items([{"id": 0, "fail": True}])
+    definition = _fan_out(
+        stack.function_arn,
+        _item_task(stack.function_arn),
+        Catch=[{"ErrorEquals": ["States.ExceedToleratedFailureThreshold"], "Next": "Failed"}],
+    )
+    definition["States"]["Failed"] = {"Type": "Pass", "End": True}
+    described = stack.run(stack.state_machine(definition), {"key": key})
+    assert described["status"] == "SUCCEEDED", described
+    output = json.loads(described["output"])
+    assert output["Error"] == "States.ExceedToleratedFailureThreshold"
+    assert "(1 of 1)" in output["Cause"]
+
+
+def test_item_batcher_gives_each_child_its_selected_items_and_the_batch_input(
+    stack: Stack, router: Router
+) -> None:
+    key = stack.put_items([{"id": n} for n in range(5)])
+    batcher = {"MaxItemsPerBatch": 2, "BatchInput": {"run": "nightly"}}
+    machine = stack.state_machine(
+        _fan_out(
+            stack.function_arn,
+            _item_task(stack.function_arn),
+            ItemBatcher=batcher,
+        )
+    )
+
+    described = stack.run(machine, {"key": key})
+
+    assert described["status"] == "SUCCEEDED", described
+    assert json.loads(described["output"]) == {"processed": [0, 1, 2, 3, 4], "failed": 0}
+    children = sorted(
+        (i.payload for i in router.invocations if "Items" in i.payload),
+        key=lambda p: p["Items"][0]["index"],
+    )
+    assert children == [
+        {
+            "Items": [{"item": {"id": n}, "index": n} for n in chunk],
+            "BatchInput": {"run": "nightly"},
+        }
+        for chunk in ([0, 1], [2, 3], [4])
+    ]
+    definition = json.loads(stack.sfn.describe_state_machine(stateMachineArn=machine)["definition"])
+    assert definition["States"]["Items"]["ItemBatcher"] == batcher  # stored as given
+
+
+def test_a_failed_batch_counts_all_of_its_items(stack: Stack, router: Router) -> None:
+    key = stack.put_items([{"id": 0}, {"id": 1, "fail": True}, {"id": 2}, {"id": 3}])
+    machine = stack.state_machine(
+        _fan_out(
+            stack.function_arn,
+            _item_task(stack.function_arn),
+            ItemBatcher={"MaxItemsPerBatch": 2},
+            ToleratedFailureCount=1,
+        )
+    )
+    described = stack.run(machine, {"key": key})
+    assert described["status"] == "FAILED", described
+    assert described["error"] == "States.ExceedToleratedFailureThreshold"
+    assert "(2 of 4)" in described["cause"]
+
+
+def test_an_item_batcher_localaws_cannot_honour_is_refused_at_creation(stack: Stack) -> None:
+    definition = _fan_out(
+        stack.function_arn,
+        _item_task(stack.function_arn),
+        ItemBatcher={"MaxItemsPerBatchPath": "$.size"},
+    )
+    with pytest.raises(ClientError) as refused:
+        stack.state_machine(definition)
+    assert refused.value.response["Error"]["Code"] == "InvalidDefinition"
+    assert "MaxItemsPerBatchPath" in refused.value.response["Error"]["Message"]
+
+
+def test_batches_split_by_count_and_by_bytes() -> None:
+    items = [{"n": n} for n in range(5)]
+    assert [len(b["Items"]) for b in batches(items, {"MaxItemsPerBatch": 2})] == [2, 2, 1]
+    # {"Items":[{"n":0},{"n":1}]} is 27 bytes, three items 35
+    assert [len(b["Items"]) for b in batches(items, {"MaxInputBytesPerBatch": 30})] == [2, 2, 1]
+    assert [len(b["Items"]) for b in batches(items, {"MaxInputBytesPerBatch": 5})] == [1] * 5
+    assert batches([], {"MaxItemsPerBatch": 2}) == []
+    assert all("BatchInput" not in b for b in batches(items, {"MaxItemsPerBatch": 2}))
+
+
+def test_tolerance_rule() -> None:
+    count = {"ToleratedFailureCount"}
+    share = {"ToleratedFailurePercentage"}
+    assert not exceeds_tolerance(0, 4, set(), 0, 0.0)
+    assert exceeds_tolerance(1, 4, set(), 0, 0.0)
+    assert not exceeds_tolerance(2, 4, count, 2, 0.0)  # percentage not given: not applied
+    assert exceeds_tolerance(3, 4, count, 2, 0.0)
+    assert not exceeds_tolerance(1, 4, share, 0, 25.0)
+    assert exceeds_tolerance(2, 4, share, 0, 25.0)
+    assert exceeds_tolerance(2, 4, count | share, 5, 25.0)
+
+
+def test_the_rewrite_keeps_everything_else() -> None:
+    definition = {
+        "StartAt": "Outer",
+        "States": {
+            "Outer": {
+                "Type": "Map",
+                "ToleratedFailurePercentage": 10,
+                "ItemBatcher": {"MaxItemsPerBatch": 3},
+                "ItemProcessor": {
+                    "StartAt": "Inner",
+                    "States": {"Inner": {"Type": "Map", "ToleratedFailureCount": 2, "End": True}},
+                },
+                "End": True,
+            }
+        },
+    }
+    text, extras = rewrite_definition(json.dumps(definition))
+    rewritten = json.loads(text)
+    outer = rewritten["States"]["Outer"]
+    assert "ItemBatcher" not in outer
+    assert isinstance(outer["ToleratedFailurePercentage"], float)
+    assert outer["ItemProcessor"] == definition["States"]["Outer"]["ItemProcessor"]
+    assert extras == {
+        "Outer": {"batcher": {"MaxItemsPerBatch": 3}, "tolerance": {"ToleratedFailurePercentage"}},
+        "Inner": {"batcher": None, "tolerance": {"ToleratedFailureCount"}},
+    }
