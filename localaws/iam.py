@@ -21,13 +21,29 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from moto import settings
+from moto.core.authorization import ActionAuthenticatorMixin
 from moto.core.exceptions import JsonRESTError
-from moto.iam.access_control import IAMPolicyStatement, IAMRequest, IAMRequestBase
+from moto.iam.access_control import (
+    AssumedRoleAccessKey,
+    IAMPolicy,
+    IAMPolicyStatement,
+    IAMRequest,
+    IAMRequestBase,
+    PermissionResult,
+)
 from moto.iam.exceptions import NotFoundException as IAMNotFoundException
 from moto.iam.models import iam_backends
 from moto.sts.models import sts_backends
 
-__all__ = ["IAM_ACTIONS", "AssumeRoleRefused", "assume_role_as_service", "install"]
+__all__ = [
+    "IAM_ACTIONS",
+    "AssumeRoleRefused",
+    "assume_role_as_service",
+    "enforced",
+    "install",
+    "session_permits",
+]
 
 _INSTALLED = "_localaws_iam"
 
@@ -141,3 +157,28 @@ def assume_role_as_service(
         "secret_access_key": assumed.secret_access_key,
         "session_token": assumed.session_token,
     }
+
+
+def enforced() -> bool:
+    """Whether moto's access control checks requests now (`/moto-api/reset-auth`)."""
+    return ActionAuthenticatorMixin.request_count >= settings.INITIAL_NO_AUTH_ACTION_COUNT
+
+
+def session_permits(credentials: dict[str, str], account_id: str, action: str) -> bool:
+    """Whether an assumed role's session may call `action`, as moto's access control decides
+    for a request (identity policies, `Resource` matched as for requests moto cannot name the
+    resource of: see `install`). For a service's own calls that are no request to the server
+    (a Distributed Map starting its child executions)."""
+    key = AssumedRoleAccessKey(
+        account_id=account_id,
+        partition="aws",
+        access_key_id=credentials["access_key_id"],
+        headers={"X-Amz-Security-Token": credentials["session_token"]},
+    )
+    permitted = False
+    for policy in key.collect_policies():
+        result = IAMPolicy(policy).is_action_permitted(action, "*")
+        if result == PermissionResult.DENIED:
+            return False
+        permitted = permitted or result == PermissionResult.PERMITTED
+    return permitted

@@ -13,7 +13,9 @@ server and closes the gaps that matter to a deployed state machine:
 * **Its calls are made with the state machine's role.** The interpreter's clients signed with
   `ak`/`sk` (an unknown key once IAM is enforced); they now carry the role's credentials, as
   `states.amazonaws.com` gets them (`iam.assume_role_as_service`; the role's trust policy must
-  name that principal), so moto's access control checks the role's grants.
+  name that principal), so moto's access control checks the role's grants. A Distributed
+  Map's child executions are no requests (the interpreter runs them in-process): with IAM
+  enforced, the role must still allow `states:StartExecution`, checked when the Map starts.
 * **Waits are scalable.** Retry backoff and `Wait` states sleep `seconds * wait_scale`
   (`POST /_localaws/stepfunctions {"wait_scale": 0}`); every wait is recorded with its unscaled
   length, so tests see the backoff the definition asked for.
@@ -436,6 +438,24 @@ def _fix_parser_errors() -> None:
             value.STATUS = int(vars(value).get("status_code", 400))
 
 
+def _child_start_refusal(control: StatesControl, env: Any) -> str | None:
+    """Why the role may not start a Distributed Map's child executions (AWS's Distributed Map
+    starts them with `states:StartExecution` on the state machine; the interpreter runs them
+    in-process, without a request to check)."""
+    if not iam.enforced():
+        return None
+    details = env.aws_execution_details
+    credentials = control.role_credentials(details.role_arn, details.region)
+    if iam.session_permits(credentials, details.account, "states:StartExecution"):
+        return None
+    machine = env.states.context_object.context_object_data["StateMachine"]["Id"]
+    role = str(details.role_arn).rsplit("/", 1)[-1]
+    return (
+        f"User: arn:aws:sts::{details.account}:assumed-role/{role}/localaws-states is not "
+        f"authorized to perform: states:StartExecution on resource: {machine}"
+    )
+
+
 def install(control: StatesControl) -> None:
     """Execution on, and the patches above (idempotent)."""
     _enable_execution()
@@ -446,5 +466,5 @@ def install(control: StatesControl) -> None:
     _patch_waits(control)
     _patch_start_execution()
     _fix_parser_errors()
-    stepfunctions_map.install()
+    stepfunctions_map.install(lambda env: _child_start_refusal(control, env))
     setattr(parser_models, _INSTALLED, True)

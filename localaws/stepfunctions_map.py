@@ -14,7 +14,10 @@ also refuses `ItemBatcher` and an integer `ToleratedFailurePercentage` (`10`; it
 * after a Distributed Map's items ran, fails the Map with
   `States.ExceedToleratedFailureThreshold` when the failed items (a failed batch counts all of
   its items; timed-out items count too) exceed `ToleratedFailureCount` or their share exceeds
-  `ToleratedFailurePercentage` (either, if both are given); neither given: any failure.
+  `ToleratedFailurePercentage` (either, if both are given); neither given: any failure;
+* before a Distributed Map starts its children, asks `start_refusal` whether the execution's
+  role may (`states:StartExecution`, see `localaws.stepfunctions`); if not, the Map fails
+  with `States.Runtime` and the refusal as the cause.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from moto.stepfunctions.parser.api import HistoryEventType, MapRunFailedEventDetails
@@ -54,6 +57,7 @@ _INSTALLED = "_localaws_map"
 _EXTRAS = "_localaws_map_extras"  # on a parsed Map's iteration component
 _FAILED = "_localaws_failed_items"  # on a MapRunRecord
 _BATCHED = "_localaws_batched"  # on a MapRunRecord
+StartRefusal = Callable[[Any], str | None]
 _TOLERANCE_FIELDS = (
     "ToleratedFailureCount",
     "ToleratedFailureCountPath",
@@ -230,10 +234,29 @@ def _select_items(env: Any, eval_input: Any, items: list[Any]) -> list[Any]:
     return selected
 
 
-def _map_run_patch(moto_map_run: Any) -> Any:
+def _fail_map_run(env: Any, error_type: StatesErrorNameType, cause: str) -> None:
+    raise FailureEventException(
+        failure_event=FailureEvent(
+            env=env,
+            error_name=StatesErrorName(typ=error_type),
+            event_type=HistoryEventType.MapRunFailed,
+            event_details=EventDetails(  # type: ignore[typeddict-item]
+                mapRunFailedEventDetails=MapRunFailedEventDetails(
+                    error=error_type.to_name(), cause=cause
+                )
+            ),
+        )
+    )
+
+
+def _map_run_patch(moto_map_run: Any, start_refusal: StartRefusal) -> Any:
     def map_run(self: Any, env: Any, eval_input: Any) -> None:
         extras = getattr(self, _EXTRAS, None) or {}
         record = eval_input.map_run_record
+        refusal = start_refusal(env)
+        if refusal is not None:  # the role may not start the child executions
+            env.stack.pop()
+            _fail_map_run(env, StatesErrorNameType.StatesRuntime, refusal)
         setattr(record, _FAILED, 0)
         setattr(record, "_localaws_lock", threading.Lock())  # noqa: B010
         items: list[Any] = env.stack.pop()
@@ -258,22 +281,11 @@ def _map_run_patch(moto_map_run: Any) -> Any:
             float(eval_input.tolerated_failure_percentage),
         ):
             env.stack.pop()  # the outputs moto pushed
-            error = StatesErrorNameType.StatesExceedToleratedFailureThreshold.to_name()
-            raise FailureEventException(
-                failure_event=FailureEvent(
-                    env=env,
-                    error_name=StatesErrorName(
-                        typ=StatesErrorNameType.StatesExceedToleratedFailureThreshold
-                    ),
-                    event_type=HistoryEventType.MapRunFailed,
-                    event_details=EventDetails(  # type: ignore[typeddict-item]
-                        mapRunFailedEventDetails=MapRunFailedEventDetails(
-                            error=error,
-                            cause=f"The number of failed items ({failed} of {total}) exceeded "
-                            f"the tolerated failure threshold",
-                        )
-                    ),
-                )
+            _fail_map_run(
+                env,
+                StatesErrorNameType.StatesExceedToleratedFailureThreshold,
+                f"The number of failed items ({failed} of {total}) exceeded the tolerated "
+                f"failure threshold",
             )
 
     return map_run
@@ -298,15 +310,19 @@ def _eval_job_patch(moto_eval_job: Any) -> Any:
     return eval_job
 
 
-def install() -> None:
-    """The parser's rewrite, batching and tolerance (idempotent)."""
+def install(start_refusal: StartRefusal = lambda _env: None) -> None:
+    """The parser's rewrite, batching and tolerance (idempotent). `start_refusal(env)` says
+    why the execution's role may not start a Distributed Map's child executions (None: it
+    may), checked when a Distributed Map starts."""
     if getattr(AmazonStateLanguageParser, _INSTALLED, False):
         return
     AmazonStateLanguageParser.parse = _parse_patch(  # type: ignore[method-assign]
         AmazonStateLanguageParser.parse
     )
     component = distributed_iteration_component.DistributedIterationComponent
-    component._map_run = _map_run_patch(component._map_run)  # type: ignore[method-assign]
+    component._map_run = _map_run_patch(  # type: ignore[method-assign]
+        component._map_run, start_refusal
+    )
     worker = distributed_item_processor_worker.DistributedItemProcessorWorker
     worker._eval_job = _eval_job_patch(worker._eval_job)  # type: ignore[method-assign]
     setattr(AmazonStateLanguageParser, _INSTALLED, True)

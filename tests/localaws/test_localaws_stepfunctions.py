@@ -56,7 +56,9 @@ def handler(event, context):
             "end": time.time()}
 """
 
-GRANTS = ("lambda:InvokeFunction", "s3:GetObject")
+# what the state machine's role needs here: its Lambda tasks, the ItemReader's GetObject, the
+# Distributed Map's child executions
+GRANTS = ("lambda:InvokeFunction", "s3:GetObject", "states:StartExecution")
 
 
 def _trust(service: str) -> str:
@@ -398,7 +400,7 @@ def _invoke_once(function_arn: str) -> dict[str, Any]:
 
 
 def test_a_missing_invoke_grant_fails_the_task_as_lambda_refuses_it(aws: LocalAws) -> None:
-    stack = _stack(aws, ("s3:GetObject",))
+    stack = _stack(aws, ("s3:GetObject", "states:StartExecution"))
     router = Router(aws, _deployment(aws))
     try:
         described = stack.run(stack.state_machine(_invoke_once(stack.function_arn)), {})
@@ -426,7 +428,7 @@ def test_a_missing_invoke_grant_fails_the_task_as_lambda_refuses_it(aws: LocalAw
 
 
 def test_a_missing_get_object_grant_fails_the_item_reader(aws: LocalAws) -> None:
-    stack = _stack(aws, ("lambda:InvokeFunction",))
+    stack = _stack(aws, ("lambda:InvokeFunction", "states:StartExecution"))
     router = Router(aws, _deployment(aws))
     try:
         key = stack.put_items([{"id": 0}])
@@ -442,8 +444,29 @@ def test_a_missing_get_object_grant_fails_the_item_reader(aws: LocalAws) -> None
     assert router.invocations == []
 
 
+def test_a_missing_start_execution_grant_fails_the_distributed_map(aws: LocalAws) -> None:
+    stack = _stack(aws, ("lambda:InvokeFunction", "s3:GetObject"))
+    router = Router(aws, _deployment(aws))
+    try:
+        key = stack.put_items([{"id": 0}])
+        definition = _fan_out(stack.function_arn, _item_task(stack.function_arn))
+        definition["StartAt"] = "Items"
+        described = stack.run(stack.state_machine(definition), {"bucket": BUCKET, "key": key})
+    finally:
+        router.close()
+
+    assert described["status"] == "FAILED", described
+    assert described["error"] == "States.Runtime"
+    assert described["cause"].endswith(
+        f"User: arn:aws:sts::{ACCOUNT}:assumed-role/{stack.role_name}/localaws-states is not "
+        f"authorized to perform: states:StartExecution on resource: "
+        f"arn:aws:states:us-east-1:{ACCOUNT}:stateMachine:fan-out"
+    )
+    assert router.invocations == []
+
+
 def test_the_role_is_granted_the_task_runs(aws: LocalAws) -> None:
-    """The control for the two tests above: the same definitions with both grants succeed."""
+    """The control for the three tests above: the same definitions with every grant succeed."""
     stack = _stack(aws)
     router = Router(aws, _deployment(aws))
     try:
