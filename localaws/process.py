@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -376,13 +377,18 @@ class LocalAws:
         )["waits"]
         return waits
 
-    def poll_lambda_tasks(self, max_tasks: int, wait_seconds: float) -> list[dict[str, Any]]:
-        """Claim Step Functions' pending Lambda tasks (what a `Router` does): `task_id`,
-        `function_name`, `function_arn`, `payload` (the JSON text), `timeout_seconds`."""
+    def poll_lambda_tasks(
+        self, max_tasks: int, wait_seconds: float, functions: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Claim Step Functions' pending Lambda tasks (what a `Router` does), of `functions`
+        only if given: `task_id`, `function_name`, `function_arn`, `payload` (the JSON text),
+        `timeout_seconds`."""
+        query = urllib.parse.urlencode(
+            [("max", max_tasks), ("wait", wait_seconds)]
+            + [("function", name) for name in functions or ()]
+        )
         tasks: list[dict[str, Any]] = self._control(
-            "GET",
-            f"lambda-tasks?max={max_tasks}&wait={wait_seconds}",
-            timeout=wait_seconds + 10.0,
+            "GET", f"lambda-tasks?{query}", timeout=wait_seconds + 10.0
         )["tasks"]
         return tasks
 

@@ -350,7 +350,9 @@ class Router:
             with self._lock:
                 free = self._free_slots
             try:
-                tasks = self.aws.poll_lambda_tasks(free, 1.0 if free else 0.0)
+                tasks = self.aws.poll_lambda_tasks(
+                    free, 1.0 if free else 0.0, self.served_functions()
+                )
             except Exception:
                 self._stop.wait(0.5)
                 continue
@@ -361,6 +363,15 @@ class Router:
                 with self._lock:
                     self._free_slots -= 1
                 self._pool.submit(self._run_state_task, task)
+
+    def served_functions(self) -> list[str]:
+        """The functions whose Step Functions tasks this router takes: its deployment's."""
+        ids = self.deployment.physical_ids
+        return [
+            ids[logical_id]
+            for logical_id in self.deployment.logical_ids("AWS::Lambda::Function")
+            if logical_id in ids
+        ]
 
     def _run_state_task(self, task: dict[str, Any]) -> None:
         try:

@@ -253,7 +253,8 @@ class LocalAwsApp:
         if route == "lambda-tasks" and method == "GET":
             max_tasks = int(query.get("max", ["1"])[0])
             wait = min(20.0, float(query.get("wait", ["0"])[0]))
-            return 200, {"tasks": state.states.tasks.poll(max_tasks, wait)}
+            names = query.get("function")  # repeated: only these functions' tasks
+            return 200, {"tasks": state.states.tasks.poll(max_tasks, wait, names)}
         if route == "lambda-tasks/result" and method == "POST":
             body = body or {}
             return 200, {"accepted": state.states.tasks.complete(str(body["task_id"]), body)}

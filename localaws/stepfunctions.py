@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,8 +122,13 @@ class LambdaTasks:
         self._cond = threading.Condition()
         self._pending: deque[LambdaTask] = deque()
         self._claimed: dict[str, LambdaTask] = {}
-        self._last_poll: float | None = None
+        # when a runtime last polled, by the function it serves (None: every function)
+        self._last_poll: dict[str | None, float] = {}
         self.completed = 0
+
+    def _served_since(self, function_name: str) -> float | None:
+        seen = [self._last_poll.get(k) for k in (function_name, None)]
+        return max((t for t in seen if t is not None), default=None)
 
     def run(self, task: LambdaTask) -> dict[str, Any]:
         """Queue the task and wait for its result (`payload`, `function_error`)."""
@@ -135,7 +140,7 @@ class LambdaTasks:
                 if task.result is not None:
                     return task.result
                 if task.claimed is None:
-                    seen = self._last_poll if self._last_poll is not None else task.enqueued
+                    seen = self._served_since(task.function_name) or task.enqueued
                     waited = now - max(seen, task.enqueued)
                     if waited >= self.no_runtime_seconds:
                         if task in self._pending:
@@ -158,23 +163,30 @@ class LambdaTasks:
                     )
                 self._cond.wait(deadline - now)
 
-    def poll(self, max_tasks: int, wait_seconds: float) -> list[dict[str, Any]]:
-        """Claim up to `max_tasks` pending tasks, waiting up to `wait_seconds` for one."""
+    def poll(
+        self, max_tasks: int, wait_seconds: float, functions: Collection[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Claim up to `max_tasks` pending tasks (of `functions` only, if given), waiting up to
+        `wait_seconds` for one. Polling (even for none) tells waiting tasks a runtime is there."""
         deadline = time.monotonic() + max(0.0, wait_seconds)
+        keys: list[str | None] = list(functions) if functions is not None else [None]
+
+        def matching() -> list[LambdaTask]:
+            return [t for t in self._pending if functions is None or t.function_name in functions]
+
         with self._cond:
-            self._last_poll = time.monotonic()
-            self._cond.notify_all()
-            if max_tasks <= 0:
-                return []
-            while not self._pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+            while True:
+                now = time.monotonic()
+                for key in keys:
+                    self._last_poll[key] = now
+                self._cond.notify_all()
+                found = matching() if max_tasks > 0 else []
+                if found or now >= deadline or max_tasks <= 0:
                     break
-                self._cond.wait(remaining)
-            self._last_poll = time.monotonic()
+                self._cond.wait(min(deadline - now, 1.0))
             out: list[dict[str, Any]] = []
-            while self._pending and len(out) < max_tasks:
-                task = self._pending.popleft()
+            for task in found[:max_tasks]:
+                self._pending.remove(task)
                 task.claimed = time.monotonic()
                 self._claimed[task.task_id] = task
                 out.append(task.to_dict())
@@ -197,9 +209,10 @@ class LambdaTasks:
                 "pending": len(self._pending),
                 "running": len(self._claimed),
                 "completed": self.completed,
-                "last_poll_seconds_ago": None
-                if self._last_poll is None
-                else round(time.monotonic() - self._last_poll, 3),
+                "last_poll_seconds_ago": {
+                    str(k or "*"): round(time.monotonic() - t, 3)
+                    for k, t in self._last_poll.items()
+                },
             }
 
     def reset(self) -> None:

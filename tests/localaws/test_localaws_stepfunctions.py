@@ -152,7 +152,7 @@ def _stack(aws: LocalAws, grants: tuple[str, ...] = GRANTS) -> Stack:
     )
 
 
-def _deployment(aws: LocalAws) -> Deployment:
+def _deployment(aws: LocalAws, function: str = FUNCTION) -> Deployment:
     """A minimal deployment naming the function and its code: what a Router reads."""
     template = {
         "Resources": {
@@ -162,7 +162,7 @@ def _deployment(aws: LocalAws) -> Deployment:
             }
         }
     }
-    physical_ids = {"Function": FUNCTION}
+    physical_ids = {"Function": function}
     resolver = Resolver(
         aws, template, physical_ids, stack_name="sfn-test", stack_id="sfn-test", account=ACCOUNT
     )
@@ -172,7 +172,7 @@ def _deployment(aws: LocalAws) -> Deployment:
         "sfn-test",
         template,
         physical_ids,
-        {"FunctionName": FUNCTION},
+        {"FunctionName": function},
         [],
         resolver,
     )
@@ -486,6 +486,7 @@ def test_the_role_is_granted_the_task_runs(aws: LocalAws) -> None:
 
 def test_without_a_router_a_task_fails_with_a_clear_error(aws: LocalAws, stack: Stack) -> None:
     aws.set_states_no_runtime_timeout(0.5)
+    unrelated = Router(aws, _deployment(aws, "another-function"))  # polls, not for this one
     machine = stack.state_machine(
         {
             "StartAt": "Plan",
@@ -500,8 +501,12 @@ def test_without_a_router_a_task_fails_with_a_clear_error(aws: LocalAws, stack: 
         }
     )
     started = time.monotonic()
-    described = stack.run(machine, {}, timeout=15)
+    try:
+        described = stack.run(machine, {}, timeout=15)
+    finally:
+        unrelated.close()
     assert time.monotonic() - started < 4  # the 0.5 s set above, not the default 5 s
+    assert unrelated.invocations == []
     assert described["status"] == "FAILED"
     assert "no Lambda runtime took the Step Functions task" in described.get("cause", "")
 
