@@ -118,7 +118,7 @@ def server() -> Iterator[LocalAws]:
         aws.stop()
 
 
-def _stack(aws: LocalAws, grants: tuple[str, ...] = GRANTS) -> Stack:
+def _stack(aws: LocalAws, grants: tuple[str, ...] = GRANTS, timeout: int = 10) -> Stack:
     iam, s3, lam = aws.client("iam"), aws.client("s3"), aws.client("lambda")
     s3.create_bucket(Bucket=BUCKET)
     s3.put_object(Bucket=BUCKET, Key="code.zip", Body=_code())
@@ -145,7 +145,7 @@ def _stack(aws: LocalAws, grants: tuple[str, ...] = GRANTS) -> Stack:
         Role=function_role,
         Handler="app.handler",
         Code={"S3Bucket": BUCKET, "S3Key": "code.zip"},
-        Timeout=10,
+        Timeout=timeout,
     )
     return Stack(
         aws, function["FunctionArn"], role["RoleName"], role["Arn"], aws.client("stepfunctions")
@@ -342,6 +342,27 @@ def test_the_catch_gets_the_function_error_as_lambda_reports_it(
     assert any("raise ValueError" in line for line in cause["stackTrace"])
 
 
+def test_a_function_timeout_is_sandbox_timedout_to_the_state_machine(aws: LocalAws) -> None:
+    stack = _stack(aws, timeout=1)
+    router = Router(aws, _deployment(aws))
+    try:
+        key = stack.put_items([{"id": 0, "sleep": 3}])
+        task = _item_task(
+            stack.function_arn,
+            Catch=[
+                {"ErrorEquals": ["Sandbox.Timedout"], "ResultPath": "$.error", "Next": "Caught"}
+            ],
+        )
+        described = stack.run(stack.state_machine(_fan_out(stack.function_arn, task)), {"key": key})
+    finally:
+        router.close()
+    assert described["status"] == "SUCCEEDED", described
+    [aggregate] = [i for i in router.invocations if i.payload.get("action") == "aggregate"]
+    [caught] = aggregate.payload["results"]
+    assert caught["error"]["Error"] == "Sandbox.Timedout"
+    assert "Task timed out after 1.00 seconds" in caught["error"]["Cause"]
+
+
 def test_full_jitter_and_max_delay_bound_the_backoff(
     aws: LocalAws, stack: Stack, router: Router
 ) -> None:
@@ -508,7 +529,8 @@ def test_without_a_router_a_task_fails_with_a_clear_error(aws: LocalAws, stack: 
     assert time.monotonic() - started < 4  # the 0.5 s set above, not the default 5 s
     assert unrelated.invocations == []
     assert described["status"] == "FAILED"
-    assert "no Lambda runtime took the Step Functions task" in described.get("cause", "")
+    assert described["error"] == "Lambda.ServiceException"  # Lambda's own failure, HTTP 500
+    assert "no Lambda runtime took the Step Functions task" in described["cause"]
 
 
 def _pause_machine(stack: Stack) -> str:
