@@ -378,19 +378,29 @@ class LocalAws:
         return waits
 
     def poll_lambda_tasks(
-        self, max_tasks: int, wait_seconds: float, functions: Sequence[str] | None = None
+        self,
+        max_tasks: int,
+        wait_seconds: float,
+        functions: Sequence[str] | None = None,
+        *,
+        runtime: str = "",
     ) -> list[dict[str, Any]]:
-        """Claim Step Functions' pending Lambda tasks (what a `Router` does), of `functions`
-        only if given: `task_id`, `function_name`, `function_arn`, `payload` (the JSON text),
+        """Claim Step Functions' pending Lambda tasks (what a `Router` does) as the runtime
+        `runtime` (the newest live one serving a function gets its tasks), of `functions` only
+        if given: `task_id`, `function_name`, `function_arn`, `payload` (the JSON text),
         `timeout_seconds`."""
         query = urllib.parse.urlencode(
-            [("max", max_tasks), ("wait", wait_seconds)]
+            [("max", max_tasks), ("wait", wait_seconds), ("runtime", runtime)]
             + [("function", name) for name in functions or ()]
         )
         tasks: list[dict[str, Any]] = self._control(
             "GET", f"lambda-tasks?{query}", timeout=wait_seconds + 10.0
         )["tasks"]
         return tasks
+
+    def leave_lambda_tasks(self, runtime: str) -> bool:
+        """The runtime stops taking Step Functions' tasks (the next live one takes them)."""
+        return bool(self._control("POST", "lambda-tasks/leave", {"runtime": runtime})["left"])
 
     def complete_lambda_task(
         self,

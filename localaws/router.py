@@ -19,12 +19,14 @@ Step Functions' Lambda tasks (moto's ASL interpreter, in the server) are queued 
 a router serves them from its creation until `close()`: a daemon thread long-polls them
 (`LocalAws.poll_lambda_tasks`) and runs each in the same runtime as the other deliveries, on a
 pool of `state_task_workers` threads (so a Map's concurrent items run concurrently), with
-`source="states"`, then posts the function's response or error back.
+`source="states"`, then posts the function's response or error back. Of several routers
+serving a function, the newest takes its tasks until it closes.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -130,11 +132,14 @@ class Router:
         self._slot_freed = threading.Event()
         self._free_slots = self.state_task_workers
         self._pool: ThreadPoolExecutor | None = None
+        self._runtime_id = f"router-{uuid.uuid4()}"
         self._poller: threading.Thread | None = None
         if self.serve_state_tasks:
             self._pool = ThreadPoolExecutor(
                 max_workers=self.state_task_workers, thread_name_prefix="localaws-states-task"
             )
+            # registered before returning: the tasks queued from now on are this router's
+            self.aws.poll_lambda_tasks(0, 0.0, self.served_functions(), runtime=self._runtime_id)
             self._poller = threading.Thread(
                 target=self._serve_state_tasks, name="localaws-states-poller", daemon=True
             )
@@ -147,6 +152,8 @@ class Router:
         self._slot_freed.set()
         if self._poller is not None:
             self._poller.join()
+            with contextlib.suppress(Exception):  # the server may be gone already
+                self.aws.leave_lambda_tasks(self._runtime_id)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self._runtime.close()
@@ -351,7 +358,7 @@ class Router:
                 free = self._free_slots
             try:
                 tasks = self.aws.poll_lambda_tasks(
-                    free, 1.0 if free else 0.0, self.served_functions()
+                    free, 1.0 if free else 0.0, self.served_functions(), runtime=self._runtime_id
                 )
             except Exception:
                 self._stop.wait(0.5)

@@ -254,7 +254,10 @@ class LocalAwsApp:
             max_tasks = int(query.get("max", ["1"])[0])
             wait = min(20.0, float(query.get("wait", ["0"])[0]))
             names = query.get("function")  # repeated: only these functions' tasks
-            return 200, {"tasks": state.states.tasks.poll(max_tasks, wait, names)}
+            runtime = query.get("runtime", [""])[0]
+            return 200, {"tasks": state.states.tasks.poll(max_tasks, wait, names, runtime)}
+        if route == "lambda-tasks/leave" and method == "POST":
+            return 200, {"left": state.states.tasks.leave(str((body or {})["runtime"]))}
         if route == "lambda-tasks/result" and method == "POST":
             body = body or {}
             return 200, {"accepted": state.states.tasks.complete(str(body["task_id"]), body)}

@@ -59,6 +59,7 @@ from localaws import iam, stepfunctions_map
 
 __all__ = [
     "CALLER_HEADER",
+    "LIVE_SECONDS",
     "NO_RUNTIME_SECONDS",
     "RESULT_MARGIN_SECONDS",
     "LambdaTask",
@@ -76,6 +77,8 @@ CALLER_HEADER = "X-Localaws-Caller"
 STATES_PRINCIPAL = "states.amazonaws.com"
 # A task no runtime has claimed fails after this long without a poll (no Router attached).
 NO_RUNTIME_SECONDS = 5.0
+# A runtime that has not polled for this long no longer takes tasks (routers poll every ~1 s).
+LIVE_SECONDS = 3.0
 # Beyond the function's timeout, how long a claimed task waits for its result: the runtime's
 # first-invocation init allowance (10 s) plus its wait for the last log lines (5 s), and slack.
 RESULT_MARGIN_SECONDS = 20.0
@@ -114,21 +117,45 @@ class LambdaTask:
         }
 
 
+@dataclass
+class _Runtime:
+    """A poller of the task queue (a `Router`): since when, and which functions it serves."""
+
+    first_seen: float
+    last_seen: float
+    functions: frozenset[str] | None  # None: every function
+
+    def serves(self, function_name: str) -> bool:
+        return self.functions is None or function_name in self.functions
+
+
 class LambdaTasks:
-    """The queue between the interpreter's Invoke calls and the runtime that polls for them."""
+    """The queue between the interpreter's Invoke calls and the runtimes that poll for them.
+
+    A task goes to the newest live runtime serving its function (the one that first polled
+    last, among those that polled in the last `LIVE_SECONDS`): a test's own `Router` takes
+    over from a session-wide one while it lives, and hands back when it closes (`leave`).
+    """
 
     def __init__(self, no_runtime_seconds: float = NO_RUNTIME_SECONDS) -> None:
         self.no_runtime_seconds = no_runtime_seconds
         self._cond = threading.Condition()
         self._pending: deque[LambdaTask] = deque()
         self._claimed: dict[str, LambdaTask] = {}
-        # when a runtime last polled, by the function it serves (None: every function)
-        self._last_poll: dict[str | None, float] = {}
+        self._runtimes: dict[str, _Runtime] = {}
         self.completed = 0
 
-    def _served_since(self, function_name: str) -> float | None:
-        seen = [self._last_poll.get(k) for k in (function_name, None)]
-        return max((t for t in seen if t is not None), default=None)
+    def _last_served(self, function_name: str) -> float | None:
+        seen = [r.last_seen for r in self._runtimes.values() if r.serves(function_name)]
+        return max(seen, default=None)
+
+    def _runtime_for(self, function_name: str, now: float) -> str | None:
+        live = [
+            (runtime.first_seen, runtime_id)
+            for runtime_id, runtime in self._runtimes.items()
+            if now - runtime.last_seen < LIVE_SECONDS and runtime.serves(function_name)
+        ]
+        return max(live)[1] if live else None
 
     def run(self, task: LambdaTask) -> dict[str, Any]:
         """Queue the task and wait for its result (`payload`, `function_error`)."""
@@ -140,7 +167,7 @@ class LambdaTasks:
                 if task.result is not None:
                     return task.result
                 if task.claimed is None:
-                    seen = self._served_since(task.function_name) or task.enqueued
+                    seen = self._last_served(task.function_name) or task.enqueued
                     waited = now - max(seen, task.enqueued)
                     if waited >= self.no_runtime_seconds:
                         if task in self._pending:
@@ -164,23 +191,34 @@ class LambdaTasks:
                 self._cond.wait(deadline - now)
 
     def poll(
-        self, max_tasks: int, wait_seconds: float, functions: Collection[str] | None = None
+        self,
+        max_tasks: int,
+        wait_seconds: float,
+        functions: Collection[str] | None = None,
+        runtime_id: str = "",
     ) -> list[dict[str, Any]]:
-        """Claim up to `max_tasks` pending tasks (of `functions` only, if given), waiting up to
-        `wait_seconds` for one. Polling (even for none) tells waiting tasks a runtime is there."""
+        """Claim up to `max_tasks` pending tasks this runtime serves (of `functions` only, if
+        given), waiting up to `wait_seconds` for one. Every poll (`max_tasks=0` too) keeps the
+        runtime live."""
         deadline = time.monotonic() + max(0.0, wait_seconds)
-        keys: list[str | None] = list(functions) if functions is not None else [None]
-
-        def matching() -> list[LambdaTask]:
-            return [t for t in self._pending if functions is None or t.function_name in functions]
-
+        served = frozenset(functions) if functions is not None else None
         with self._cond:
             while True:
                 now = time.monotonic()
-                for key in keys:
-                    self._last_poll[key] = now
+                runtime = self._runtimes.get(runtime_id)
+                if runtime is None or runtime.functions != served:
+                    self._runtimes[runtime_id] = runtime = _Runtime(now, now, served)
+                runtime.last_seen = now
                 self._cond.notify_all()
-                found = matching() if max_tasks > 0 else []
+                found = (
+                    [
+                        t
+                        for t in self._pending
+                        if self._runtime_for(t.function_name, now) == runtime_id
+                    ]
+                    if max_tasks > 0
+                    else []
+                )
                 if found or now >= deadline or max_tasks <= 0:
                     break
                 self._cond.wait(min(deadline - now, 1.0))
@@ -191,6 +229,13 @@ class LambdaTasks:
                 self._claimed[task.task_id] = task
                 out.append(task.to_dict())
             return out
+
+    def leave(self, runtime_id: str) -> bool:
+        """The runtime stops serving (its tasks go to the next live one at once)."""
+        with self._cond:
+            left = self._runtimes.pop(runtime_id, None) is not None
+            self._cond.notify_all()
+            return left
 
     def complete(self, task_id: str, result: Mapping[str, Any]) -> bool:
         """Post a claimed task's result; False if it is unknown (or gave up waiting)."""
@@ -209,9 +254,12 @@ class LambdaTasks:
                 "pending": len(self._pending),
                 "running": len(self._claimed),
                 "completed": self.completed,
-                "last_poll_seconds_ago": {
-                    str(k or "*"): round(time.monotonic() - t, 3)
-                    for k, t in self._last_poll.items()
+                "runtimes": {
+                    runtime_id: {
+                        "functions": None if r.functions is None else sorted(r.functions),
+                        "last_poll_seconds_ago": round(time.monotonic() - r.last_seen, 3),
+                    }
+                    for runtime_id, r in self._runtimes.items()
                 },
             }
 

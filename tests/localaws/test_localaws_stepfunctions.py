@@ -533,6 +533,22 @@ def test_without_a_router_a_task_fails_with_a_clear_error(aws: LocalAws, stack: 
     assert "no Lambda runtime took the Step Functions task" in described["cause"]
 
 
+def test_the_newest_router_of_a_function_takes_its_tasks_until_it_closes(
+    aws: LocalAws, stack: Stack, router: Router
+) -> None:
+    machine = stack.state_machine(_invoke_once(stack.function_arn))
+    newer = Router(aws, _deployment(aws))
+    try:
+        assert stack.run(machine, {}, name="while-newer")["status"] == "SUCCEEDED"
+    finally:
+        newer.close()
+    started = time.monotonic()
+    assert stack.run(machine, {}, name="after-newer")["status"] == "SUCCEEDED"
+    assert time.monotonic() - started < 2.5  # handed back at close, not after LIVE_SECONDS
+    assert len(newer.invocations) == 1
+    assert len(router.invocations) == 1
+
+
 def _pause_machine(stack: Stack) -> str:
     return stack.state_machine(
         {"StartAt": "Pause", "States": {"Pause": {"Type": "Wait", "Seconds": 600, "End": True}}},
