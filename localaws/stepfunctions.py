@@ -408,13 +408,25 @@ def _patch_lambda_invoke(control: StatesControl) -> None:
 def _patch_clients(control: StatesControl) -> None:
     """The interpreter's boto3 clients: the role's credentials, our endpoint, the header."""
 
+    client_lock = threading.Lock()
+
     def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
         role_arn = getattr(state_credentials, "role_arn", None)
         if role_arn:
             creds = control.role_credentials(str(role_arn), region)
         else:  # no role to act as: moto's dummies (an unknown key under enforced IAM)
             creds = {"access_key_id": "ak", "secret_access_key": "sk", "session_token": ""}
-        client = boto3.client(
+        with client_lock:  # boto3's default session is not thread-safe; Map workers run at once
+            client = _new_client(service, region, creds)
+
+        def mark(request: Any, **_: Any) -> None:
+            request.headers[CALLER_HEADER] = "states"
+
+        client.meta.events.register("before-sign", mark)
+        return client
+
+    def _new_client(service: str, region: str, creds: Mapping[str, str]) -> Any:
+        return boto3.client(
             service,  # type: ignore[call-overload]
             region_name=region,
             endpoint_url=f"http://127.0.0.1:{os.environ.get('MOTO_PORT', '5000')}",
@@ -428,12 +440,6 @@ def _patch_clients(control: StatesControl) -> None:
                 read_timeout=99999999,
             ),
         )
-
-        def mark(request: Any, **_: Any) -> None:
-            request.headers[CALLER_HEADER] = "states"
-
-        client.meta.events.register("before-sign", mark)
-        return client
 
     setattr(boto_client_module, "boto_client_for", boto_client_for)  # noqa: B010
     for name, module in list(sys.modules.items()):
