@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -356,9 +357,88 @@ class LocalAws:
             {"account_id": account_id, "region": self.region, "name": name, "value": value},
         )
 
+    # --- Step Functions ----------------------------------------------------------------------
+
+    def set_states_wait_scale(self, scale: float) -> dict[str, Any]:
+        """Step Functions' retry backoff and `Wait` states sleep `seconds * scale` (0: not at
+        all; `reset()` makes it 1 again). Every wait is still recorded (`states_waits`)."""
+        return self._control("POST", "stepfunctions", {"wait_scale": scale})
+
+    def set_states_no_runtime_timeout(self, seconds: float) -> dict[str, Any]:
+        """How long a Step Functions Lambda task waits for a runtime (a `Router`) to poll
+        before it fails (default 5 s; `reset()` restores it)."""
+        return self._control("POST", "stepfunctions", {"no_runtime_seconds": seconds})
+
+    def states_waits(self, *, drain: bool = False) -> list[dict[str, Any]]:
+        """The waits Step Functions asked for, unscaled, in order: `kind` (`retry`, `wait`) and
+        `seconds`; `drain` forgets them."""
+        waits: list[dict[str, Any]] = self._control(
+            "GET", "stepfunctions?drain=1" if drain else "stepfunctions"
+        )["waits"]
+        return waits
+
+    def poll_lambda_tasks(
+        self,
+        max_tasks: int,
+        wait_seconds: float,
+        functions: Sequence[str] | None = None,
+        *,
+        runtime: str = "",
+    ) -> list[dict[str, Any]]:
+        """Claim Step Functions' pending Lambda tasks (what a `Router` does) as the runtime
+        `runtime` (the newest live one serving a function gets its tasks), of `functions` only
+        if given: `task_id`, `function_name`, `function_arn`, `payload` (the JSON text),
+        `timeout_seconds`."""
+        query = urllib.parse.urlencode(
+            [("max", max_tasks), ("wait", wait_seconds), ("runtime", runtime)]
+            + [("function", name) for name in functions or ()]
+        )
+        tasks: list[dict[str, Any]] = self._control(
+            "GET", f"lambda-tasks?{query}", timeout=wait_seconds + 10.0
+        )["tasks"]
+        return tasks
+
+    def leave_lambda_tasks(self, runtime: str) -> bool:
+        """The runtime stops taking Step Functions' tasks (the next live one takes them)."""
+        return bool(self._control("POST", "lambda-tasks/leave", {"runtime": runtime})["left"])
+
+    def complete_lambda_task(
+        self,
+        task_id: str,
+        *,
+        payload: str = "null",
+        function_error: str | None = None,
+        service_error: str | None = None,
+    ) -> bool:
+        """Post a claimed task's result: the function's response `payload` (JSON text) and
+        Lambda's `FunctionError` (`Unhandled`) if it failed, or a `service_error` (Lambda's
+        `ServiceException`). False if the task is unknown or gave up waiting."""
+        body = {
+            "task_id": task_id,
+            "payload": payload,
+            "function_error": function_error,
+            "service_error": service_error,
+        }
+        return bool(self._control("POST", "lambda-tasks/result", body)["accepted"])
+
+    def wait_for_execution(
+        self, execution_arn: str, timeout: float = 30.0, *, poll_seconds: float = 0.05
+    ) -> dict[str, Any]:
+        """DescribeExecution's answer once the execution is no longer RUNNING."""
+        sfn = self.client("stepfunctions")
+        deadline = time.monotonic() + timeout
+        while True:
+            described: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
+            if described["status"] != "RUNNING":
+                return described
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{execution_arn} still RUNNING after {timeout:g} s")
+            time.sleep(poll_seconds)
+
     def reset(self) -> None:
         """moto's ``/moto-api/reset``: every backend, plus faults, events, pending snapshots,
-        the snapshot delay and the clock (with IAM enforced: a new administrator user)."""
+        the snapshot delay, the clock and the Step Functions wait scale (with IAM enforced: a
+        new administrator user)."""
         if self.enforce_iam:
             self._set_moto_auth(float("inf"))
         self._control("POST", "moto-api/reset")

@@ -5,6 +5,7 @@
     router.route_event(event)                      # EventBridge: matching rules' targets
     router.route_emitted_events()                  # the local AWS's completion events
     router.invoke({"policy": ...})                 # `aws lambda invoke`
+    # and, from creation to close(), Step Functions' Lambda tasks (a daemon thread)
 
 Everything is read from the local AWS, not from the template: the rules and their targets
 (`ListRules`, `ListTargetsByRule`), the schedules (`GetSchedule`) and the function's handler,
@@ -13,20 +14,30 @@ targets' input built by `localaws.event_patterns`. The function runs as Lambda r
 deployed code (the zip CloudFormation gave the local Lambda, read back from the asset bucket and
 checked against the function's `CodeSha256`) in execution environments of
 `localaws.lambda_runtime`. The topic's messages are read by `localaws.report_inbox`.
+
+Step Functions' Lambda tasks (moto's ASL interpreter, in the server) are queued by the server;
+a router serves them from its creation until `close()`: a daemon thread long-polls them
+(`LocalAws.poll_lambda_tasks`) and runs each in the same runtime as the other deliveries, on a
+pool of `state_task_workers` threads (so a Map's concurrent items run concurrently), with
+`source="states"`, then posts the function's response or error back. Of several routers
+serving a function, the newest takes its tasks until it closes.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
+import logging
 import shutil
 import tempfile
 import threading
 import uuid
 import zipfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +59,8 @@ from localaws.lambda_runtime import (
     runtime_environment,
 )
 from localaws.process import LocalAws
+
+log = logging.getLogger("localaws.router")
 
 __all__ = [
     "Router",
@@ -89,7 +102,8 @@ class Router:
     (e.g. a smaller `SNAPSET_SAFETY_MARGIN_MS` for fast tests). The function's stdout and
     stderr (its Powertools logs and EMF metrics) are kept in `lambda_logs` and echoed to
     `log_stream`. `worker_setup` files run in each new execution environment (test harnesses;
-    see `localaws.lambda_bootstrap`).
+    see `localaws.lambda_bootstrap`). Step Functions' Lambda tasks are run on up to
+    `state_task_workers` threads at once (`serve_state_tasks=False`: not served by this router).
     """
 
     aws: LocalAws
@@ -100,6 +114,8 @@ class Router:
     keep_log_lines: int = 20_000
     worker_setup: tuple[Path, ...] = ()
     invocations: list[Invocation] = field(default_factory=list)
+    state_task_workers: int = 4
+    serve_state_tasks: bool = True
 
     def __post_init__(self) -> None:
         self._sink = LogSink(self.keep_log_lines, self.log_stream)
@@ -112,9 +128,34 @@ class Router:
         self._events = self.aws.client("events")
         self._scheduler = self.aws.client("scheduler")
         self._lambda = self.aws.client("lambda")
+        self._stop = threading.Event()
+        self._slot_freed = threading.Event()
+        self._free_slots = self.state_task_workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._runtime_id = f"router-{uuid.uuid4()}"
+        self._poller: threading.Thread | None = None
+        if self.serve_state_tasks:
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.state_task_workers, thread_name_prefix="localaws-states-task"
+            )
+            # registered before returning: the tasks queued from now on are this router's
+            self.aws.poll_lambda_tasks(0, 0.0, self.served_functions(), runtime=self._runtime_id)
+            self._poller = threading.Thread(
+                target=self._serve_state_tasks, name="localaws-states-poller", daemon=True
+            )
+            self._poller.start()
 
     def close(self) -> None:
-        """End the function's execution environments and remove their code (call when done)."""
+        """Stop serving Step Functions (the running tasks finish), end the function's execution
+        environments and remove their code (call when done)."""
+        self._stop.set()
+        self._slot_freed.set()
+        if self._poller is not None:
+            self._poller.join()
+            with contextlib.suppress(Exception):  # the server may be gone already
+                self.aws.leave_lambda_tasks(self._runtime_id)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self._runtime.close()
         shutil.rmtree(self._code_root, ignore_errors=True)
 
@@ -305,6 +346,67 @@ class Router:
                     function.role, session_name=function.name
                 )
             return self._credentials[function.name]
+
+    # --- Step Functions --------------------------------------------------------------------
+
+    def _serve_state_tasks(self) -> None:
+        """Claim Step Functions' Lambda tasks while a thread is free; heartbeat otherwise (the
+        server fails a task nobody polls for, see `localaws.stepfunctions`)."""
+        assert self._pool is not None
+        while not self._stop.is_set():
+            with self._lock:
+                free = self._free_slots
+            try:
+                tasks = self.aws.poll_lambda_tasks(
+                    free, 1.0 if free else 0.0, self.served_functions(), runtime=self._runtime_id
+                )
+            except Exception:
+                self._stop.wait(0.5)
+                continue
+            if not free:
+                self._slot_freed.wait(1.0)
+                self._slot_freed.clear()
+            for task in tasks:
+                with self._lock:
+                    self._free_slots -= 1
+                self._pool.submit(self._run_state_task, task)
+
+    def served_functions(self) -> list[str]:
+        """The functions whose Step Functions tasks this router takes: its deployment's."""
+        ids = self.deployment.physical_ids
+        return [
+            ids[logical_id]
+            for logical_id in self.deployment.logical_ids("AWS::Lambda::Function")
+            if logical_id in ids
+        ]
+
+    def _run_state_task(self, task: dict[str, Any]) -> None:
+        try:
+            self.aws.complete_lambda_task(task["task_id"], **self._state_task_result(task))
+        except Exception:  # the server is gone: nobody waits for the result
+            log.warning("could not post the result of Step Functions task %s", task["task_id"])
+        finally:
+            with self._lock:
+                self._free_slots += 1
+            self._slot_freed.set()
+
+    def _state_task_result(self, task: dict[str, Any]) -> dict[str, Any]:
+        """The Invoke response Lambda gives Step Functions: the function's result, or its
+        error with `FunctionError: Unhandled`; a failure to run it at all is a service error."""
+        try:
+            invocation = self._invoke(task["function_name"], json.loads(task["payload"]), "states")
+        except Exception as exc:
+            return {"service_error": f"localaws router: {type(exc).__name__}: {exc}"}
+        error = invocation.error
+        if error is None:
+            return {"payload": json.dumps(invocation.result)}
+        body = {
+            "errorMessage": error.message,
+            "errorType": error.error_type,
+            "requestId": invocation.request_id,
+            "stackTrace": list(error.stack_trace),
+        }
+        return {"payload": json.dumps(body), "function_error": "Unhandled"}
 
     def _invoke(self, function_name: str, payload: Any, source: str) -> Invocation:
         function = self._function(function_name)

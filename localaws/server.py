@@ -29,7 +29,15 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from localaws import ec2_images, ec2_pagination, ec2_snapshots, ec2_tag_index, iam, ssm_public
+from localaws import (
+    ec2_images,
+    ec2_pagination,
+    ec2_snapshots,
+    ec2_tag_index,
+    iam,
+    ssm_public,
+    stepfunctions,
+)
 from localaws import events as event_patches
 from localaws.clock import CLOCK
 from localaws.ec2_snapshots import SnapshotCompleter
@@ -50,6 +58,7 @@ class ServerState:
     default_delay: float | None = 0.5
     faults: FaultInjector = field(default_factory=lambda: FaultInjector(CLOCK.monotonic))
     events: EventSink = field(default_factory=EventSink)
+    states: stepfunctions.StatesControl = field(default_factory=stepfunctions.StatesControl)
     completer: SnapshotCompleter = field(init=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +75,7 @@ class ServerState:
         self.completer.delay = self.default_delay
         self.faults.reset()
         self.events.reset()
+        self.states.reset()
 
 
 @dataclass
@@ -240,6 +250,24 @@ class LocalAwsApp:
             elif method != "GET":
                 return 405, {"error": f"{method} not allowed"}
             return 200, CLOCK.state()
+        if route == "lambda-tasks" and method == "GET":
+            max_tasks = int(query.get("max", ["1"])[0])
+            wait = min(20.0, float(query.get("wait", ["0"])[0]))
+            names = query.get("function")  # repeated: only these functions' tasks
+            runtime = query.get("runtime", [""])[0]
+            return 200, {"tasks": state.states.tasks.poll(max_tasks, wait, names, runtime)}
+        if route == "lambda-tasks/leave" and method == "POST":
+            return 200, {"left": state.states.tasks.leave(str((body or {})["runtime"]))}
+        if route == "lambda-tasks/result" and method == "POST":
+            body = body or {}
+            return 200, {"accepted": state.states.tasks.complete(str(body["task_id"]), body)}
+        if route == "stepfunctions":
+            if method == "POST":
+                state.states.configure(body or {})
+            elif method != "GET":
+                return 405, {"error": f"{method} not allowed"}
+            drain = query.get("drain", ["0"])[0].lower() in ("1", "true", "yes")
+            return 200, state.states.state(drain=drain)
         if route == "reset" and method == "POST":
             state.reset()
             return 200, {"reset": True}
@@ -266,6 +294,7 @@ def build_app(state: ServerState) -> LocalAwsApp:
     ec2_pagination.install()
     event_patches.install()
     iam.install()
+    stepfunctions.install(state.states)
     return LocalAwsApp(DomainDispatcherApplication(create_backend_app), state)
 
 
