@@ -38,7 +38,7 @@ from snapset.pacing import DEFAULT_EC2_API_SHARE
 from snapset.plan import Plan, make_plan, with_retention_preview
 from snapset.policy import SnapshotPolicy
 from snapset.report import ReportStatus, publish_report
-from snapset.run import Ignored, build_engine, run_request
+from snapset.run import HandedOff, Ignored, build_engine, run_request
 from snapset.settings import DEFAULT_MAX_WORKERS, ENV_MAX_WORKERS, ENV_TOPIC_ARN
 from snapset.snapshots import SnapshotFn
 from snapset.triggers import parse_request
@@ -273,6 +273,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         result = run_request(
             clients.ec2, request, engine=engine, deadline=deadline, max_workers=workers
         )
+    # The CLI runs every plan inline (it passes no hand_off): it is never handed off.
+    assert not isinstance(result, HandedOff)
     if isinstance(result, Ignored):
         ignored = {"status": "ignored", "instance_id": result.instance_id, "reason": result.reason}
         console.stdout.write(json.dumps(ignored, indent=2) + "\n")
