@@ -156,6 +156,8 @@ class FanOut(Construct):
                     "snapset_task": task,
                     "run": sfn.JsonPath.object_at("$.run"),
                     "batch": sfn.JsonPath.object_at("$.batch"),
+                    # A first attempt looks for no set; a retry lists its trigger's sets.
+                    "attempt": sfn.JsonPath.number_at("$$.State.RetryCount"),
                 }
             ),
             payload_response_only=True,

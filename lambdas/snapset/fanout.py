@@ -10,8 +10,8 @@ that does not is handed off (`hand_off`): its instance ids are written to S3 in 
 is started, named from the trigger, so that a duplicate delivery of the trigger starts none.
 
 The state machine (infra/fan_out.py) maps the batches onto the function: `run_batch` snapshots
-one batch with the inline run's engine (idempotency records, pacing at its part of the share,
-a run marker per batch so that only a retried batch looks for sets its earlier attempt made),
+one batch with the inline run's engine (idempotency records, pacing at its part of the share;
+only a retried batch looks for the sets its earlier attempts made),
 `retain_batch` runs retention for one batch once every batch has started, and `aggregate`
 merges what the batches wrote to S3 into one run report. A batch the Map gave up on (after its
 retries) is reported instance by instance with the error that stopped it.
@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from snapset.clients import Clients
 from snapset.deadline import Deadline
 from snapset.errors import error_code
+from snapset.idempotency import Delivery
 from snapset.outcomes import InstanceOutcome, InstanceStatus
 from snapset.pacing import CREATE_SNAPSHOTS_BUCKET, DELETE_SNAPSHOT_BUCKET, Pacer
 from snapset.policy import SnapshotPolicy, SnapshotRequest
@@ -210,6 +211,9 @@ class FanOutTask(BaseModel):
     snapset_task: Literal["batch", "retain", "aggregate"]
     run: FanOutRun
     batch: Batch | None = None
+    # Step Functions' `$$.State.RetryCount`: 0 on a batch's first attempt, which therefore
+    # looks for no set; a retry lists the sets its earlier attempts made.
+    attempt: int = Field(default=0, ge=0)
     execution_arn: str | None = None
     created: tuple[BatchResult, ...] = ()
     retained: tuple[BatchResult, ...] = ()
@@ -367,7 +371,7 @@ def run_batch(
         ec2_rate_scale=rate_scale,
         # The first wave of workers takes the share's burst; later ones follow on its refill.
         pacers_start_full=batch.index < run.max_concurrency,
-        delivery_key=f"{request.trigger.id}#batch-{batch.index}",
+        known_delivery=Delivery.FIRST if task.attempt == 0 else Delivery.LATER,
     )
     snapshot = engine.for_targets(found.instances)
     try:
@@ -454,7 +458,8 @@ def aggregate(s3: S3Client, task: FanOutTask) -> RunReport:
                 iid,
                 BATCH_FAILED,
                 f"{iid}: batch {batch.index} of the fan-out failed after its retries "
-                f"({why[:300]}); its set may have started, the next delivery finds it",
+                f"({why[:300]}); its set may have started (then its tags name this trigger), "
+                "and the policy's next run snapshots it otherwise",
             )
             for iid in batch.instance_ids
         )

@@ -129,9 +129,10 @@ class Engine:
     wrap: Callable[[SnapshotFn], SnapshotFn] = _as_is
     # The run's share of EC2's DeleteSnapshot bucket, for retention (None: unpaced).
     delete_pacer: Pacer | None = None
-    # The run marker's key when it is not the trigger's own: a fan-out batch claims its own,
-    # so a retried batch (and only it) looks for the sets its earlier attempt made.
-    delivery_key: str | None = None
+    # What the caller already knows of this delivery, instead of claiming the run marker: a
+    # fan-out batch's first attempt is FIRST, its retries LATER (Step Functions never runs
+    # one Map item twice at once, so no marker is needed to stand a duplicate down).
+    known_delivery: Delivery | None = None
 
     # Whether this run holds the trigger's run marker (released by `release`).
     _held: list[bool] = field(default_factory=list)
@@ -141,6 +142,8 @@ class Engine:
         if store is None or not instances or self.request.policy.dry_run:
             # Without a store nothing can tell a first delivery; a dry run makes no set.
             return None
+        if self.known_delivery is not None:
+            return self.known_delivery
         context = store.context
         holds = (
             context.get_remaining_time_in_millis() / 1000
@@ -151,7 +154,7 @@ class Engine:
             store.dynamodb,
             store.table_name,
             self.request.policy.name,
-            self._delivery_key,
+            self.request.trigger.id,
             holds_for_seconds=holds,
         )
         if delivery is Delivery.FIRST:
@@ -201,12 +204,8 @@ class Engine:
         if store is not None and self._held:
             self._held.clear()
             release_delivery(
-                store.dynamodb, store.table_name, self.request.policy.name, self._delivery_key
+                store.dynamodb, store.table_name, self.request.policy.name, self.request.trigger.id
             )
-
-    @property
-    def _delivery_key(self) -> str:
-        return self.delivery_key or self.request.trigger.id
 
 
 def _unless_out_of_time(
@@ -230,7 +229,7 @@ def build_engine(
     ec2_api_share: float | None = DEFAULT_EC2_API_SHARE,
     ec2_rate_scale: float = 1.0,
     pacers_start_full: bool = True,
-    delivery_key: str | None = None,
+    known_delivery: Delivery | None = None,
 ) -> Engine:
     """The engine for a request: per run, its lookups (see the module docstring); per instance,
     plan, CreateSnapshots through the client without botocore retries, retries within
@@ -239,7 +238,7 @@ def build_engine(
     and retention's DeleteSnapshot calls are paced to `ec2_api_share` of EC2's buckets (None:
     unpaced; `ec2_rate_scale` multiplies their refill, for the local AWS's time-scaled profile;
     `pacers_start_full` False for a fan-out worker that follows another on the same share).
-    `delivery_key` is the run marker's key when it is not the trigger id (a fan-out batch's).
+    `known_delivery` replaces the run marker's claim when the caller knows (a fan-out batch).
     The handler, the fan-out workers and the CLI all build their engine here."""
     create_pacer = delete_pacer = None
     if ec2_api_share is not None:
@@ -262,7 +261,7 @@ def build_engine(
         idempotency=idempotency,
         wrap=wrap,
         delete_pacer=delete_pacer,
-        delivery_key=delivery_key,
+        known_delivery=known_delivery,
     )
 
 

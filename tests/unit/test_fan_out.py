@@ -273,11 +273,13 @@ def test_a_retried_batch_redoes_only_what_did_not_start(
     monkeypatch.setattr(BaseClient, "_make_api_call", real)
     context.remaining_ms = 300_000
     calls = _count_calls(monkeypatch)
-    # the Map retries the batch: only the refused instance is snapshotted
-    again = handler(task, context)
+    # the Map retries the batch (its RetryCount in the task): it lists the trigger's sets
+    # once and looks again for the one set it did not find; only that instance is snapshotted
+    again = handler({**task, "attempt": 1}, context)
     assert again["started"] == 5
     assert again["failed"] == 0
     assert calls.count("ec2:CreateSnapshots") == 1
+    assert calls.count("ec2:DescribeSnapshots") == 2
     assert len(snapshots_by_volume(aws.ec2)) == 5
 
 
