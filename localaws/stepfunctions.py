@@ -523,6 +523,48 @@ def _child_start_refusal(control: StatesControl, env: Any) -> str | None:
     )
 
 
+def _patch_cloudformation() -> None:
+    """moto's CloudFormation creates `AWS::StepFunctions::StateMachine` in its plain backend,
+    which the API no longer serves once execution is on (it answers from the interpreter's
+    backend): a deployed state machine would exist for the stack and not for StartExecution.
+    Create it where the API looks, with its logging and tracing configuration."""
+    from moto.stepfunctions import models as plain_models  # noqa: PLC0415
+    from moto.stepfunctions.responses import get_backend  # noqa: PLC0415
+    from moto.utilities.tagging_service import TaggingService  # noqa: PLC0415
+
+    def create(
+        cls: Any,  # noqa: ARG001
+        resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,  # noqa: ARG001
+    ) -> Any:
+        props = cloudformation_json["Properties"]
+        return get_backend(account_id, region_name).create_state_machine(
+            props.get("StateMachineName", resource_name),
+            props.get("DefinitionString", ""),
+            props.get("RoleArn", ""),
+            tags=TaggingService.convert_dict_to_tags_input(
+                {t["Key"]: t["Value"] for t in props.get("Tags", [])}
+            ),
+            loggingConfiguration=_lower_keys(props.get("LoggingConfiguration")),
+            tracingConfiguration=_lower_keys(props.get("TracingConfiguration")),
+            sm_type=props.get("StateMachineType"),
+        )
+
+    plain_models.StateMachine.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign,assignment]
+
+
+def _lower_keys(value: Any) -> Any:
+    """CloudFormation's `Level`, `Enabled`, ... as the API's `level`, `enabled`, ..."""
+    if isinstance(value, dict):
+        return {k[:1].lower() + k[1:]: _lower_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_lower_keys(v) for v in value]
+    return value
+
+
 def install(control: StatesControl) -> None:
     """Execution on, and the patches above (idempotent)."""
     _enable_execution()
@@ -533,5 +575,6 @@ def install(control: StatesControl) -> None:
     _patch_waits(control)
     _patch_start_execution()
     _fix_parser_errors()
+    _patch_cloudformation()
     stepfunctions_map.install(lambda env: _child_start_refusal(control, env))
     setattr(parser_models, _INSTALLED, True)
