@@ -553,7 +553,7 @@ def _patch_cloudformation() -> None:
             sm_type=props.get("StateMachineType"),
         )
 
-    plain_models.StateMachine.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign,assignment]
+    plain_models.StateMachine.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign,assignment,arg-type]
 
 
 def _lower_keys(value: Any) -> Any:
