@@ -12,8 +12,10 @@ while the run reports instances to redo.
 
 Printed: the run's duration against the bucket lower bound at the share (creation, then
 retention, which waits for creation), sets started, snapshots deleted and left for the next
-night, instances lost (no set after the last delivery) and duplicate sets. A run that cannot fit
-Lambda's deliveries is what the Step Functions fan-out (issue 11, part 2) is for.
+night, instances lost (no set after the last delivery) and duplicate sets. A run whose estimate
+does not fit the (scaled) invocation is handed to the deployed state machine, which runs on the
+local AWS with its retry waits divided by the same scale: then also the execution's status,
+its batches and concurrency, and the worker invocations' peak memory.
 
     .venv/bin/python benchmarks/nightly_budget.py [--fleet 1000] [--time-scale 20]
 """
@@ -21,6 +23,7 @@ Lambda's deliveries is what the Step Functions fan-out (issue 11, part 2) is for
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -103,6 +106,46 @@ def sets_by_instance(ec2: Any, trigger: str) -> Counter[str]:
     return found
 
 
+def deliver(
+    aws: LocalAws, router: Router, tonight: datetime, scale: float
+) -> tuple[list[Any], dict[str, Any] | None, dict[str, Any] | None]:
+    """Deliver the schedule as Lambda's async invoke would (retried while it raises); when
+    it hands off, wait for the execution: its DescribeExecution and its run input."""
+    outcomes = []
+    for attempt in range(1, LAMBDA_DELIVERIES + 1):
+        invocation = router.fire_schedule(policy=POLICY, scheduled_time=tonight, attempt=attempt)
+        outcomes.append(invocation)
+        if invocation.ok:
+            break
+    answer = outcomes[-1].result if outcomes[-1].ok else None
+    if not (isinstance(answer, dict) and answer.get("status") == "handed_off"):
+        return outcomes, None, None
+    aws.set_states_wait_scale(1 / scale)
+    execution = aws.wait_for_execution(answer["execution_arn"], timeout=4 * 3600)
+    run_input: dict[str, Any] = json.loads(execution["input"])["run"]
+    return outcomes, execution, run_input
+
+
+def print_fan_out(
+    execution: dict[str, Any] | None,
+    run_input: dict[str, Any] | None,
+    workers: list[Any],
+    n: int,
+) -> None:
+    """How the run was handed off (or that it was not)."""
+    if execution is None or run_input is None:
+        print("ran inline in the trigger's invocation")
+        return
+    failed = sum(1 for i in workers if not i.ok)
+    print(
+        f"handed off: execution {execution['status']}, {run_input['batches']} batches of up "
+        f"to {-(-n // run_input['batches'])}, MaxConcurrency {run_input['max_concurrency']}, "
+        f"worker share {run_input['worker_share']:g}; {len(workers)} task invocations "
+        f"({failed} failed and retried), peak RSS of a worker "
+        f"{max(i.max_rss_mb for i in workers):.0f} MB"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fleet", type=int, default=1000)
@@ -128,15 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         router = Router(aws, deployment, **overrides)
         aws.set_faults(*aws_budget(scale))
         started = time.monotonic()
-        outcomes = []
-        for attempt in range(1, LAMBDA_DELIVERIES + 1):
-            invocation = router.fire_schedule(
-                policy=POLICY, scheduled_time=tonight, attempt=attempt
-            )
-            outcomes.append(invocation)
-            if invocation.ok:
-                break
+        outcomes, execution, run_input = deliver(aws, router, tonight, scale)
         seconds = time.monotonic() - started
+        workers = [i for i in router.invocations if i.source == "states"]
         stats = {s["api"]: s for s in aws.faults()["stats"]}
         aws.clear_faults()
         router.close()
@@ -171,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{2 * n * (HISTORY_NIGHTS - 1) - older_kept}, instances lost {lost}, "
         f"duplicate sets {duplicates}"
     )
+    print_fan_out(execution, run_input, workers, n)
     refused = {api.split(":", 1)[1]: s["throttled"] for api, s in stats.items() if s["throttled"]}
     print(f"refused by EC2's buckets: {refused or 'none'}")
     return 0

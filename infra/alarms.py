@@ -11,6 +11,7 @@ from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from infra.config import SnapsetConfig
@@ -30,7 +31,8 @@ def failed_instances_metric(policy: str, period: Duration) -> cloudwatch.Metric:
 
 class Alarms(Construct):
     """Errors and throttles of `function`, depth of each of `dead_letter_queues` (name ->
-    queue), and `InstancesFailed` per policy; each alarm notifies `topic`. Exposes `alarms`."""
+    queue), failed, timed-out and aborted executions of `state_machine`, and `InstancesFailed`
+    per policy; each alarm notifies `topic`. Exposes `alarms`."""
 
     def __init__(
         self,
@@ -41,6 +43,7 @@ class Alarms(Construct):
         function: lambda_.IFunction,
         dead_letter_queues: Mapping[str, sqs.IQueue],
         topic: sns.ITopic,
+        state_machine: sfn.IStateMachine | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self._topic = topic
@@ -68,6 +71,22 @@ class Alarms(Construct):
                 a.dlq_messages_threshold,
                 f"Snapset: messages in the {name} dead-letter queue (undelivered or failed runs)",
             )
+        if state_machine is not None:
+            # A failed execution published no run report (its aggregator never ran).
+            for name, metric in {
+                "FanOutFailedAlarm": state_machine.metric_failed(period=period, statistic="Sum"),
+                "FanOutTimedOutAlarm": state_machine.metric_timed_out(
+                    period=period, statistic="Sum"
+                ),
+                "FanOutAbortedAlarm": state_machine.metric_aborted(period=period, statistic="Sum"),
+            }.items():
+                self._alarm(
+                    name,
+                    metric,
+                    a.errors_threshold,
+                    "Snapset: a fan-out execution ended without its run report "
+                    f"({name.removeprefix('FanOut').removesuffix('Alarm').lower()})",
+                )
         # One alarm per configured policy on the engine's EMF metric. Dimensions must match the
         # emitted set exactly: the handler adds `policy`, Powertools adds `service`.
         for index, policy in enumerate(config.policies):

@@ -85,6 +85,7 @@ class Snapset(Construct):
                 "RulesDlq": self.triggers.rules_dlq,
             },
             topic=self.topic,
+            state_machine=self.fan_out.state_machine,
         )
 
     def example_payload(self) -> dict[str, Any]:

@@ -574,7 +574,8 @@ def test_idempotency_table(s: Synth) -> None:
 
 def test_alarms_go_to_the_topic_and_ignore_missing_data(s: Synth) -> None:
     alarms = s.resources("AWS::CloudWatch::Alarm")
-    assert len(alarms) == 2 + 3 + 2  # errors, throttles, 3 DLQs, one per policy
+    # errors, throttles, 3 DLQs, 3 fan-out execution outcomes, one per policy
+    assert len(alarms) == 2 + 3 + 3 + 2
     for alarm in alarms.values():
         props = alarm["Properties"]
         assert props["AlarmActions"] == [ref(s, "AWS::SNS::Topic")]
@@ -587,8 +588,17 @@ def test_alarms_go_to_the_topic_and_ignore_missing_data(s: Synth) -> None:
         ("AWS/Lambda", "Errors"),
         ("AWS/Lambda", "Throttles"),
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+        ("AWS/States", "ExecutionsFailed"),
+        ("AWS/States", "ExecutionsTimedOut"),
+        ("AWS/States", "ExecutionsAborted"),
         ("Snapset", "InstancesFailed"),
     }
+    machine = {"Ref": next(iter(s.resources("AWS::StepFunctions::StateMachine")))}
+    for alarm in alarms.values():
+        if alarm["Properties"].get("Namespace") == "AWS/States":
+            assert alarm["Properties"]["Dimensions"] == [
+                {"Name": "StateMachineArn", "Value": machine}
+            ]
 
 
 def test_failed_instances_alarm_matches_the_emitted_emf_dimensions(s: Synth, config: Any) -> None:
