@@ -28,6 +28,9 @@ _FUNCTION = "AWS::Lambda::Function"
 _BUCKET = "AWS::S3::Bucket"
 EXPECTED_SUBSTITUTIONS = [
     ("CDKMetadata", "AWS::CDK::Metadata", NOT_CREATED, "-"),
+    ("SnapsetAlarmsFanOutAbortedAlarmA5A52D6E", *_ALARM),
+    ("SnapsetAlarmsFanOutFailedAlarm2A0009BE", *_ALARM),
+    ("SnapsetAlarmsFanOutTimedOutAlarm092C0A70", *_ALARM),
     ("SnapsetAlarmsFunctionDlqAlarmF68AA805", *_ALARM),
     ("SnapsetAlarmsFunctionErrorsAlarm50222F6A", *_ALARM),
     ("SnapsetAlarmsFunctionThrottlesAlarm7E474812", *_ALARM),
