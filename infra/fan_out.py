@@ -8,7 +8,9 @@ function aggregate the batches' results into one run report.
 
 from __future__ import annotations
 
-from aws_cdk import ArnFormat, CfnElement, Duration, Names, Stack
+import hashlib
+
+from aws_cdk import ArnFormat, CfnElement, Duration, Names, Stack, Token
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
@@ -26,6 +28,8 @@ from snapset.fanout import RUN_PREFIX
 SID_START_FAN_OUT = "StartFanOut"
 SID_RUN_FILES = "FanOutRunFiles"
 SID_RUN_FILES_KEY = "ReadFanOutRunFiles"
+SID_LIST_RUN_FILES = "ListFanOutRunFiles"
+SID_DESCRIBE_FAN_OUT = "DescribeFanOut"
 
 # Lambda's errors that say the invocation never ran the code (or was throttled): retried fast.
 LAMBDA_SERVICE_ERRORS = [
@@ -38,6 +42,17 @@ LAMBDA_SERVICE_ERRORS = [
 INCOMPLETE_RUN = "IncompleteRun"
 # Raised for a task the function cannot parse: a bug between stack and code, never retried.
 INVALID_INPUT = "InvalidInput"
+
+
+def _machine_name(scope: Construct) -> str:
+    """The stack's name and a digest of the construct's path, at most 80 characters: two
+    stacks of the app in one account and region get two state machines."""
+    stack = Stack.of(scope)
+    unique = Names.unique_resource_name(scope, max_length=80, separator="-")
+    if Token.is_unresolved(stack.stack_name):
+        return unique
+    digest = hashlib.sha256(f"{stack.stack_name}/{scope.node.path}".encode()).hexdigest()[:8]
+    return f"{stack.stack_name[:62]}-fan-out-{digest}"
 
 
 class FanOut(Construct):
@@ -62,11 +77,17 @@ class FanOut(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
-        name = Names.unique_resource_name(self, max_length=80, separator="-")
+        name = self._name = _machine_name(self)
         self.state_machine_arn = stack.format_arn(
             service="states",
             resource="stateMachine",
             resource_name=name,
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        self.execution_arns = stack.format_arn(
+            service="states",
+            resource="execution",
+            resource_name=f"{name}:*",
             arn_format=ArnFormat.COLON_RESOURCE_NAME,
         )
         self.log_group = logs.LogGroup(self, "Logs", retention=RETENTION[config.log_retention_days])
@@ -156,8 +177,10 @@ class FanOut(Construct):
                     "snapset_task": task,
                     "run": sfn.JsonPath.object_at("$.run"),
                     "batch": sfn.JsonPath.object_at("$.batch"),
-                    # A first attempt looks for no set; a retry lists its trigger's sets.
+                    # A first attempt looks for no set; a retry, or a redriven execution's
+                    # first attempt, lists its trigger's sets.
                     "attempt": sfn.JsonPath.number_at("$$.State.RetryCount"),
+                    "redrive": sfn.JsonPath.number_at("$$.Execution.RedriveCount"),
                 }
             ),
             payload_response_only=True,
@@ -191,8 +214,20 @@ class FanOut(Construct):
             max_attempts=2,
             jitter_strategy=sfn.JitterType.FULL,
         )
+        # A task the function cannot parse is a bug between this definition and the code: the
+        # execution fails (and alarms) rather than reporting every batch failed.
+        work.add_catch(
+            sfn.Fail(
+                self,
+                f"{construct_id}Invalid",
+                error=INVALID_INPUT,
+                cause="the function refused the task the state machine sent",
+            ),
+            errors=[INVALID_INPUT],
+        )
         # One batch never stops the others: its error becomes its result, and the aggregator
-        # reports its instances.
+        # reports its instances. The Cause is left out: a Lambda error's can be 32 KB, and
+        # every item's result is kept in the execution's 256 KB state.
         failed = sfn.Pass(
             self,
             f"{construct_id}Failed",
@@ -232,6 +267,24 @@ class FanOut(Construct):
                 sid=SID_RUN_FILES,
                 actions=["s3:GetObject", "s3:PutObject"],
                 resources=[bucket.arn_for_objects(f"{RUN_PREFIX}*")],
+            )
+        )
+        # Without ListBucket S3 answers a GetObject of a missing key 403, not 404: a batch
+        # with no results (the Map gave up on it) must read as missing.
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid=SID_LIST_RUN_FILES,
+                actions=["s3:ListBucket"],
+                resources=[bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{RUN_PREFIX}*"]}},
+            )
+        )
+        # A delivery that finds the execution already there says what became of it.
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid=SID_DESCRIBE_FAN_OUT,
+                actions=["states:DescribeExecution"],
+                resources=[self.execution_arns],
             )
         )
         role.add_to_principal_policy(
@@ -294,4 +347,11 @@ class FanOut(Construct):
             f"AwsSolutions-IAM5[Resource::<{bucket_id}.Arn>/{RUN_PREFIX}*]",
             "Batch and result keys are made per run (policy, execution, plan digest, batch); "
             "the grant is s3:GetObject and s3:PutObject under the run prefix only.",
+        )
+        nag.acknowledge(
+            function_policy,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:"
+            f"<AWS::AccountId>:execution:{self._name}:*]",
+            "states:DescribeExecution on this state machine's executions only, which are named "
+            "per trigger at run time (a delivery that finds its trigger's execution reports it).",
         )

@@ -10,7 +10,10 @@ from constructs import Construct
 
 from infra import nag
 from infra.config import SnapsetConfig
+from snapset.fanout import RUN_PREFIX
 from snapset.report_archive import REPORT_PREFIX
+
+RUN_FILES_DAYS = 30
 
 SID_STORE_REPORTS = "StoreFullReports"
 SID_REPORT_KEY = "UseReportKey"
@@ -51,7 +54,15 @@ class ReportArchive(Construct):
                     prefix=REPORT_PREFIX,
                     expiration=Duration.days(config.report_retention_days),
                     abort_incomplete_multipart_upload_after=Duration.days(1),
-                )
+                ),
+                # A fan-out's batches and results serve its execution only (the report keeps
+                # what they said): a month covers a late redrive.
+                s3.LifecycleRule(
+                    id="ExpireFanOutRunFiles",
+                    prefix=RUN_PREFIX,
+                    expiration=Duration.days(RUN_FILES_DAYS),
+                    abort_incomplete_multipart_upload_after=Duration.days(1),
+                ),
             ],
             # Reports are the audit trail of what was backed up: they outlive the stack.
             removal_policy=RemovalPolicy.RETAIN,

@@ -556,6 +556,23 @@ def _patch_cloudformation() -> None:
     plain_models.StateMachine.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign,assignment,arg-type]
 
 
+def _patch_redrive_count() -> None:
+    """AWS's context object has `Execution.RedriveCount` (0 until an execution is redriven);
+    moto's has not, so a definition that reads `$$.Execution.RedriveCount` failed. moto
+    cannot redrive, so it is always 0 here."""
+    from moto.stepfunctions.parser.backend import execution_worker  # noqa: PLC0415
+
+    worker = execution_worker.ExecutionWorker
+    original = worker._get_evaluation_environment
+
+    def environment(self: Any) -> Any:
+        env = original(self)
+        env.states.context_object.context_object_data["Execution"].setdefault("RedriveCount", 0)  # type: ignore[typeddict-item]
+        return env
+
+    worker._get_evaluation_environment = environment  # type: ignore[method-assign]
+
+
 def _lower_keys(value: Any) -> Any:
     """CloudFormation's `Level`, `Enabled`, ... as the API's `level`, `enabled`, ..."""
     if isinstance(value, dict):
@@ -576,5 +593,6 @@ def install(control: StatesControl) -> None:
     _patch_start_execution()
     _fix_parser_errors()
     _patch_cloudformation()
+    _patch_redrive_count()
     stepfunctions_map.install(lambda env: _child_start_refusal(control, env))
     setattr(parser_models, _INSTALLED, True)

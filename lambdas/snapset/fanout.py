@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,9 +36,9 @@ from snapset.clients import Clients
 from snapset.deadline import Deadline
 from snapset.errors import error_code
 from snapset.idempotency import Delivery
-from snapset.outcomes import InstanceOutcome, InstanceStatus
+from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionError, RetentionResult
 from snapset.pacing import CREATE_SNAPSHOTS_BUCKET, DELETE_SNAPSHOT_BUCKET, Pacer
-from snapset.policy import SnapshotPolicy, SnapshotRequest
+from snapset.policy import SnapshotPolicy, SnapshotRequest, TriggerType
 from snapset.report import RunReport, build_report
 from snapset.retention import with_retention_all
 from snapset.run import HandedOff, IdempotencyStore, build_engine
@@ -63,6 +63,7 @@ CALL_SECONDS = 0.5
 # Distributed Map's children run at most this many at once here: each gets share / concurrency.
 MAX_CONCURRENCY = 40
 MAX_BATCH_SIZE = 1000
+MAX_BATCHES = 1000
 # Step Functions' execution names: 1-80 characters of letters, digits, '-' and '_'.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -183,7 +184,12 @@ class FanOutRun(BaseModel):
     max_concurrency: int = Field(ge=1, le=MAX_CONCURRENCY)
     worker_share: float = Field(gt=0, le=1)
     retention: bool
-    missing: tuple[InstanceOutcome, ...] = ()
+    # Whether the trigger's run marker said no set of it can exist yet (then a batch's first
+    # attempt looks for none); False for a manual trigger or a later delivery.
+    first_delivery: bool = False
+    # Requested instance ids that do not exist, as failed outcomes, kept beside the batches
+    # (not in the input, which every Map item copies and Step Functions caps at 256 KB).
+    missing_key: str | None = None
 
     def result_key(self, phase: Literal["create", "retain"], index: int) -> str:
         return f"{self.prefix}{phase}/batch-{index:05d}.json"
@@ -211,9 +217,11 @@ class FanOutTask(BaseModel):
     snapset_task: Literal["batch", "retain", "aggregate"]
     run: FanOutRun
     batch: Batch | None = None
-    # Step Functions' `$$.State.RetryCount`: 0 on a batch's first attempt, which therefore
-    # looks for no set; a retry lists the sets its earlier attempts made.
+    # Step Functions' `$$.State.RetryCount` and `$$.Execution.RedriveCount`: a batch's first
+    # attempt of a first delivery's execution looks for no set; a retry or a redriven
+    # execution lists the sets its earlier attempts made.
     attempt: int = Field(default=0, ge=0)
+    redrive: int = Field(default=0, ge=0)
     execution_arn: str | None = None
     created: tuple[BatchResult, ...] = ()
     retained: tuple[BatchResult, ...] = ()
@@ -261,6 +269,7 @@ def hand_off(
     share: float,
     rate_scale: float = 1.0,
     max_workers: int = 8,
+    claim: Callable[[], Delivery] | None = None,
 ) -> HandedOff | None:
     """Hand the run to the state machine when its estimate does not fit `INLINE_FRACTION` of
     `remaining_seconds`; None (run inline) when it does.
@@ -269,7 +278,11 @@ def hand_off(
     of the plan keeps two deliveries that found different targets from overwriting each other's
     plan, and puts it in the execution's input, so the second gets ExecutionAlreadyExists
     and stands down; a duplicate with the same plan gets the running execution back from
-    StartExecution (Standard executions are idempotent on name and input)."""
+    StartExecution (Standard executions are idempotent on name and input). A closed
+    execution of that name is reported as it is (its status), and nothing is started.
+
+    `claim` claims the trigger's run marker once the run is handed off: FIRST (and not a
+    manual trigger) lets the batches' first attempts skip looking for sets."""
     policy = request.policy
     price = estimate(policy, instances, share=share, rate_scale=rate_scale, max_workers=max_workers)
     if not instances or price.seconds <= INLINE_FRACTION * remaining_seconds:
@@ -278,7 +291,8 @@ def hand_off(
         # No time left even to size batches: inline reports each instance out of time, and
         # the trigger's redelivery retries them.
         return None
-    volumes = sum(len(i.volumes) for i in instances) / len(instances)
+    live = [i for i in instances if i.state not in UNSNAPSHOTTABLE_STATES and i.volumes]
+    volumes = sum(len(i.volumes) for i in live) / max(len(live), 1)
     shape = fan_out_shape(
         share=share,
         worker_seconds=worker_seconds,
@@ -288,14 +302,18 @@ def hand_off(
         max_workers=max_workers,
     )
     ids = [i.instance_id for i in instances]
+    # The Map's results (about 100 bytes a batch) must fit Step Functions' 256 KB state.
+    size = max(shape.batch_size, math.ceil(len(ids) / MAX_BATCHES))
     batches = [
-        Batch(index=n, instance_ids=tuple(ids[start : start + shape.batch_size]))
-        for n, start in enumerate(range(0, len(ids), shape.batch_size))
+        Batch(index=n, instance_ids=tuple(ids[start : start + size]))
+        for n, start in enumerate(range(0, len(ids), size))
     ]
     items = [b.model_dump(mode="json") for b in batches]
     plan_digest = hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
     name = execution_name(policy.name, request.trigger.id)
     prefix = f"{RUN_PREFIX}{_NAME_UNSAFE.sub('_', policy.name)}/{name}/{plan_digest}/"
+    delivery = claim() if claim is not None else Delivery.LATER
+    missing_key = f"{prefix}missing.json" if missing else None
     run = FanOutRun(
         request=request,
         bucket=bucket,
@@ -306,9 +324,13 @@ def hand_off(
         max_concurrency=shape.max_concurrency,
         worker_share=shape.worker_share,
         retention=policy.retention is not None,
-        missing=tuple(missing),
+        first_delivery=delivery is Delivery.FIRST
+        and request.trigger.type is not TriggerType.MANUAL,
+        missing_key=missing_key,
     )
     _put_json(s3, bucket, run.items_key, items)
+    if missing_key is not None:
+        _put_json(s3, bucket, missing_key, [o.model_dump(mode="json") for o in missing])
     handed = HandedOff(
         execution_arn=_execution_arn(state_machine_arn, name),
         instances=run.instances,
@@ -325,8 +347,9 @@ def hand_off(
     except ClientError as exc:
         if error_code(exc) != "ExecutionAlreadyExists":
             raise
-        logger.info("execution %s already exists: a duplicate delivery stands down", name)
-        return dataclasses.replace(handed, duplicate=True)
+        status = sfn.describe_execution(executionArn=handed.execution_arn)["status"]
+        logger.info("execution %s exists (%s): this delivery starts nothing", name, status)
+        return dataclasses.replace(handed, duplicate=True, execution_status=status)
     logger.info(
         "run handed off",
         extra={
@@ -337,7 +360,9 @@ def hand_off(
             "estimated_seconds": price.seconds,
         },
     )
-    return dataclasses.replace(handed, execution_arn=started["executionArn"])
+    return dataclasses.replace(
+        handed, execution_arn=started["executionArn"], execution_status="RUNNING"
+    )
 
 
 def _execution_arn(state_machine_arn: str, name: str) -> str:
@@ -369,9 +394,12 @@ def run_batch(
         idempotency=store,
         ec2_api_share=run.worker_share,
         ec2_rate_scale=rate_scale,
-        # The first wave of workers takes the share's burst; later ones follow on its refill.
-        pacers_start_full=batch.index < run.max_concurrency,
-        known_delivery=Delivery.FIRST if task.attempt == 0 else Delivery.LATER,
+        # The first wave of workers takes the share's burst; later ones, and retries, follow
+        # on its refill.
+        pacers_start_full=batch.index < run.max_concurrency and task.attempt == 0,
+        known_delivery=Delivery.FIRST
+        if run.first_delivery and task.attempt == 0 and task.redrive == 0
+        else Delivery.LATER,
     )
     snapshot = engine.for_targets(found.instances)
     try:
@@ -409,7 +437,7 @@ def retain_batch(
         DELETE_SNAPSHOT_BUCKET,
         run.worker_share,
         time_scale=rate_scale,
-        start_full=batch.index < run.max_concurrency,
+        start_full=batch.index < run.max_concurrency and task.attempt == 0,
     )
     retained = with_retention_all(
         ec2,
@@ -442,23 +470,31 @@ def aggregate(s3: S3Client, task: FanOutTask) -> RunReport:
     if items is None:
         raise LookupError(f"s3://{run.bucket}/{run.items_key}: the run's plan is gone")
     errors = {r.batch: r for r in task.created if r.error is not None}
-    outcomes: list[InstanceOutcome] = list(run.missing)
+    retain_errors = {r.batch: r for r in task.retained if r.error is not None}
+    outcomes: list[InstanceOutcome] = []
+    if run.missing_key is not None:
+        missing = _get_json(s3, run.bucket, run.missing_key) or []
+        outcomes.extend(InstanceOutcome.model_validate(o) for o in missing)
     for item in items:
         batch = Batch.model_validate(item)
-        raw = _get_json(s3, run.bucket, run.result_key("retain", batch.index))
+        raw = None
+        if run.retention and batch.index not in retain_errors:
+            raw = _get_json(s3, run.bucket, run.result_key("retain", batch.index))
         if raw is None:
             raw = _get_json(s3, run.bucket, run.result_key("create", batch.index))
+            if raw is not None and batch.index in retain_errors:
+                lost = retain_errors[batch.index]
+                raw = [_retention_failed(o, batch.index, lost) for o in raw]
         if raw is not None:
             outcomes.extend(InstanceOutcome.model_validate(o) for o in raw)
             continue
-        failure = errors.get(batch.index)
-        why = f"{failure.error}: {failure.cause or ''}".strip() if failure else "no result"
+        why = _why(errors.get(batch.index))
         outcomes.extend(
             InstanceOutcome.failed(
                 iid,
                 BATCH_FAILED,
                 f"{iid}: batch {batch.index} of the fan-out failed after its retries "
-                f"({why[:300]}); its set may have started (then its tags name this trigger), "
+                f"({why}); its set may have started (then its tags name this trigger), "
                 "and the policy's next run snapshots it otherwise",
             )
             for iid in batch.instance_ids
@@ -466,6 +502,28 @@ def aggregate(s3: S3Client, task: FanOutTask) -> RunReport:
     policy = run.request.policy
     report = build_report(policy.name, run.request.trigger, policy.dry_run, outcomes)
     return report.model_copy(update={"execution_arn": task.execution_arn})
+
+
+def _why(failure: BatchResult | None) -> str:
+    if failure is None:
+        return "no result"
+    return (f"{failure.error}: {failure.cause}" if failure.cause else str(failure.error))[:300]
+
+
+def _retention_failed(raw: Any, index: int, failure: BatchResult) -> Any:
+    """A created outcome whose batch's retention step failed: its set stays reported, with a
+    retention error saying so (wanted sets are kept whole: the next run retries them)."""
+    outcome = InstanceOutcome.model_validate(raw)
+    if outcome.status is not InstanceStatus.STARTED:
+        return raw
+    error = RetentionError(
+        code=BATCH_FAILED,
+        message=f"retention of batch {index} failed after its retries ({_why(failure)}); "
+        "nothing of it was deleted that the report does not list, the next run retries it",
+    )
+    return outcome.model_copy(update={"retention": RetentionResult(errors=(error,))}).model_dump(
+        mode="json"
+    )
 
 
 def _batch(task: FanOutTask) -> Batch:

@@ -23,8 +23,15 @@ from snapset.completion import (
 )
 from snapset.deadline import Deadline
 from snapset.errors import InvalidInput
-from snapset.fanout import FanOutTask, aggregate, hand_off, retain_batch, run_batch
-from snapset.idempotency import DDB_CONFIG
+from snapset.fanout import (
+    RUN_PREFIX,
+    FanOutTask,
+    aggregate,
+    hand_off,
+    retain_batch,
+    run_batch,
+)
+from snapset.idempotency import DDB_CONFIG, Delivery, claim_delivery, release_delivery
 from snapset.outcomes import InstanceOutcome
 from snapset.policy import SnapshotRequest, Trigger, describe_validation_error
 from snapset.report import (
@@ -154,6 +161,26 @@ def _retry_ids(outcomes: Sequence[InstanceOutcome]) -> list[str]:
     return [o.instance_id for o in outcomes if o.error and o.error.retry_on_redelivery]
 
 
+def _check_task(task: FanOutTask, config: Settings) -> None:
+    """A task is trusted no more than a manual invoke: it must name this stack's bucket and
+    run prefix, and carry its policy's deployed retention unchanged (retention comes from the
+    stack only, so `lambda:InvokeFunction` never decides what is deleted)."""
+    run = task.run
+    if run.bucket != config.report_bucket:
+        raise InvalidInput(f"fan-out task: run.bucket must be {config.report_bucket!r}")
+    if not (run.prefix.startswith(RUN_PREFIX) and run.items_key.startswith(run.prefix)):
+        raise InvalidInput(f"fan-out task: run.prefix and run.items_key must be under {RUN_PREFIX}")
+    if run.missing_key is not None and not run.missing_key.startswith(run.prefix):
+        raise InvalidInput("fan-out task: run.missing_key must be under run.prefix")
+    policy = run.request.policy
+    if policy.retention != config.deployed_policies.get(policy.name):
+        raise InvalidInput(
+            f"fan-out task: run.request.policy.retention of {policy.name!r} is not its "
+            "deployed retention",
+            policy=policy.name,
+        )
+
+
 def _fan_out_task(event: dict[str, Any], config: Settings, context: LambdaContext) -> Any:
     """A step of the fan-out state machine: a batch, its retention, or the aggregation."""
     try:
@@ -161,6 +188,7 @@ def _fan_out_task(event: dict[str, Any], config: Settings, context: LambdaContex
     except ValidationError as exc:
         # The state machine sent it: a mismatch is a bug between the two, fail the task loudly.
         raise InvalidInput(describe_validation_error(exc, "fan-out task: ")) from None
+    _check_task(task, config)
     request = task.run.request
     logger.set_correlation_id(request.trigger.id)
     logger.append_keys(policy=request.policy.name, fan_out_task=task.snapset_task)
@@ -201,7 +229,24 @@ def _fan_out_task(event: dict[str, Any], config: Settings, context: LambdaContex
     return result.model_dump(mode="json")
 
 
-def _hand_off(request: SnapshotRequest, config: Settings, deadline: Deadline) -> HandOff:
+def _hand_off(
+    request: SnapshotRequest, config: Settings, deadline: Deadline, store: IdempotencyStore
+) -> HandOff:
+    def claim() -> Delivery:
+        policy, trigger = request.policy.name, request.trigger.id
+        delivery = claim_delivery(
+            store.dynamodb,
+            store.table_name,
+            policy,
+            trigger,
+            holds_for_seconds=max(deadline.remaining(), 0),
+        )
+        if delivery is Delivery.FIRST:
+            # The execution does the run, and a later delivery finds it by its name: release
+            # the marker at once, so a delivery that runs inline after all lists its sets.
+            release_delivery(store.dynamodb, store.table_name, policy, trigger)
+        return delivery
+
     def decide(
         instances: Sequence[Instance], missing: Sequence[InstanceOutcome]
     ) -> HandedOff | None:
@@ -220,6 +265,7 @@ def _hand_off(request: SnapshotRequest, config: Settings, deadline: Deadline) ->
             share=config.ec2_api_share,
             rate_scale=config.ec2_rate_scale,
             max_workers=config.max_workers,
+            claim=None if request.policy.dry_run else claim,
         )
 
     return decide
@@ -263,7 +309,7 @@ def handler(event: Any, context: LambdaContext) -> Any:
         engine=engine,
         deadline=deadline,
         max_workers=config.max_workers,
-        hand_off=_hand_off(request, config, deadline),
+        hand_off=_hand_off(request, config, deadline, store),
     )
     if isinstance(result, Ignored):
         metrics.add_dimension(name="policy", value=request.policy.name)

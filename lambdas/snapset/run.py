@@ -96,6 +96,8 @@ class HandedOff:
     batches: int
     estimated_seconds: float
     duplicate: bool = False
+    # The execution's status as this delivery found it (RUNNING when it started it).
+    execution_status: str | None = None
 
 
 # Decides, once the targets are known, whether the run is handed off (see `fanout.hand_off`).

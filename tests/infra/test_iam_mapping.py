@@ -47,8 +47,9 @@ IMPLIED = {
     "sns:Publish": {"kms:Decrypt", "kms:GenerateDataKey*"},
     # A PutObject to an SSE-KMS bucket makes S3 ask the bucket's key for a data key.
     "s3:PutObject": {"kms:GenerateDataKey"},
-    # A GetObject of an SSE-KMS object makes S3 decrypt its data key with the bucket's key.
-    "s3:GetObject": {"kms:Decrypt"},
+    # A GetObject of an SSE-KMS object makes S3 decrypt its data key with the bucket's key;
+    # without s3:ListBucket a GetObject of a missing key is refused (403) instead of NoSuchKey.
+    "s3:GetObject": {"kms:Decrypt", "s3:ListBucket"},
 }
 # Used by the Lambda service and runtime with the function's role, not by our code.
 PLATFORM = {
@@ -240,6 +241,11 @@ def _fan_out(
             {"snapset_task": "aggregate", "run": run, "created": [created], "retained": [retained]},
             Context(),
         )
+    # the trigger delivered again after its execution closed: it reports that execution
+    sfn.stop_execution(executionArn=execution["executionArn"])
+    with recorder.recording():
+        again = handler_module.handler(payload, Context(remaining_ms=30_000))
+    assert again["duplicate"] is True, again
     monkeypatch.delenv("SNAPSET_EC2_API_SHARE")
     handler_module.settings.cache_clear()
 
@@ -344,6 +350,7 @@ def test_the_tour_records_the_runs_calls(toured: set[str]) -> None:
         "sns:Publish",
         "dynamodb:PutItem",
         "states:StartExecution",
+        "states:DescribeExecution",
         "s3:GetObject",
         "s3:PutObject",
     } <= toured

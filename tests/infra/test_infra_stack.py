@@ -666,6 +666,7 @@ def test_outputs(s: Synth, config: Any) -> None:
 
 
 PARTITION_REGION = "arn:<AWS::Partition>:ec2:<AWS::Region>"
+MACHINE_NAME = "Snapset-fan-out-3744576c"
 MACHINE_EXECUTIONS = (
     "arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:"
     '{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"SnapsetFanOutStateMachine50ADDD47"}]}]}'
@@ -679,6 +680,8 @@ EXPECTED_ACKS = {
         "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
         "AwsSolutions-IAM5[Resource::<SnapsetReports608494F0.Arn>/reports/*]",
         "AwsSolutions-IAM5[Resource::<SnapsetReports608494F0.Arn>/runs/*]",
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:<AWS::Region>:"
+        f"<AWS::AccountId>:execution:{MACHINE_NAME}:*]",
     },
     "Reports/Reports": {"AwsSolutions-S1"},
     "FanOut/StateMachine/Role/DefaultPolicy": {

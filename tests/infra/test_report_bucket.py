@@ -9,7 +9,7 @@ import pytest
 from infra_support import Synth, example_config, synth
 
 from infra.config import ConfigError, load_config
-from infra.fan_out import SID_RUN_FILES
+from infra.fan_out import SID_LIST_RUN_FILES, SID_RUN_FILES
 from infra.reports import SID_REPORT_KEY, SID_STORE_REPORTS
 from snapset.fanout import RUN_PREFIX
 from snapset.report_archive import REPORT_PREFIX
@@ -90,7 +90,14 @@ def test_reports_expire_after_the_configured_days(s: Synth) -> None:
             "ExpirationInDays": 30,
             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
             "Status": "Enabled",
-        }
+        },
+        {
+            "Id": "ExpireFanOutRunFiles",
+            "Prefix": RUN_PREFIX,
+            "ExpirationInDays": 30,
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+            "Status": "Enabled",
+        },
     ]
 
 
@@ -134,7 +141,13 @@ def test_the_function_may_only_put_reports_under_the_prefix(s: Synth) -> None:
         for st in policy["Properties"]["PolicyDocument"]["Statement"]:
             actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
             s3_actions = [a for a in actions if a.startswith("s3:")]
-            assert s3_actions == [] or st.get("Sid") in (SID_STORE_REPORTS, SID_RUN_FILES), st
+            allowed = (SID_STORE_REPORTS, SID_RUN_FILES, SID_LIST_RUN_FILES)
+            assert s3_actions == [] or st.get("Sid") in allowed, st
+    # listing only under the run prefix (it makes a missing result a 404, not a 403)
+    listing = sids[SID_LIST_RUN_FILES]
+    assert listing["Action"] == "s3:ListBucket"
+    assert listing["Resource"] == {"Fn::GetAtt": [logical_id, "Arn"]}
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": [f"{RUN_PREFIX}*"]}}
 
 
 def test_the_function_and_the_outputs_name_the_bucket(s: Synth) -> None:

@@ -345,3 +345,137 @@ def test_a_task_the_function_cannot_parse_names_the_field(aws: Aws, context: Lam
     with pytest.raises(InvalidInput, match="run"):
         handler({"snapset_task": "batch", "batch": {"index": 0, "instance_ids": ["i-1"]}}, context)
     assert aws.messages() == []
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"bucket": "someone-elses-bucket"}, "run.bucket"),
+        ({"prefix": "reports/p/", "items_key": "reports/p/items.json"}, "run.prefix"),
+        ({"missing_key": "reports/x.json"}, "run.missing_key"),
+    ],
+)
+def test_a_task_may_not_point_the_function_elsewhere(
+    aws: Aws,
+    context: LambdaContext,
+    monkeypatch: pytest.MonkeyPatch,
+    change: dict[str, Any],
+    field: str,
+) -> None:
+    ids = _fleet(aws, 5)
+    _tight(monkeypatch, context)
+    handler({"policy": "p", "target_tags": TAGS, "request_id": "r1"}, context)
+    forged = {**_run(aws), **change}
+    calls = _count_calls(monkeypatch)
+    with pytest.raises(InvalidInput, match=field):
+        handler(
+            {"snapset_task": "batch", "run": forged, "batch": {"index": 0, "instance_ids": ids}},
+            context,
+        )
+    assert [c for c in calls if c.startswith(("ec2:", "s3:"))] == []
+
+
+def test_a_task_may_not_bring_its_own_retention(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention comes from the stack only: a forged retain task keeping 1 set of a deployed
+    policy that keeps 7 deletes nothing."""
+    deploy_policies(monkeypatch, {"p": {"count": 7}})
+    ids = _fleet(aws, 5)
+    _tight(monkeypatch, context)
+    handler({"policy": "p", "target_tags": TAGS, "request_id": "r1"}, context)
+    run = _run(aws)
+    assert run["request"]["policy"]["retention"] == {"count": 7, "max_age_days": None}
+    forged = {
+        **run,
+        "request": {
+            **run["request"],
+            "policy": {**run["request"]["policy"], "retention": {"count": 1}},
+        },
+    }
+    calls = _count_calls(monkeypatch)
+    for task in ("batch", "retain"):
+        with pytest.raises(InvalidInput, match="retention of 'p' is not its deployed retention"):
+            handler(
+                {"snapset_task": task, "run": forged, "batch": {"index": 0, "instance_ids": ids}},
+                context,
+            )
+    assert [c for c in calls if c.startswith("ec2:")] == []
+
+
+def test_a_delivery_after_the_execution_closed_reports_it_and_starts_nothing(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fleet(aws, 5)
+    _tight(monkeypatch, context)
+    payload = {"policy": "p", "target_tags": TAGS, "request_id": "r1"}
+    first = handler(payload, context)
+    assert (first["duplicate"], first["execution_status"]) == (False, "RUNNING")
+    aws.sfn.stop_execution(executionArn=first["execution_arn"])
+    again = handler(payload, context)
+    assert (again["duplicate"], again["execution_status"]) == (True, "ABORTED")
+    assert len(aws.executions()) == 1
+
+
+def test_a_schedule_hand_off_is_a_first_delivery_and_a_manual_one_is_not(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fleet(aws, 5)
+    _tight(monkeypatch, context)
+    handler({"policy": "p", "target_tags": TAGS, "schedule": SCHEDULE}, context)
+    handler({"policy": "p", "target_tags": TAGS, "request_id": "m"}, context)
+    runs = {
+        e["input"]["run"]["request"]["trigger"]["type"]: e["input"]["run"] for e in aws.executions()
+    }
+    assert runs["schedule"]["first_delivery"] is True
+    # the CLI may have used a manual request id: a manual run's batches always look
+    assert runs["manual"]["first_delivery"] is False
+    # a second delivery of the schedule finds the marker: were it to hand off anew, it would
+    # not be a first delivery
+    assert len(runs) == 2
+
+
+def test_a_redriven_batch_looks_for_the_sets_it_may_have_made(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _fleet(aws, 5)
+    _tight(monkeypatch, context)
+    handler({"policy": "p", "target_tags": TAGS, "schedule": SCHEDULE}, context)
+    run = _run(aws)
+    task = {"snapset_task": "batch", "run": run, "batch": {"index": 0, "instance_ids": ids}}
+    calls = _count_calls(monkeypatch)
+    handler(task, context)
+    assert "ec2:DescribeSnapshots" not in calls  # first attempt of a first delivery
+    calls.clear()
+    again = handler({**task, "redrive": 1}, context)
+    assert calls.count("ec2:DescribeSnapshots") == 1  # one listing finds all five sets
+    assert "ec2:CreateSnapshots" not in calls
+    assert again["started"] == 5
+
+
+def test_missing_instances_and_a_failed_retention_batch_are_in_the_report(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deploy_policies(monkeypatch, {"p": {"count": 7}})
+    ids = _fleet(aws, 5)
+    _tight(monkeypatch, context)
+    gone = "i-0123456789abcdef0"
+    handler({"policy": "p", "instance_ids": [*ids, gone], "request_id": "r1"}, context)
+    run = _run(aws)
+    assert "missing" not in run  # kept beside the batches, not in every item's input
+    items = _items(aws, run)
+    created = [handler({"snapset_task": "batch", "run": run, "batch": b}, context) for b in items]
+    retained = [{"batch": b["index"], "error": "Sandbox.Timedout"} for b in items]
+    handler(
+        {"snapset_task": "aggregate", "run": run, "created": created, "retained": retained},
+        context,
+    )
+    [report] = [json.loads(m["Message"]) for m in aws.messages()]
+    by_id = {i["instance_id"]: i for i in report["instances"]}
+    assert by_id[gone]["error"]["code"] == "InvalidInstanceID.NotFound"
+    assert len(by_id) == 6
+    for iid in ids:
+        assert by_id[iid]["status"] == "started"
+        [error] = by_id[iid]["retention"]["errors"]
+        assert error["code"] == BATCH_FAILED
+        assert "Sandbox.Timedout" in error["message"]
