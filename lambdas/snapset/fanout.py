@@ -43,7 +43,12 @@ from snapset.report import RunReport, build_report
 from snapset.retention import with_retention_all
 from snapset.run import HandedOff, IdempotencyStore, build_engine
 from snapset.snapshots import snapshot_all
-from snapset.targets import UNSNAPSHOTTABLE_STATES, Instance, describe_instances
+from snapset.targets import (
+    FILTER_VALUES_PER_CALL,
+    UNSNAPSHOTTABLE_STATES,
+    Instance,
+    describe_instances,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -302,8 +307,11 @@ def hand_off(
         max_workers=max_workers,
     )
     ids = [i.instance_id for i in instances]
-    # The Map's results (about 100 bytes a batch) must fit Step Functions' 256 KB state.
+    # The Map's results (about 100 bytes a batch) must fit Step Functions' 256 KB state; a
+    # batch describes its instances 200 ids a call, so a whole number of calls' worth.
     size = max(shape.batch_size, math.ceil(len(ids) / MAX_BATCHES))
+    if size > FILTER_VALUES_PER_CALL:
+        size -= size % FILTER_VALUES_PER_CALL
     batches = [
         Batch(index=n, instance_ids=tuple(ids[start : start + size]))
         for n, start in enumerate(range(0, len(ids), size))
