@@ -63,6 +63,7 @@ deploy: $(STAMP) $(NPM_STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/throttle_throughput.py
 	$(PY) benchmarks/api_calls.py
+	$(PY) benchmarks/fan_out_calls.py
 	$(PY) benchmarks/localaws_scale.py
 	$(PY) benchmarks/nightly_budget.py
 
