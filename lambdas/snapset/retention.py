@@ -468,7 +468,6 @@ def with_retention_all(
     current_trigger_id: str,
     now: datetime,
     *,
-    account_id: str | None = None,
     deadline: Deadline = NEVER,
     pacer: Pacer | None = None,
 ) -> list[InstanceOutcome]:
@@ -483,7 +482,6 @@ def with_retention_all(
         wanted,
         current_trigger_id,
         now,
-        account_id=account_id,
         deadline=deadline,
         pacer=pacer,
     )

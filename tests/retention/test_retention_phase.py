@@ -166,6 +166,32 @@ def test_what_the_pace_leaves_is_counted_and_the_next_run_deletes_it(
     assert gone == {sid for h in sets.values() for d in (2, 3) for sid in h[d]}
 
 
+def test_the_phase_paces_its_deletions_and_stops_at_its_deadline(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    """The run's phase hands its pacer and deadline to `retain_sets`: with the pace of the
+    test above, the same sets go and the same are left."""
+    for inst in instances:
+        history(aws, inst, range(1, 4))
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    pacer = Pacer(1.0, 4, clock=lambda: now[0], sleep=sleep)
+    deadline = Deadline(at=3.5, clock=lambda: now[0])
+    outcomes = [
+        InstanceOutcome(instance_id=i.instance_id, status=InstanceStatus.STARTED)
+        for i in instances
+    ]
+    after = with_retention_all(
+        aws.ec2, policy(count=1), outcomes, CURRENT, NOW, deadline=deadline, pacer=pacer
+    )
+    results = [o.retention for o in after]
+    assert [len(r.deleted) for r in results if r] == [4, 2, 0]
+    assert [r.remaining for r in results if r] == [0, 1, 2]
+
+
 def test_the_phase_fills_in_only_the_outcomes_retention_applies_to(
     aws: Aws, instances: list[FleetInstance]
 ) -> None:
