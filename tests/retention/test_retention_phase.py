@@ -181,8 +181,7 @@ def test_the_phase_paces_its_deletions_and_stops_at_its_deadline(
     pacer = Pacer(1.0, 4, clock=lambda: now[0], sleep=sleep)
     deadline = Deadline(at=3.5, clock=lambda: now[0])
     outcomes = [
-        InstanceOutcome(instance_id=i.instance_id, status=InstanceStatus.STARTED)
-        for i in instances
+        InstanceOutcome(instance_id=i.instance_id, status=InstanceStatus.STARTED) for i in instances
     ]
     after = with_retention_all(
         aws.ec2, policy(count=1), outcomes, CURRENT, NOW, deadline=deadline, pacer=pacer
