@@ -479,3 +479,78 @@ def test_missing_instances_and_a_failed_retention_batch_are_in_the_report(
         [error] = by_id[iid]["retention"]["errors"]
         assert error["code"] == BATCH_FAILED
         assert "Sandbox.Timedout" in error["message"]
+        assert error["message"].endswith("the next run retries it")
+
+
+def _retaining_run(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[str], dict[str, Any]]:
+    """Five instances, each with one expired set (count 1), handed off and created as batch 0."""
+    deploy_policies(monkeypatch, {"p": {"count": 1}})
+    ids = _fleet(aws, 5)
+    payload = {"policy": "p", "target_tags": TAGS}
+    for n in range(2):
+        handler({**payload, "request_id": f"old-{n}"}, context)
+        COMPLETER.complete_all()
+        age_all_snapshots(1)
+    _tight(monkeypatch, context)
+    handler({**payload, "request_id": "fan"}, context)
+    aws.messages()
+    run = _run(aws)
+    context.remaining_ms = 300_000
+    batch = {"index": 0, "instance_ids": ids}
+    handler({"snapset_task": "batch", "run": run, "batch": batch}, context)
+    return ids, run
+
+
+@pytest.mark.parametrize(("attempt", "deleted"), [(0, 1), (1, 0)])
+def test_a_retain_worker_paces_deletions_at_its_part_of_the_share(
+    aws: Aws,
+    context: LambdaContext,
+    monkeypatch: pytest.MonkeyPatch,
+    attempt: int,
+    deleted: int,
+) -> None:
+    """At 1% of DeleteSnapshot's bucket (a burst of 1, then one every 20 s) and 2 s of
+    invocation: a first attempt of the first wave spends the burst on one set, a retry starts
+    with an empty bucket; the rest is left for the next run, counted."""
+    ids, run = _retaining_run(aws, context, monkeypatch)
+    context.remaining_ms = 12_000  # 2 s past the safety margin
+    task = {
+        "snapset_task": "retain",
+        "run": {**run, "worker_share": 0.01},
+        "batch": {"index": 0, "instance_ids": ids},
+        "attempt": attempt,
+    }
+    handler(task, context)
+    written = json.loads(
+        aws.s3.get_object(Bucket=run["bucket"], Key=f"{run['prefix']}retain/batch-00000.json")[
+            "Body"
+        ].read()
+    )
+    retention = [o["retention"] for o in written]
+    assert sum(len(r["deleted"]) for r in retention) == deleted
+    assert sum(r["remaining"] for r in retention) == 5 - deleted
+
+
+def test_a_retain_task_for_a_batch_that_never_ran_touches_nothing(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _fleet(aws, 5)
+    _tight(monkeypatch, context)
+    handler({"policy": "p", "target_tags": TAGS, "request_id": "r1"}, context)
+    run = _run(aws)
+    calls = _count_calls(monkeypatch)
+    result = handler(
+        {"snapset_task": "retain", "run": run, "batch": {"index": 3, "instance_ids": ids}},
+        context,
+    )
+    assert result == {
+        "batch": 3,
+        "instances": 0,
+        "started": 0,
+        "failed": 0,
+        "error": "NoResults",
+        "cause": "the batch never ran",
+    }
+    assert [c for c in calls if c.startswith("ec2:")] == []
