@@ -254,7 +254,7 @@ def _get_json(s3: S3Client, bucket: str, key: str) -> Any | None:
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        if error_code(exc) in ("NoSuchKey", "404"):
+        if error_code(exc) == "NoSuchKey":
             return None
         raise
     return json.loads(body)

@@ -228,6 +228,9 @@ def test_the_batches_make_one_set_each_and_the_aggregator_one_report(
     assert calls.count("ec2:CreateSnapshots") == 5
     # a scheduled batch's first attempt looks for no set: no DescribeSnapshots at all
     assert "ec2:DescribeSnapshots" not in calls
+    # without retention the aggregator reads the plan and each batch's results, nothing else
+    # (one more read of the plan is this test's own, to send the batches)
+    assert calls.count("s3:GetObject") == 1 + 1 + _run(aws)["batches"]
     assert answer["status"] == "succeeded"
     assert answer["summary"]["started"] == 5
     [report] = [json.loads(m["Message"]) for m in aws.messages()]
@@ -292,9 +295,11 @@ def test_a_batch_the_map_gave_up_on_is_reported_instance_by_instance(
     context.remaining_ms = 300_000
     run = _run(aws)
     items = _items(aws, run)
-    lost, *done = items
-    created = [{"batch": lost["index"], "error": "Sandbox.Timedout"}] + [
-        handler({"snapset_task": "batch", "run": run, "batch": b}, context) for b in done
+    lost, silent, *done = items
+    long_cause = "x" * 400
+    created = [
+        {"batch": lost["index"], "error": "Sandbox.Timedout", "cause": long_cause},
+        *(handler({"snapset_task": "batch", "run": run, "batch": b}, context) for b in done),
     ]
     answer = handler(
         {"snapset_task": "aggregate", "run": run, "created": created, "retained": []}, context
@@ -302,9 +307,14 @@ def test_a_batch_the_map_gave_up_on_is_reported_instance_by_instance(
     assert answer["status"] == "partial"
     [report] = [json.loads(m["Message"]) for m in aws.messages()]
     failed = {i["instance_id"]: i["error"] for i in report["instances"] if i["status"] == "failed"}
-    assert set(failed) == set(lost["instance_ids"])
+    assert set(failed) == set(lost["instance_ids"]) | set(silent["instance_ids"])
     assert {e["code"] for e in failed.values()} == {BATCH_FAILED}
-    assert all("Sandbox.Timedout" in e["message"] for e in failed.values())
+    # the error and its cause, cut to 300 characters; a batch the Map said nothing of
+    why = f"Sandbox.Timedout: {long_cause}"[:300]
+    for iid in lost["instance_ids"]:
+        assert f"({why})" in failed[iid]["message"]
+    for iid in silent["instance_ids"]:
+        assert "(no result)" in failed[iid]["message"]
     assert report["summary"]["instances"] == 5
 
 
@@ -339,6 +349,18 @@ def test_retention_runs_per_batch_after_every_batch_started(
     }
     assert deleted == before - after
     assert len(after) == 10
+
+
+def test_an_aggregator_without_its_plan_names_the_object(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fleet(aws, 5)
+    _tight(monkeypatch, context)
+    handler({"policy": "p", "target_tags": TAGS, "request_id": "r1"}, context)
+    run = _run(aws)
+    aws.s3.delete_object(Bucket=run["bucket"], Key=run["items_key"])
+    with pytest.raises(LookupError, match=f"s3://{run['bucket']}/{run['items_key']}: .* gone"):
+        handler({"snapset_task": "aggregate", "run": run}, context)
 
 
 def test_a_task_the_function_cannot_parse_names_the_field(aws: Aws, context: LambdaContext) -> None:
