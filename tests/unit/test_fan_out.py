@@ -502,6 +502,7 @@ def test_missing_instances_and_a_failed_retention_batch_are_in_the_report(
         assert error["code"] == BATCH_FAILED
         assert "Sandbox.Timedout" in error["message"]
         assert error["message"].endswith("the next run retries it")
+        assert error["message"].startswith("retention of batch 0 failed")
 
 
 def _retaining_run(
