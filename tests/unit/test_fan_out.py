@@ -502,7 +502,8 @@ def test_missing_instances_and_a_failed_retention_batch_are_in_the_report(
         assert error["code"] == BATCH_FAILED
         assert "Sandbox.Timedout" in error["message"]
         assert error["message"].endswith("the next run retries it")
-        assert error["message"].startswith("retention of batch 0 failed")
+        index = next(b["index"] for b in items if iid in b["instance_ids"])
+        assert error["message"].startswith(f"retention of batch {index} failed")
 
 
 def _retaining_run(
