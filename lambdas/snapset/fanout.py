@@ -39,7 +39,7 @@ from snapset.idempotency import Delivery
 from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionError, RetentionResult
 from snapset.pacing import CREATE_SNAPSHOTS_BUCKET, DELETE_SNAPSHOT_BUCKET, Pacer
 from snapset.policy import SnapshotPolicy, SnapshotRequest, TriggerType
-from snapset.report import RunReport, build_report
+from snapset.report import RunReport, build_report, summarize
 from snapset.retention import with_retention_all
 from snapset.run import HandedOff, IdempotencyStore, build_engine
 from snapset.snapshots import snapshot_all
@@ -541,9 +541,10 @@ def _batch(task: FanOutTask) -> Batch:
 
 
 def _counts(index: int, outcomes: Sequence[InstanceOutcome]) -> BatchResult:
+    summary = summarize(tuple(outcomes))
     return BatchResult(
         batch=index,
-        instances=len(outcomes),
-        started=sum(o.status is InstanceStatus.STARTED for o in outcomes),
-        failed=sum(o.status is InstanceStatus.FAILED for o in outcomes),
+        instances=summary.instances,
+        started=summary.started,
+        failed=summary.failed,
     )

@@ -6,7 +6,7 @@ import dataclasses
 import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics
@@ -14,7 +14,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from snapset.clients import S3_CONFIG, SFN_CONFIG, make_clients
+from snapset.clients import S3_CONFIG, SFN_CONFIG, SNS_CONFIG, make_clients
 from snapset.completion import (
     COMPLETION_DETAIL_TYPES,
     completion_reports,
@@ -46,6 +46,9 @@ from snapset.run import HandedOff, HandOff, IdempotencyStore, Ignored, build_eng
 from snapset.settings import SERVICE_NAME, Settings
 from snapset.targets import Instance
 from snapset.triggers import parse_request, with_deployed_retention
+
+if TYPE_CHECKING:
+    from mypy_boto3_sns import SNSClient
 
 logger = Logger()
 metrics = Metrics()
@@ -131,7 +134,9 @@ def _store(config: Settings, context: LambdaContext) -> IdempotencyStore:
     )
 
 
-def _publish_run(report: RunReport, config: Settings, context: LambdaContext) -> RunReport:
+def _publish_run(
+    report: RunReport, sns: SNSClient, config: Settings, context: LambdaContext
+) -> RunReport:
     """Store the full report in S3, publish the (fitted) SNS message, record the metrics."""
     report = archive_report(
         session().client("s3", config=S3_CONFIG),
@@ -142,7 +147,7 @@ def _publish_run(report: RunReport, config: Settings, context: LambdaContext) ->
     if report.full_report_error is not None:
         logger.error("full report not stored", extra={"error": report.full_report_error})
         metrics.add_metric(name="ReportsNotStored", unit=MetricUnit.Count, value=1)
-    message_id = publish_report(make_clients(session=session()).sns, config.topic_arn, report)
+    message_id = publish_report(sns, config.topic_arn, report)
     record_metrics(report)
     logger.info(
         "run finished",
@@ -199,7 +204,8 @@ def _fan_out_task(event: dict[str, Any], config: Settings, context: LambdaContex
         context.get_remaining_time_in_millis(), config.safety_margin_ms
     )
     if task.snapset_task == "aggregate":
-        report = _publish_run(aggregate(s3, task), config, context)
+        sns = session().client("sns", config=SNS_CONFIG)
+        report = _publish_run(aggregate(s3, task), sns, config, context)
         return {
             "status": report.status.value,
             "summary": report.summary.model_dump(mode="json"),
@@ -324,7 +330,7 @@ def handler(event: Any, context: LambdaContext) -> Any:
         metrics.add_metric(name="RunsHandedOff", unit=MetricUnit.Count, value=1)
         logger.info("run handed off to the fan-out state machine", extra=result.__dict__)
         return {"status": "handed_off", **dataclasses.asdict(result)}
-    result = _publish_run(result, config, context)
+    result = _publish_run(result, clients.sns, config, context)
     if result.error is not None and result.error.retry_on_redelivery:
         raise IncompleteRun(f"finding the targets failed ({result.error.code}); retry the trigger")
     retry = _retry_ids(result.instances)
