@@ -29,10 +29,23 @@ def failed_instances_metric(policy: str, period: Duration) -> cloudwatch.Metric:
     )
 
 
+def script_failures_metric(policy: str, period: Duration) -> cloudwatch.Metric:
+    """The `ScriptFailures` EMF metric of one policy (instances whose pre or post script did
+    not succeed), with the exact emitted dimensions."""
+    return cloudwatch.Metric(
+        namespace=METRICS_NAMESPACE,
+        metric_name="ScriptFailures",
+        dimensions_map={"policy": policy, "service": SERVICE_NAME},
+        statistic="Sum",
+        period=period,
+    )
+
+
 class Alarms(Construct):
     """Errors and throttles of `function`, depth of each of `dead_letter_queues` (name ->
     queue), failed, timed-out and aborted executions of `state_machine`, and `InstancesFailed`
-    per policy; each alarm notifies `topic`. Exposes `alarms`."""
+    per policy (and `ScriptFailures` for a policy with scripts); each alarm notifies `topic`.
+    Exposes `alarms`."""
 
     def __init__(
         self,
@@ -96,6 +109,15 @@ class Alarms(Construct):
                 a.failed_instances_threshold,
                 f"Snapset policy {policy.name}: instances failed to snapshot",
             )
+            if policy.scripts is not None:
+                # One failed post script may leave an instance's file systems frozen.
+                self._alarm(
+                    f"ScriptFailuresAlarm{index}-{policy.name}",
+                    script_failures_metric(policy.name, period),
+                    1,
+                    f"Snapset policy {policy.name}: a pre or post script did not succeed "
+                    "(a failed post script may leave an instance frozen)",
+                )
 
     def _alarm(
         self, construct_id: str, metric: cloudwatch.IMetric, threshold: int, description: str

@@ -390,6 +390,10 @@ class SnapsetConfig(BaseModel):
             if (warning := schedule.dst_warning()) is not None
         ]
 
+    def script_documents(self) -> list[str]:
+        """The SSM documents the policies' scripts run: the only ones the function may send."""
+        return sorted({p.scripts.document for p in self.policies if p.scripts is not None})
+
     def retaining_policies(self) -> list[str]:
         """Names of the policies with retention: the only ones whose snapshots may be deleted."""
         return [p.name for p in self.policies if p.retention is not None]

@@ -99,6 +99,8 @@ SID_PUBLISH = "PublishReports"
 SID_TOPIC_KEY = "UseTopicKey"
 SID_IDEMPOTENCY = "IdempotencyRecords"
 SID_DESTINATION = "AsyncFailureDestination"
+SID_SCRIPTS_SEND = "SendPolicyScripts"
+SID_SCRIPTS_FOLLOW = "FollowPolicyScripts"
 
 R = logs.RetentionDays
 RETENTION = {
@@ -240,12 +242,18 @@ class SnapshotFunction(Construct):
         self.log_group.grant_write(self.role)
         self.create_snapshots_policy = _create_snapshots_policy(self, self.role, config)
         self.retention_policy = _retention_policy(self, self.role, config)
+        self.scripts_policy = _scripts_policy(self, self.role, config)
         _grant_reports_and_idempotency(self.role, topic, topic_key, self.idempotency_table)
         default_policy = self.role.node.find_child("DefaultPolicy")
         _acknowledge(default_policy, self.create_snapshots_policy, self.retention_policy)
-        _depend_on(
-            self.function, [default_policy, self.create_snapshots_policy, self.retention_policy]
-        )
+        policies: list[IConstruct] = [
+            default_policy,
+            self.create_snapshots_policy,
+            self.retention_policy,
+        ]
+        if self.scripts_policy is not None:
+            policies.append(self.scripts_policy)
+        _depend_on(self.function, policies)
 
 
 def _ec2_arn(scope: Construct, resource: str, account: str | None = None) -> str:
@@ -355,6 +363,68 @@ def _grant_reports_and_idempotency(
             resources=[table.table_arn],
         )
     )
+
+
+def document_arn(scope: Construct, document: str) -> str:
+    """The ARN of a policy's SSM document: as given when it is one (a shared document), else
+    this account's and region's, with no account for AWS-owned documents (`AWS…` names are
+    reserved to AWS)."""
+    if document.startswith("arn:"):
+        return document
+    return Stack.of(scope).format_arn(
+        service="ssm",
+        resource="document",
+        resource_name=document,
+        account="" if document.startswith("AWS") else None,
+    )
+
+
+def _scripts_policy(scope: Construct, role: iam.IRole, config: SnapsetConfig) -> iam.Policy | None:
+    """Run Command for the deployed policies' scripts: SendCommand only with their documents,
+    and following (and cancelling) the commands it sent. None when no policy has scripts, so a
+    payload cannot run any document on any instance."""
+    documents = config.script_documents()
+    if not documents:
+        return None
+    policy = iam.Policy(
+        scope,
+        "ScriptsPolicy",
+        roles=[role],
+        statements=[
+            # SendCommand is authorized on the document and on each instance: both are listed.
+            iam.PolicyStatement(
+                sid=SID_SCRIPTS_SEND,
+                actions=["ssm:SendCommand"],
+                resources=[
+                    *(document_arn(scope, d) for d in documents),
+                    _ec2_arn(scope, "instance"),
+                ],
+            ),
+            iam.PolicyStatement(
+                sid=SID_SCRIPTS_FOLLOW,
+                actions=[
+                    "ssm:CancelCommand",
+                    "ssm:DescribeInstanceInformation",
+                    "ssm:GetCommandInvocation",
+                ],
+                resources=["*"],
+            ),
+        ],
+    )
+    nag.acknowledge(
+        policy,
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:"
+        "instance/*]",
+        "A policy's scripts run on the instances it targets, chosen at run time (by ID or tag); "
+        "SendCommand is limited to the deployed policies' documents and this account and region",
+    )
+    nag.acknowledge(
+        policy,
+        "AwsSolutions-IAM5[Resource::*]",
+        "ssm:GetCommandInvocation, ssm:CancelCommand and ssm:DescribeInstanceInformation support "
+        "no resource-level permissions (Resource must be *).",
+    )
+    return policy
 
 
 def _acknowledge(default_policy: IConstruct, create: iam.Policy, retention: iam.Policy) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from moto.core.exceptions import ServiceException
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import ec2_backends
@@ -318,8 +319,46 @@ def _volume_tags(volume: Any) -> dict[str, str]:
     }
 
 
+# Called with (account id, region, instance id, outcome, snapshot ids) for every CreateSnapshots
+# this handler answers: outcome "ok" or the error code. `localaws.ssm_commands` logs the calls so
+# tests can check that each instance's pre script ended before its CreateSnapshots.
+CreateSnapshotsObserver = Callable[[str, str, str, str, list[str]], None]
+_observers: list[CreateSnapshotsObserver] = []
+
+
+def add_create_snapshots_observer(observer: CreateSnapshotsObserver) -> None:
+    """Have `observer` told about every CreateSnapshots call (idempotent)."""
+    if observer not in _observers:
+        _observers.append(observer)
+
+
+def remove_create_snapshots_observer(observer: CreateSnapshotsObserver) -> None:
+    """Stop telling `observer` (if it was told)."""
+    if observer in _observers:
+        _observers.remove(observer)
+
+
+def _notify(backend: Any, instance_id: str, outcome: str, snapshot_ids: list[str]) -> None:
+    for observer in list(_observers):
+        try:
+            observer(backend.account_id, backend.region_name, instance_id, outcome, snapshot_ids)
+        except Exception:  # an observer's bug must not change the API's answer
+            log.exception("CreateSnapshots observer failed")
+
+
 def make_handler(completer: SnapshotCompleter) -> Callable[[Any], Any]:
     def create_snapshots(self: Any) -> Any:
+        spec = self._get_param("InstanceSpecification") or {}
+        instance_id = str(spec.get("InstanceId") or "") if isinstance(spec, dict) else ""
+        try:
+            result, snapshot_ids = answer(self)
+        except ServiceException as exc:
+            _notify(self.ec2_backend, instance_id, str(exc.code), [])
+            raise
+        _notify(self.ec2_backend, instance_id, "ok", snapshot_ids)
+        return result
+
+    def answer(self: Any) -> tuple[Any, list[str]]:
         backend = self.ec2_backend
         spec = self._get_param("InstanceSpecification") or {}
         description = str(self._get_param("Description") or "")
@@ -349,7 +388,7 @@ def make_handler(completer: SnapshotCompleter) -> Callable[[Any], Any]:
             snapshots.append(snap)
         if snapshots:
             completer.add(backend.account_id, backend.region_name, start, snapshots)
-        return ActionResult(
+        result = ActionResult(
             {
                 "Snapshots": [
                     {
@@ -368,6 +407,7 @@ def make_handler(completer: SnapshotCompleter) -> Callable[[Any], Any]:
                 ]
             }
         )
+        return result, [s.id for s in snapshots]
 
     return create_snapshots
 

@@ -77,10 +77,28 @@ class LambdaAccessDenied(JsonRESTError):
         )
 
 
+class SsmAccessDenied(JsonRESTError):
+    """SSM's refusal in its JSON protocol's format: `AccessDeniedException`, HTTP 400 (moto's XML
+    `AccessDenied` came out of botocore's JSON parser with the code `403`)."""
+
+    code = 400
+
+    def __init__(self, user_arn: str, action: str) -> None:
+        super().__init__(
+            "AccessDeniedException", f"User: {user_arn} is not authorized to perform: {action}"
+        )
+
+
+_JSON_REFUSALS: dict[str, type[JsonRESTError]] = {
+    "lambda": LambdaAccessDenied,
+    "ssm": SsmAccessDenied,
+}
+
+
 def install() -> None:
     """Match a statement's `Resource` against requests whose resource moto does not know;
     identify callers by their access key without checking the signature; check the IAM
-    action of operations named otherwise (`IAM_ACTIONS`); refuse Lambda calls in Lambda's
+    action of operations named otherwise (`IAM_ACTIONS`); refuse Lambda and SSM calls in their
     JSON error format (`AccessDeniedException`)."""
     if getattr(IAMPolicyStatement, _INSTALLED, False):
         return
@@ -95,8 +113,9 @@ def install() -> None:
     moto_denied = IAMRequest._raise_access_denied
 
     def raise_access_denied(self: Any) -> None:
-        if self._service == "lambda":
-            raise LambdaAccessDenied(self._access_key.arn, self._action)
+        refusal = _JSON_REFUSALS.get(self._service)
+        if refusal is not None:
+            raise refusal(self._access_key.arn, self._action)
         moto_denied(self)
 
     IAMRequest._raise_access_denied = raise_access_denied  # type: ignore[method-assign]

@@ -357,6 +357,26 @@ class LocalAws:
             {"account_id": account_id, "region": self.region, "name": name, "value": value},
         )
 
+    # --- SSM Run Command ---------------------------------------------------------------------
+
+    def set_ssm(self, **settings: Any) -> dict[str, Any]:
+        """Change SSM Run Command's emulation (`POST /_localaws/ssm`): `script_seconds`,
+        `start_seconds`, `invisible_seconds`, `cancel_seconds`, and `instances`
+        (`{"i-...": {"managed": False} | {"ping_status": "ConnectionLost"} |
+        {"results": {"pre-script": [{"status": "Failed", "stderr": "..."}]}}}`, merged per
+        instance; `None` drops an instance's settings). Returns `ssm_state()`."""
+        return self._control("POST", "ssm", settings)
+
+    def ssm_state(self, *, drain: bool = False) -> dict[str, Any]:
+        """SSM settings, injections not yet consumed, the order log (`drain` forgets it),
+        `peak_in_progress` and `in_progress`."""
+        return self._control("GET", "ssm?drain=1" if drain else "ssm")
+
+    def ssm_log(self, *, drain: bool = False) -> list[dict[str, Any]]:
+        """The order log of SendCommand, CancelCommand, CreateSnapshots and invocation ends."""
+        entries: list[dict[str, Any]] = self.ssm_state(drain=drain)["log"]
+        return entries
+
     # --- Step Functions ----------------------------------------------------------------------
 
     def set_states_wait_scale(self, scale: float) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from localaws import (
     ec2_snapshots,
     ec2_tag_index,
     iam,
+    ssm_commands,
     ssm_public,
     stepfunctions,
 )
@@ -76,6 +77,7 @@ class ServerState:
         self.faults.reset()
         self.events.reset()
         self.states.reset()
+        ssm_commands.reset()  # after the clock's reset: the log's times count from it
 
 
 @dataclass
@@ -268,6 +270,13 @@ class LocalAwsApp:
                 return 405, {"error": f"{method} not allowed"}
             drain = query.get("drain", ["0"])[0].lower() in ("1", "true", "yes")
             return 200, state.states.state(drain=drain)
+        if route == "ssm":
+            if method == "POST":
+                ssm_commands.configure(body or {})
+            elif method != "GET":
+                return 405, {"error": f"{method} not allowed"}
+            drain = query.get("drain", ["0"])[0].lower() in ("1", "true", "yes")
+            return 200, ssm_commands.state(drain=drain)
         if route == "reset" and method == "POST":
             state.reset()
             return 200, {"reset": True}
@@ -294,6 +303,7 @@ def build_app(state: ServerState) -> LocalAwsApp:
     ec2_pagination.install()
     event_patches.install()
     iam.install()
+    ssm_commands.install()
     stepfunctions.install(state.states)
     return LocalAwsApp(DomainDispatcherApplication(create_backend_app), state)
 

@@ -11,6 +11,7 @@ from botocore.config import Config
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_sns import SNSClient
+    from mypy_boto3_ssm import SSMClient
 
 # Adaptive mode adds client-side rate limiting on throttling, which matters when many worker
 # threads share one EC2 client; SNS gets the standard mode.
@@ -42,11 +43,24 @@ SFN_CONFIG = Config(
 )
 
 
+# Run Command for a policy's scripts. SendCommand has no client token, so a resend after a
+# lost response runs the script twice: DLM-style documents are written to tolerate that (a
+# second freeze of a frozen file system fails, a second thaw is a no-op), and throttling, the
+# common retry, made no command.
+SSM_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 5},
+    connect_timeout=5,
+    read_timeout=10,
+    max_pool_connections=64,
+)
+
+
 @dataclass(frozen=True)
 class Clients:
     ec2: EC2Client
     sns: SNSClient
     ec2_create: EC2Client
+    ssm: SSMClient
 
 
 def make_clients(
@@ -54,7 +68,7 @@ def make_clients(
     endpoint_url: str | None = None,
     session: boto3.Session | None = None,
 ) -> Clients:
-    """EC2 and SNS clients from the standard AWS configuration (env, profile, role)."""
+    """EC2, SNS and SSM clients from the standard AWS configuration (env, profile, role)."""
     session = session or boto3.Session()
     return Clients(
         ec2=session.client("ec2", region_name=region, endpoint_url=endpoint_url, config=EC2_CONFIG),
@@ -62,4 +76,5 @@ def make_clients(
         ec2_create=session.client(
             "ec2", region_name=region, endpoint_url=endpoint_url, config=EC2_CREATE_CONFIG
         ),
+        ssm=session.client("ssm", region_name=region, endpoint_url=endpoint_url, config=SSM_CONFIG),
     )

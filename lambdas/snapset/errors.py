@@ -24,6 +24,8 @@ CREATE_UNCONFIRMED = "CreateSnapshotsUnconfirmed"
 IDEMPOTENCY_STORE_ERROR = "IdempotencyStoreError"
 IN_PROGRESS = "InProgress"
 INVALID_INPUT = "InvalidInput"
+# A policy's pre script did not succeed and its on_script_failure is `skip`: no set was taken.
+PRE_SCRIPT_FAILED = "PreScriptFailed"
 
 # --- AWS codes Snapset acts on -----------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
 from snapset.clients import Clients
+from snapset.consistency import workers_for
 from snapset.deadline import Deadline
 from snapset.errors import error_code
 from snapset.idempotency import Delivery
@@ -103,19 +104,20 @@ def estimate(
 ) -> Estimate:
     """Price a run with EC2's buckets at `share` (refill times `rate_scale`): one
     CreateSnapshots per instance that can be snapshotted, and with retention one expired set
-    per instance (DeleteSnapshot per volume), plus the calls' own latency over `max_workers`
-    threads."""
+    per instance (DeleteSnapshot per volume), plus the calls' own latency and the scripts'
+    time (each stage taking its whole timeout) over the run's threads (`workers_for`)."""
     live = [i for i in instances if i.state not in UNSNAPSHOTTABLE_STATES and i.volumes]
     creates = len(live)
     deletes = sum(len(i.volumes) for i in live) if policy.retention is not None else 0
     create_rate = CREATE_SNAPSHOTS_BUCKET.refill_per_second * share * rate_scale
     delete_rate = DELETE_SNAPSHOT_BUCKET.refill_per_second * share * rate_scale
-    latency = CALL_SECONDS / max_workers
+    threads = workers_for(policy, max_workers)
+    latency = CALL_SECONDS / threads
     return Estimate(
         creates=creates,
         deletes=deletes,
         create_seconds=_bucket_seconds(creates, create_rate, CREATE_SNAPSHOTS_BUCKET.burst * share)
-        + creates * latency,
+        + creates * (latency + script_seconds(policy) / threads),
         delete_seconds=_bucket_seconds(deletes, delete_rate, DELETE_SNAPSHOT_BUCKET.burst * share)
         + deletes * latency,
     )
@@ -133,6 +135,14 @@ class FanOutShape(BaseModel):
     worker_share: float = Field(gt=0, le=1)
 
 
+def script_seconds(policy: SnapshotPolicy) -> float:
+    """What one instance's scripts are priced at: each stage taking its whole timeout."""
+    scripts = policy.scripts
+    if scripts is None:
+        return 0.0
+    return float((1 if policy.dry_run else len(scripts.stages)) * scripts.timeout_seconds)
+
+
 def fan_out_shape(
     *,
     share: float,
@@ -141,12 +151,14 @@ def fan_out_shape(
     retention: bool,
     rate_scale: float = 1.0,
     max_workers: int = 8,
+    seconds_per_instance: float = 0.0,
 ) -> FanOutShape:
     """Concurrency: enough workers that their threads can keep up with the share's refill
     (`max_workers` calls every `CALL_SECONDS` each), at least 2 so one worker's start-up or
     end overlaps another's work. Batch size: what one worker paced at its part of the share
     creates (and, with retention, deletes: one expired set per instance) in `BATCH_FILL` of
-    `worker_seconds`, the time a worker invocation has."""
+    `worker_seconds`, the time a worker invocation has, and no more than its `max_workers`
+    threads get through when each instance takes `seconds_per_instance` (its scripts)."""
     create_rate = CREATE_SNAPSHOTS_BUCKET.refill_per_second * share * rate_scale
     per_worker = max_workers / CALL_SECONDS
     concurrency = min(MAX_CONCURRENCY, max(2, math.ceil(create_rate / per_worker)))
@@ -158,6 +170,8 @@ def fan_out_shape(
         size = min(
             size, BATCH_FILL * worker_seconds * worker_deletes / max(volumes_per_instance, 1)
         )
+    if seconds_per_instance > 0:
+        size = min(size, BATCH_FILL * worker_seconds * max_workers / seconds_per_instance)
     return FanOutShape(
         batch_size=max(1, min(MAX_BATCH_SIZE, math.floor(size))),
         max_concurrency=concurrency,
@@ -304,7 +318,8 @@ def hand_off(
         volumes_per_instance=volumes,
         retention=policy.retention is not None,
         rate_scale=rate_scale,
-        max_workers=max_workers,
+        max_workers=workers_for(policy, max_workers),
+        seconds_per_instance=script_seconds(policy),
     )
     ids = [i.instance_id for i in instances]
     # The Map's results (about 100 bytes a batch) must fit Step Functions' 256 KB state; a
@@ -411,7 +426,9 @@ def run_batch(
     )
     snapshot = engine.for_targets(found.instances)
     try:
-        outcomes = found.missing + snapshot_all(found.instances, snapshot, max_workers)
+        outcomes = found.missing + snapshot_all(
+            found.instances, snapshot, workers_for(request.policy, max_workers)
+        )
     finally:
         engine.release()
     _put_json(

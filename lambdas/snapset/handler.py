@@ -75,13 +75,24 @@ def session() -> boto3.Session:
 
 
 def record_metrics(report: RunReport) -> None:
-    """EMF metrics per policy: sets started, instances failed, volumes snapshotted."""
+    """EMF metrics per policy: sets started, instances failed, volumes snapshotted and, for a
+    policy with scripts, application-consistent sets and script failures."""
     metrics.add_dimension(name="policy", value=report.policy)
     metrics.add_metric(name="SetsStarted", unit=MetricUnit.Count, value=report.summary.started)
     metrics.add_metric(name="InstancesFailed", unit=MetricUnit.Count, value=report.summary.failed)
     metrics.add_metric(
         name="VolumesSnapshotted", unit=MetricUnit.Count, value=report.summary.snapshots
     )
+    if report.summary.application_consistent or report.summary.script_failures:
+        metrics.add_metric(
+            name="ApplicationConsistentSets",
+            unit=MetricUnit.Count,
+            value=report.summary.application_consistent,
+        )
+        # A post script that failed may have left an instance frozen: alarmed per policy.
+        metrics.add_metric(
+            name="ScriptFailures", unit=MetricUnit.Count, value=report.summary.script_failures
+        )
     if report.error is not None:
         metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
 

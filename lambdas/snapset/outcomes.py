@@ -9,11 +9,51 @@ from pydantic import BaseModel, ConfigDict
 from snapset.errors import RETRY_ON_REDELIVERY_CODES
 
 
+class ErrorInfo(BaseModel):
+    """An AWS error code (or one of Snapset's own) and a message that names the instance."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: str
+    message: str
+
+    @property
+    def retry_on_redelivery(self) -> bool:
+        return self.code in RETRY_ON_REDELIVERY_CODES
+
+
 class InstanceStatus(StrEnum):
     STARTED = "started"
     DRY_RUN_OK = "dry_run_ok"
     SKIPPED = "skipped"
     FAILED = "failed"
+
+
+class Consistency(StrEnum):
+    """What a set captured: the application's flushed and frozen state (its pre script
+    succeeded) or what a power cut leaves (`crash`)."""
+
+    APPLICATION = "application"
+    CRASH = "crash"
+
+
+class ScriptResult(BaseModel):
+    """One script stage on one instance: its command (`pre-script`, `post-script`,
+    `dry-run`), the final status of its last attempt (SSM's invocation status: `Success`,
+    `Failed`, `TimedOut`, `Cancelled`, ...; or Snapset's own `NotManaged`, `SendFailed`,
+    `NoResult`), how many times it was sent, and the error when it did not succeed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    command: str
+    status: str
+    attempts: int = 0
+    command_id: str | None = None
+    error: ErrorInfo | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "Success"
 
 
 class SnapshotInfo(BaseModel):
@@ -26,19 +66,6 @@ class SnapshotInfo(BaseModel):
     state: str | None = None
     volume_size: int | None = None
     encrypted: bool | None = None
-
-
-class ErrorInfo(BaseModel):
-    """An AWS error code (or one of Snapset's own) and a message that names the instance."""
-
-    model_config = ConfigDict(frozen=True)
-
-    code: str
-    message: str
-
-    @property
-    def retry_on_redelivery(self) -> bool:
-        return self.code in RETRY_ON_REDELIVERY_CODES
 
 
 class RetentionError(BaseModel):
@@ -83,6 +110,15 @@ class InstanceOutcome(BaseModel):
     error: ErrorInfo | None = None
     reason: str | None = None
     retention: RetentionResult | None = None
+    # The set's consistency (a started or dry-run-ok instance; None when unknown: a set an
+    # earlier delivery made and whose record was lost) and the policy's script stages.
+    consistency: Consistency | None = None
+    scripts: tuple[ScriptResult, ...] = ()
+
+    @property
+    def script_failed(self) -> bool:
+        """Whether a script stage of this instance did not succeed."""
+        return any(not s.succeeded for s in self.scripts)
 
     @classmethod
     def failed(

@@ -27,7 +27,9 @@ MANAGED_TAG_PREFIX = "snapset:"
 TAG_POLICY = "snapset:policy"
 TAG_TRIGGER_ID = "snapset:trigger-id"
 TAG_INSTANCE_ID = "snapset:instance-id"
-MANAGED_TAG_KEYS = (TAG_POLICY, TAG_TRIGGER_ID, TAG_INSTANCE_ID)
+# The consistency a set achieved: `application` when its pre script succeeded, else `crash`.
+TAG_CONSISTENCY = "snapset:consistency"
+MANAGED_TAG_KEYS = (TAG_POLICY, TAG_TRIGGER_ID, TAG_INSTANCE_ID, TAG_CONSISTENCY)
 
 MAX_TAGS_PER_RESOURCE = 50
 MAX_USER_TAGS = MAX_TAGS_PER_RESOURCE - len(MANAGED_TAG_KEYS)
@@ -163,6 +165,73 @@ class Retention(BaseModel):
         return self
 
 
+# AWS Data Lifecycle Manager's `Script.ExecutionHandler` pattern: a document name, an ARN (a
+# document shared with you), or one of DLM's reserved handler names.
+EXECUTION_HANDLER_PATTERN = r"^([a-zA-Z0-9_\-.]{3,128}|[a-zA-Z0-9_\-.:/]{3,200}|[A-Z0-9_]+)$"
+DocumentName = Annotated[
+    str, StringConstraints(pattern=EXECUTION_HANDLER_PATTERN, max_length=200, strict=True)
+]
+VSS_HANDLER = "AWS_VSS_BACKUP"
+
+
+class ScriptStage(StrEnum):
+    """When a script runs: before CreateSnapshots (`pre`) or after it (`post`)."""
+
+    PRE = "pre"
+    POST = "post"
+
+
+class OnScriptFailure(StrEnum):
+    """What a failed pre script leaves: a crash-consistent set anyway, or no set."""
+
+    CRASH_CONSISTENT = "crash_consistent"
+    SKIP = "skip"
+
+
+class Scripts(BaseModel):
+    """Pre and post scripts run through SSM Run Command around CreateSnapshots, as AWS Data
+    Lifecycle Manager runs them: an SSM command document whose `command` parameter takes
+    `pre-script`, `post-script` and `dry-run`, so documents written for DLM work unchanged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    document: DocumentName
+    stages: Annotated[
+        list[ScriptStage], Field(min_length=1, max_length=2), AfterValidator(_unique)
+    ] = [ScriptStage.PRE, ScriptStage.POST]
+    timeout_seconds: Annotated[int, Field(ge=10, le=120, strict=True)] = 10
+    max_retries: Annotated[int, Field(ge=0, le=3, strict=True)] = 0
+    on_script_failure: OnScriptFailure = OnScriptFailure.CRASH_CONSISTENT
+
+    @model_validator(mode="after")
+    def _check(self) -> Scripts:
+        if self.document == VSS_HANDLER:
+            raise ValueError(
+                f"document: {VSS_HANDLER} (Windows VSS, where the SSM document creates the "
+                "snapshots itself) is not supported; name a command document that takes "
+                "pre-script and post-script"
+            )
+        if ScriptStage.PRE not in self.stages and "on_script_failure" in self.model_fields_set:
+            raise ValueError(
+                "on_script_failure: applies to a failed pre script, and stages has no 'pre'"
+            )
+        return self
+
+    @property
+    def pre(self) -> bool:
+        return ScriptStage.PRE in self.stages
+
+    @property
+    def post(self) -> bool:
+        return ScriptStage.POST in self.stages
+
+    def worst_case_seconds(self, dry_run: bool) -> int:
+        """The longest the scripts of one instance can take: every stage timing out on every
+        attempt (a dry run sends one `dry-run` command instead of the stages)."""
+        stages = 1 if dry_run else len(self.stages)
+        return stages * self.timeout_seconds * (self.max_retries + 1)
+
+
 class SnapshotPolicy(BaseModel):
     """Which instances to snapshot and with which CreateSnapshots options.
 
@@ -187,6 +256,7 @@ class SnapshotPolicy(BaseModel):
     outpost_arn: OutpostArn | None = None
     dry_run: StrictBool = False
     retention: Retention | None = None
+    scripts: Scripts | None = None
 
     @model_validator(mode="after")
     def _check(self) -> SnapshotPolicy:

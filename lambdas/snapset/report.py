@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from snapset.errors import INVALID_INPUT
 from snapset.notify import MAX_SUBJECT_LEN, publish
-from snapset.outcomes import ErrorInfo, InstanceOutcome, InstanceStatus
+from snapset.outcomes import Consistency, ErrorInfo, InstanceOutcome, InstanceStatus
 from snapset.policy import Trigger, TriggerType
 
 if TYPE_CHECKING:
@@ -58,6 +58,11 @@ class Summary(BaseModel):
     # had no time or share of the DeleteSnapshot rate left for (the next run deletes them).
     retention_deleted: int = 0
     retention_remaining: int = 0
+    # The consistency of the sets started (or, in a dry run, that would be), and the
+    # instances where a pre or post script did not succeed.
+    application_consistent: int = 0
+    crash_consistent: int = 0
+    script_failures: int = 0
 
 
 class S3Location(BaseModel):
@@ -95,9 +100,16 @@ class RunReport(BaseModel):
     def failures(self) -> tuple[InstanceOutcome, ...]:
         return tuple(i for i in self.instances if i.status is InstanceStatus.FAILED)
 
+    @property
+    def script_failures(self) -> tuple[InstanceOutcome, ...]:
+        """Instances whose pre or post script did not succeed, failed or not (a post script
+        that failed may have left the instance frozen: it is never trimmed from a message)."""
+        return tuple(i for i in self.instances if i.script_failed)
+
 
 def summarize(outcomes: tuple[InstanceOutcome, ...]) -> Summary:
     counts = Counter(o.status for o in outcomes)
+    consistency = Counter(o.consistency for o in outcomes)
     return Summary(
         instances=len(outcomes),
         started=counts[InstanceStatus.STARTED],
@@ -107,12 +119,16 @@ def summarize(outcomes: tuple[InstanceOutcome, ...]) -> Summary:
         snapshots=sum(len(o.snapshots) for o in outcomes),
         retention_deleted=sum(len(o.retention.deleted) for o in outcomes if o.retention),
         retention_remaining=sum(o.retention.remaining for o in outcomes if o.retention),
+        application_consistent=consistency[Consistency.APPLICATION],
+        crash_consistent=consistency[Consistency.CRASH],
+        script_failures=sum(1 for o in outcomes if o.script_failed),
     )
 
 
 def overall_status(summary: Summary, dry_run: bool) -> ReportStatus:
-    """No failure: succeeded (or dry_run); some: partial; nothing but failures: failed."""
-    if summary.failed == 0:
+    """No failure: succeeded (or dry_run); some, or a script that did not succeed on an
+    instance that has its set: partial; nothing but failures: failed."""
+    if summary.failed == 0 and summary.script_failures == 0:
         return ReportStatus.DRY_RUN if dry_run else ReportStatus.SUCCEEDED
     if summary.started + summary.dry_run_ok > 0:
         return ReportStatus.PARTIAL
@@ -166,6 +182,8 @@ def subject(report: RunReport) -> str:
             f"Snapset {report.policy}: {report.status} - {s.started} started, "
             f"{s.skipped} skipped, {s.failed} failed of {s.instances}"
         )
+    if s.script_failures:
+        text += f", {s.script_failures} script failures"
     return text[:MAX_SUBJECT_LEN]
 
 
@@ -198,7 +216,7 @@ def fit_message(report: RunReport, limit: int = MAX_MESSAGE_BYTES) -> tuple[RunR
         InstanceStatus.STARTED: 2,
     }
     candidates = sorted(
-        (o for o in report.instances if o.status in drop_order),
+        (o for o in report.instances if o.status in drop_order and not o.script_failed),
         key=lambda o: drop_order[o.status],
     )
     sizes = {id(o): len(_dump_outcome(o)) + 1 for o in report.instances}
@@ -212,7 +230,7 @@ def fit_message(report: RunReport, limit: int = MAX_MESSAGE_BYTES) -> tuple[RunR
     kept = tuple(o for o in report.instances if id(o) not in dropped)
     if excess > 0:
         # Failures alone exceed the limit: keep as many as fit rather than publish nothing.
-        failures = [o for o in kept if o.status is InstanceStatus.FAILED]
+        failures = [o for o in kept if o.status is InstanceStatus.FAILED or o.script_failed]
         while failures and excess > 0:
             last = failures.pop()
             dropped.add(id(last))

@@ -120,7 +120,7 @@ def is_managed(
 ) -> bool:
     """Whether a snapshot is Snapset's own, of this policy and instance.
 
-    All three managed tags must be present and non-empty, with the policy and instance equal to
+    The three identity tags (policy, trigger, instance) must be present and non-empty, with the policy and instance equal to
     these; with `account_id`, the snapshot must also be owned by that account.
     """
     tags = record.tags

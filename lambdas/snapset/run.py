@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from snapset.clients import Clients
+from snapset.consistency import ScriptRunner, workers_for
 from snapset.deadline import Deadline
 from snapset.errors import IN_PROGRESS, INSTANCE_NOT_FOUND, error_code
 from snapset.idempotency import (
@@ -179,7 +180,10 @@ class Engine:
             return self.wrap(self._stand_down)
         # The CLI keeps no marker, and a manual request id may be one it used: look anyway.
         first = delivery is Delivery.FIRST and request.trigger.type is not TriggerType.MANUAL
-        lookups = run_lookups(self.clients.ec2, request, instances, first_delivery=first)
+        lookups = run_lookups(
+            self.clients.ec2, request, instances, first_delivery=first, ssm=self.clients.ssm
+        )
+        scripts = request.policy.scripts
         engine: SnapshotFn = partial(
             snapshot_instance,
             self.clients.ec2,
@@ -187,6 +191,9 @@ class Engine:
             budget=self.budget,
             ec2_create=self.clients.ec2_create,
             lookups=lookups,
+            scripts=None
+            if scripts is None
+            else ScriptRunner(self.clients.ssm, scripts, request.policy.name),
         )
         store = self.idempotency
         if store is not None:
@@ -316,7 +323,7 @@ def run_request(
             return handed
     snapshot = engine.for_targets(instances)
     try:
-        outcomes = missing + snapshot_all(instances, snapshot, max_workers)
+        outcomes = missing + snapshot_all(instances, snapshot, workers_for(policy, max_workers))
     finally:
         engine.release()
     # Retention is the run's own phase, after every set has started: deletion never delays

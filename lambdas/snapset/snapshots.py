@@ -27,6 +27,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from snapset.consistency import (
+    InstanceScripts,
+    PingListingFailed,
+    PingStatuses,
+    ScriptRunner,
+    list_ping_statuses,
+)
 from snapset.deadline import NEVER, Deadline
 from snapset.errors import (
     CREATE_UNCONFIRMED,
@@ -41,10 +48,11 @@ from snapset.errors import (
     error_message,
     http_status,
 )
-from snapset.outcomes import InstanceOutcome, InstanceStatus, SnapshotInfo
+from snapset.outcomes import Consistency, ErrorInfo, InstanceOutcome, InstanceStatus, SnapshotInfo
 from snapset.pacing import Pacer
 from snapset.policy import (
     MAX_EXCLUDED_DATA_VOLUMES,
+    TAG_CONSISTENCY,
     TAG_INSTANCE_ID,
     TAG_POLICY,
     TAG_TRIGGER_ID,
@@ -63,9 +71,11 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_ec2.type_defs import (
         CreateSnapshotsRequestTypeDef,
+        CreateSnapshotsResultTypeDef,
         FilterTypeDef,
         TagTypeDef,
     )
+    from mypy_boto3_ssm import SSMClient
 
 logger = logging.getLogger(__name__)
 
@@ -254,13 +264,16 @@ def plan_instance(
     return SnapshotPlan(snapshot_volume_ids=to_snapshot, excluded_volume_ids=excluded)
 
 
-def snapshot_tags(request: SnapshotRequest, instance_id: str) -> list[TagTypeDef]:
+def snapshot_tags(
+    request: SnapshotRequest, instance_id: str, consistency: Consistency = Consistency.CRASH
+) -> list[TagTypeDef]:
     """User tags with placeholders filled, then Snapset's managed tags (which win)."""
     values = _placeholder_values(request, instance_id)
     tags = {k: expand_template(v, values) for k, v in request.policy.tags.items()}
     tags[TAG_POLICY] = request.policy.name
     tags[TAG_TRIGGER_ID] = request.trigger.id
     tags[TAG_INSTANCE_ID] = instance_id
+    tags[TAG_CONSISTENCY] = consistency.value
     return [{"Key": k, "Value": v} for k, v in tags.items()]
 
 
@@ -274,9 +287,13 @@ def _placeholder_values(request: SnapshotRequest, instance_id: str) -> dict[str,
 
 
 def build_create_snapshots_request(
-    request: SnapshotRequest, instance_id: str, plan: SnapshotPlan
+    request: SnapshotRequest,
+    instance_id: str,
+    plan: SnapshotPlan,
+    consistency: Consistency = Consistency.CRASH,
 ) -> CreateSnapshotsRequestTypeDef:
-    """The exact CreateSnapshots parameters for one instance."""
+    """The exact CreateSnapshots parameters for one instance (`consistency`: what its pre
+    script achieved, recorded on every snapshot)."""
     policy = request.policy
     params: CreateSnapshotsRequestTypeDef = {
         "InstanceSpecification": {
@@ -284,7 +301,10 @@ def build_create_snapshots_request(
             "ExcludeBootVolume": policy.exclude_boot_volume,
         },
         "TagSpecifications": [
-            {"ResourceType": "snapshot", "Tags": snapshot_tags(request, instance_id)}
+            {
+                "ResourceType": "snapshot",
+                "Tags": snapshot_tags(request, instance_id, consistency),
+            }
         ],
         "DryRun": policy.dry_run,
     }
@@ -372,6 +392,9 @@ class RunLookups:
     `tag_excluded`: the volumes `exclude_data_volume_tags` leaves out, by attached instance id,
     or a `ListingFailed` when its listing failed, and the instances that need it fail with it.
 
+    `ping_statuses`: with a policy's scripts, each instance's SSM ping status (absent: not
+    managed), or a `PingListingFailed`; None without scripts.
+
     `recheck`: an instance the listing did not find is looked for again just before its
     CreateSnapshots (a failed listing leaves every instance to that look-up). A delivery that is
     not the first may follow another whose set for an instance appears after the listing
@@ -382,6 +405,7 @@ class RunLookups:
     existing_sets: ExistingSets
     tag_excluded: TagExcluded | ListingFailed
     recheck: bool = False
+    ping_statuses: PingStatuses | PingListingFailed | None = None
 
 
 def _needs_volume_tags(instance: Instance) -> bool:
@@ -389,11 +413,17 @@ def _needs_volume_tags(instance: Instance) -> bool:
 
 
 def run_lookups(
-    ec2: EC2Client, request: SnapshotRequest, instances: Sequence[Instance], *, first_delivery: bool
+    ec2: EC2Client,
+    request: SnapshotRequest,
+    instances: Sequence[Instance],
+    *,
+    first_delivery: bool,
+    ssm: SSMClient | None = None,
 ) -> RunLookups:
     """List once for the whole run what its instances need: the volumes to exclude by tag (when
-    the policy has `exclude_data_volume_tags`) and, unless `first_delivery` says no set of this
-    trigger can exist yet or this is a dry run, the sets earlier deliveries made.
+    the policy has `exclude_data_volume_tags`), with `scripts` which instances SSM manages
+    (through `ssm`), and, unless `first_delivery` says no set of this trigger can exist yet or
+    this is a dry run, the sets earlier deliveries made.
 
     A failed volume listing is a `ListingFailed` value naming the call, not an exception; a
     failed sets listing leaves each instance to its own look-up (`recheck`).
@@ -421,7 +451,20 @@ def run_lookups(
             excluded = ListingFailed.of(
                 "DescribeVolumes", "finding the volumes exclude_data_volume_tags leaves out", exc
             )
-    return RunLookups(existing_sets=existing, tag_excluded=excluded, recheck=looks)
+    pings: PingStatuses | PingListingFailed | None = None
+    if ids and policy.scripts is not None and ssm is not None:
+        try:
+            pings = list_ping_statuses(ssm, ids)
+        except (ClientError, BotoCoreError) as exc:
+            logger.exception("listing the instances SSM manages failed")
+            pings = PingListingFailed(
+                error_code(exc),
+                f"DescribeInstanceInformation (finding the instances SSM manages) failed: "
+                f"{error_message(exc)}",
+            )
+    return RunLookups(
+        existing_sets=existing, tag_excluded=excluded, recheck=looks, ping_statuses=pings
+    )
 
 
 def _already_created(
@@ -446,8 +489,12 @@ def create_snapshot_set(
     recheck: bool = False,
     budget: RetryBudget = NO_RETRY,
     ec2_create: EC2Client,
+    scripts: InstanceScripts | None = None,
 ) -> InstanceOutcome:
     """Call CreateSnapshots for one planned instance and return its outcome.
+
+    With `scripts` (a policy's pre and post scripts) every call is bracketed by its stages
+    (`consistency.InstanceScripts`), and starts only when the stages can end before the deadline.
 
     With DryRun, AWS answers DryRunOperation when the call would succeed (`dry_run_ok`) and
     UnauthorizedOperation when it would not (`failed`). `existing` is the set the run's listing
@@ -461,8 +508,8 @@ def create_snapshot_set(
     CreateSnapshots call: a client without botocore retries, which would resend the call blind
     (`clients.Clients.ec2_create`).
     """
-    params = build_create_snapshots_request(request, instance_id, plan)
     excluded = plan.excluded_volume_ids
+    consistency = Consistency.CRASH
     if existing and not request.policy.dry_run:
         return _already_created(instance_id, existing, excluded)
     attempt = 0
@@ -483,7 +530,13 @@ def create_snapshot_set(
                     "retries it",
                     excluded,
                 )
-            response = ec2_create.create_snapshots(**params)
+            if scripts is not None and not scripts.fits(budget.deadline):
+                return _no_time_for_scripts(instance_id, scripts, budget.deadline, excluded)
+            response = _create_call(ec2_create, request, instance_id, plan, scripts)
+            if isinstance(response, ErrorInfo):
+                return InstanceOutcome.failed(
+                    instance_id, response.code, response.message, excluded
+                )
         except (ClientError, BotoCoreError) as exc:
             if error_code(exc) == DRY_RUN_OPERATION:
                 return InstanceOutcome(
@@ -491,6 +544,7 @@ def create_snapshot_set(
                     status=InstanceStatus.DRY_RUN_OK,
                     excluded_volume_ids=excluded,
                     reason=f"would snapshot {', '.join(plan.snapshot_volume_ids)}",
+                    consistency=scripts.consistency if scripts else consistency,
                 )
             kind = create_error_kind(exc)
             if kind == "permanent":
@@ -523,7 +577,47 @@ def create_snapshot_set(
             status=InstanceStatus.STARTED,
             snapshots=tuple(_snapshot_info(s) for s in response.get("Snapshots", [])),
             excluded_volume_ids=excluded,
+            consistency=scripts.consistency if scripts else consistency,
         )
+
+
+def _create_call(
+    ec2_create: EC2Client,
+    request: SnapshotRequest,
+    instance_id: str,
+    plan: SnapshotPlan,
+    scripts: InstanceScripts | None,
+) -> CreateSnapshotsResultTypeDef | ErrorInfo:
+    """One CreateSnapshots call, between the instance's script stages when it has them; the
+    instance's error when its pre script failed and the policy skips it (no call made)."""
+    if scripts is None:
+        return ec2_create.create_snapshots(
+            **build_create_snapshots_request(request, instance_id, plan)
+        )
+    try:
+        stop = scripts.before_create()
+        if stop is not None:
+            return stop
+        return ec2_create.create_snapshots(
+            **build_create_snapshots_request(request, instance_id, plan, scripts.consistency)
+        )
+    finally:
+        # Whatever happened since the pre stage was sent (a refused call, an exception), the
+        # instance must not stay frozen.
+        scripts.after_create()
+
+
+def _no_time_for_scripts(
+    instance_id: str, scripts: InstanceScripts, deadline: Deadline, excluded: tuple[str, ...]
+) -> InstanceOutcome:
+    return InstanceOutcome.failed(
+        instance_id,
+        TIMEOUT,
+        f"{instance_id}: not started, its scripts and CreateSnapshots can take up to "
+        f"{scripts.seconds_needed()} s and the invocation has {max(deadline.remaining(), 0):.0f} "
+        "s left; the next delivery retries it",
+        excluded,
+    )
 
 
 def out_of_time(instance_id: str) -> InstanceOutcome:
@@ -543,16 +637,29 @@ def snapshot_instance(
     *,
     ec2_create: EC2Client,
     lookups: RunLookups,
+    scripts: ScriptRunner | None = None,
 ) -> InstanceOutcome:
-    """Plan and snapshot one instance with what the run's listings found (`run_lookups`);
-    every error becomes a failed outcome for it."""
+    """Plan and snapshot one instance with what the run's listings found (`run_lookups`),
+    between its policy's script stages when `scripts` runs them; every error becomes a failed
+    outcome for it, which also lists each stage's result."""
     if budget.expired():
         return out_of_time(instance.instance_id)
+    session: InstanceScripts | None = None
     try:
         plan = plan_instance(request.policy, instance, lookups.tag_excluded)
         if isinstance(plan, InstanceOutcome):
             return plan
-        return create_snapshot_set(
+        if scripts is not None:
+            pings = lookups.ping_statuses
+            session = InstanceScripts(
+                runner=scripts,
+                instance_id=instance.instance_id,
+                dry_run=request.policy.dry_run,
+                ping=pings
+                if isinstance(pings, PingListingFailed)
+                else (pings or {}).get(instance.instance_id),
+            )
+        outcome = create_snapshot_set(
             ec2,
             request,
             instance.instance_id,
@@ -561,15 +668,26 @@ def snapshot_instance(
             recheck=lookups.recheck,
             budget=budget,
             ec2_create=ec2_create,
+            scripts=session,
         )
+        return _with_stages(outcome, session)
     except (ClientError, BotoCoreError) as exc:
         return _error_outcome(instance.instance_id, exc, ())
     except Exception as exc:
         # A bug must not cost the other instances their backups; it is logged with its traceback.
         logger.exception("unexpected error snapshotting %s", instance.instance_id)
-        return InstanceOutcome.failed(
-            instance.instance_id, UNEXPECTED_ERROR, f"{instance.instance_id}: {exc!r}"
+        return _with_stages(
+            InstanceOutcome.failed(
+                instance.instance_id, UNEXPECTED_ERROR, f"{instance.instance_id}: {exc!r}"
+            ),
+            session,
         )
+
+
+def _with_stages(outcome: InstanceOutcome, session: InstanceScripts | None) -> InstanceOutcome:
+    if session is None or not session.results:
+        return outcome
+    return outcome.model_copy(update={"scripts": tuple(session.results)})
 
 
 SnapshotFn = Callable[[Instance], InstanceOutcome]

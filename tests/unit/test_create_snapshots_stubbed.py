@@ -27,6 +27,7 @@ MANAGED = [
     {"Key": "snapset:policy", "Value": "nightly"},
     {"Key": "snapset:trigger-id", "Value": "nightly@2026-11-27T03:00:00Z"},
     {"Key": "snapset:instance-id", "Value": IID},
+    {"Key": "snapset:consistency", "Value": "crash"},
 ]
 
 

@@ -223,10 +223,10 @@ BASE = {"policy": "p", "instance_ids": ["i-0123456789abcdef0"]}
             },
         ),
         (
-            # Snapset adds its three managed tags to every snapshot
+            # Snapset adds its four managed tags to every snapshot
             "tags per snapshot",
+            {"tags": {f"k{n}": "v" for n in range(MAX_TAGS_PER_RESOURCE - 4)}},
             {"tags": {f"k{n}": "v" for n in range(MAX_TAGS_PER_RESOURCE - 3)}},
-            {"tags": {f"k{n}": "v" for n in range(MAX_TAGS_PER_RESOURCE - 2)}},
         ),
     ],
 )

@@ -87,6 +87,9 @@ def test_summary_counts_and_instance_order() -> None:
         "snapshots": 3,
         "retention_deleted": 0,
         "retention_remaining": 0,
+        "application_consistent": 0,
+        "crash_consistent": 0,
+        "script_failures": 0,
     }
 
 
