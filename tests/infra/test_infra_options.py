@@ -87,6 +87,7 @@ def test_triggers_for_every_policy_and_no_completion_rule(s: Synth) -> None:
     ]
     assert schedules == [
         ("cron(30 3 * * ? *)", "Europe/Berlin"),
+        ("cron(15 1 * * ? *)", "Europe/Berlin"),
         ("rate(1 hour)", "UTC"),
         ("cron(0 12 ? * MON-FRI *)", "UTC"),
     ]
@@ -101,7 +102,7 @@ def test_alarm_settings(s: Synth) -> None:
         for a in s.resources("AWS::CloudWatch::Alarm").values()
         if a["Properties"].get("MetricName") == "InstancesFailed"
     ]
-    assert len(failed) == 3
+    assert len(failed) == 4
     assert {(a["Threshold"], a["Period"]) for a in failed} == {(3, 900)}
 
 

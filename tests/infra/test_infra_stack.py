@@ -574,8 +574,9 @@ def test_idempotency_table(s: Synth) -> None:
 
 def test_alarms_go_to_the_topic_and_ignore_missing_data(s: Synth) -> None:
     alarms = s.resources("AWS::CloudWatch::Alarm")
-    # errors, throttles, 3 DLQs, 3 fan-out execution outcomes, one per policy
-    assert len(alarms) == 2 + 3 + 3 + 2
+    # errors, throttles, 3 DLQs, 3 fan-out execution outcomes, failed instances per policy,
+    # script failures of the one policy with scripts
+    assert len(alarms) == 2 + 3 + 3 + 3 + 1
     for alarm in alarms.values():
         props = alarm["Properties"]
         assert props["AlarmActions"] == [ref(s, "AWS::SNS::Topic")]
@@ -592,6 +593,7 @@ def test_alarms_go_to_the_topic_and_ignore_missing_data(s: Synth) -> None:
         ("AWS/States", "ExecutionsTimedOut"),
         ("AWS/States", "ExecutionsAborted"),
         ("Snapset", "InstancesFailed"),
+        ("Snapset", "ScriptFailures"),
     }
     machine = {"Ref": next(iter(s.resources("AWS::StepFunctions::StateMachine")))}
     for alarm in alarms.values():
