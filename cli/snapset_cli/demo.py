@@ -33,6 +33,7 @@ from localaws.synth import PROJECT_ROOT, DeployError, synthesize
 from snapset_cli.demo_checks import Checks, Expected, group_sets, our_snapshots, tag_map, verify
 from snapset_cli.demo_fleet import (
     EXCLUDE_TAG,
+    TAG_CONSISTENCY,
     DemoInstance,
     DemoVolume,
     Scenario,
@@ -44,11 +45,34 @@ from snapset_cli.render import Out
 # --- main -----------------------------------------------------------------------------------
 
 
+EXAMPLE_DOCUMENT = "examples/ssm/snapset-fsfreeze.yaml"
+
+
 def _policies(project_root: Path) -> list[dict[str, Any]]:
     found = context_policies(read_cdk_context(project_root / CDK_JSON))
     if found is None:
         raise ConfigError(f"{project_root / CDK_JSON}: no list of policies")
     return found[0]
+
+
+def create_script_documents(
+    out: Out, ssm: Any, policies: Sequence[Mapping[str, Any]], project_root: Path
+) -> None:
+    """Create the SSM documents the policies' scripts name (a user does this before deploying),
+    from the shipped example (`examples/ssm/snapset-fsfreeze.yaml`)."""
+    example = project_root / EXAMPLE_DOCUMENT
+    names = sorted({p["scripts"]["document"] for p in policies if p.get("scripts")})
+    for name in names:
+        if name.startswith("arn:") or name.startswith("AWS"):
+            out.line(f"  (scripts document {name} is not this account's: not created)")
+            continue
+        ssm.create_document(
+            Name=name,
+            Content=example.read_text(),
+            DocumentType="Command",
+            DocumentFormat="YAML",
+        )
+        out.line(f"  ssm:CreateDocument {name} from {EXAMPLE_DOCUMENT} (the policy's scripts)")
 
 
 def _policy_body(policy: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,10 +132,13 @@ def print_sets(
                 inst.name,
                 _volume_names(sorted(taken, key=lambda v: (not v.is_root, v.name))),
                 _volume_names(excluded),
+                set_tags.get(TAG_CONSISTENCY, "?"),
                 " ".join([*own, "+ volume's + snapset:*"]),
             ]
         )
-    out.table(["TRIGGER", "INSTANCE", "SNAPSHOTTED", "EXCLUDED", "SNAPSHOT TAGS"], rows)
+    out.table(
+        ["TRIGGER", "INSTANCE", "SNAPSHOTTED", "EXCLUDED", "CONSISTENCY", "SNAPSHOT TAGS"], rows
+    )
 
 
 def stored_reports(s3: Any, bucket: str) -> dict[str, Any]:
@@ -271,6 +298,26 @@ def _server_environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
+def print_checks(out: Out, checks: Checks) -> None:
+    out.heading("4. Checks")
+    for failure in checks.failed:
+        out.line(f"  {out.bad('FAIL')} {failure}")
+    if checks.failed:
+        out.line(f"  {len(checks.passed)} passed, {out.bad(f'{len(checks.failed)} failed')}")
+        return
+    text = (
+        f"all {len(checks.passed)} checks passed: one set per instance per trigger with "
+        "exactly the planned volumes, excluded volumes absent, the volume's, the policy's "
+        "and the managed tags on every snapshot, pre script -> CreateSnapshots -> post script "
+        "on the application-consistent instance, nothing outside the policies, every report "
+        "on the topic"
+    )
+    lines = textwrap.wrap(text, 96)
+    out.line(f"  {out.good('ok')} {lines[0]}")
+    for line in lines[1:]:
+        out.line(f"     {line}")
+
+
 def run(out: Out, verbose: bool, project_root: Path) -> int:
     started = time.monotonic()
     out.line(out.bold("Snapset demo: the synthesized stack on a local AWS"))
@@ -295,6 +342,7 @@ def run(out: Out, verbose: bool, project_root: Path) -> int:
             f"({deployment.seconds:.1f} s, bootstrap parameter and assets staged)"
         )
         print_substitutions(out, deployment, verbose)
+        create_script_documents(out, aws.client("ssm"), _policies(project_root), project_root)
         ec2 = aws.client("ec2")
         scenario = build_fleet(ec2, _policies(project_root))
         print_fleet(out, scenario.fleet)
@@ -310,6 +358,7 @@ def run(out: Out, verbose: bool, project_root: Path) -> int:
         finally:
             router.close()
         snapshots = our_snapshots(ec2)
+        ssm_log = aws.ssm_log()
         reports = inbox.drain()
         full_reports = stored_reports(aws.client("s3"), deployment.outputs["ReportBucket"])
     print_sets(out, demo.expected, snapshots, scenario.fleet)
@@ -323,23 +372,9 @@ def run(out: Out, verbose: bool, project_root: Path) -> int:
         reports=reports,
         full_reports=full_reports,
         invocations=router.invocations,
+        ssm_log=ssm_log,
     )
-    out.heading("4. Checks")
-    for failure in checks.failed:
-        out.line(f"  {out.bad('FAIL')} {failure}")
-    if checks.failed:
-        out.line(f"  {len(checks.passed)} passed, {out.bad(f'{len(checks.failed)} failed')}")
-    else:
-        text = (
-            f"all {len(checks.passed)} checks passed: one set per instance per trigger with "
-            "exactly the planned volumes, excluded volumes absent, the volume's, the policy's "
-            "and the managed tags on every snapshot, nothing outside the policies, every report "
-            "on the topic"
-        )
-        lines = textwrap.wrap(text, 96)
-        out.line(f"  {out.good('ok')} {lines[0]}")
-        for line in lines[1:]:
-            out.line(f"     {line}")
+    print_checks(out, checks)
     out.line()
     out.line(out.dim(f"Done in {time.monotonic() - started:.1f} s; the local AWS is stopped."))
     return 1 if checks.failed else 0

@@ -14,6 +14,7 @@ from typing import Any
 from localaws.lambda_runtime import Invocation
 from localaws.report_inbox import Report
 from snapset_cli.demo_fleet import (
+    TAG_CONSISTENCY,
     TAG_INSTANCE_ID,
     TAG_POLICY,
     TAG_TRIGGER_ID,
@@ -120,6 +121,8 @@ def _check_snapshot_tags(
         TAG_POLICY: exp.policy["policy"],
         TAG_TRIGGER_ID: exp.trigger_id,
         TAG_INSTANCE_ID: inst.instance_id,
+        # Every demo instance is online in SSM and its scripts succeed.
+        TAG_CONSISTENCY: "application" if exp.policy.get("scripts") else "crash",
     }
     wrong_managed = {k: tags.get(k) for k, v in managed.items() if tags.get(k) != v}
     checks.check(
@@ -167,6 +170,52 @@ def _check_set(
         _check_snapshot_tags(checks, exp, inst, snap, volumes_by_id.get(snap["VolumeId"]))
 
 
+def _outcome(exp: Expected, instance_id: str) -> Mapping[str, Any]:
+    result = exp.invocation.result if exp.invocation else None
+    instances = result.get("instances", []) if isinstance(result, dict) else []
+    return next((o for o in instances if o.get("instance_id") == instance_id), {})
+
+
+def _check_scripts(
+    checks: Checks, exp: Expected, inst: DemoInstance, ssm_log: Sequence[Mapping[str, Any]]
+) -> None:
+    """Pre script, CreateSnapshots, post script, in that order on the instance (the local
+    AWS's order log), each script succeeded, and the report says the set is application
+    consistent."""
+    label = exp.label
+    steps = [
+        (e["event"], e.get("command"))
+        for e in ssm_log
+        if e.get("instance_id") == inst.instance_id
+        and e.get("event") in ("SendCommand", "CreateSnapshots")
+    ]
+    want = [
+        ("SendCommand", "pre-script"),
+        ("CreateSnapshots", None),
+        ("SendCommand", "post-script"),
+    ]
+    checks.check(
+        steps == want,
+        f"{label}: {inst.name}: pre script, CreateSnapshots, post script, in that order",
+        f"got {steps}",
+    )
+    ends = [
+        e.get("status")
+        for e in ssm_log
+        if e.get("instance_id") == inst.instance_id and e.get("event") == "InvocationEnded"
+    ]
+    checks.check(
+        ends == ["Success", "Success"], f"{label}: {inst.name}: both scripts succeeded", f"{ends}"
+    )
+    outcome = _outcome(exp, inst.instance_id)
+    reported = (outcome.get("consistency"), [r.get("status") for r in outcome.get("scripts", [])])
+    checks.check(
+        reported == ("application", ["Success", "Success"]),
+        f"{label}: {inst.name}: the report says application consistent",
+        f"got {reported}",
+    )
+
+
 def _check_reports(
     checks: Checks,
     expected: Sequence[Expected],
@@ -208,10 +257,12 @@ def verify(
     reports: Sequence[Report],
     full_reports: Mapping[str, Any],
     invocations: Sequence[Invocation],
+    ssm_log: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     """Check what happened against what the policies say, independently of the handler's code.
 
-    `full_reports` maps each object key of the report bucket to its parsed JSON."""
+    `full_reports` maps each object key of the report bucket to its parsed JSON; `ssm_log` is
+    the local AWS's order log of SendCommand and CreateSnapshots calls."""
     errors = [f"{i.source}: {i.error!r}" for i in invocations if i.error is not None]
     checks.check(not errors, "every invocation returned", "; ".join(errors))
     groups = group_sets(snapshots)
@@ -228,6 +279,8 @@ def verify(
                 continue
             wanted.add(key)
             _check_set(checks, exp, inst, groups.get(key, []), volumes_by_id)
+            if exp.policy.get("scripts"):
+                _check_scripts(checks, exp, inst, ssm_log)
     extra = sorted(set(groups) - wanted)
     checks.check(not extra, "no other snapshot sets exist", f"unexpected sets {extra}")
     touched = {s["VolumeId"] for s in snapshots}

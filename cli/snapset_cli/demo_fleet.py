@@ -12,6 +12,7 @@ from localaws.fleet import DataVolume, launch_instance
 TAG_POLICY = "snapset:policy"
 TAG_TRIGGER_ID = "snapset:trigger-id"
 TAG_INSTANCE_ID = "snapset:instance-id"
+TAG_CONSISTENCY = "snapset:consistency"
 EXCLUDE_TAG = ("Snapset", "exclude")
 MANUAL_POLICY = "manual-db"
 
@@ -95,13 +96,18 @@ class Scenario:
 
 
 def build_fleet(ec2: Any, policies: Sequence[Mapping[str, Any]]) -> Scenario:
-    """Six instances, tagged from the configured policies' target tags.
+    """Six instances, and a seventh for a policy with scripts, tagged from the configured
+    policies' target tags.
 
     web-1, web-2, batch-1 (stopped) and api-1 (root volume only) carry the scheduled policy's
     target tags, web-2 also the stop policy's; db-1 is snapshotted by hand with a data volume
-    excluded by tag; dev-1 looks like a target but matches no policy.
+    excluded by tag; dev-1 looks like a target but matches no policy; pg-1 carries the target
+    tags of the first policy with pre and post scripts (an application-consistent set).
     """
-    scheduled = next((dict(p) for p in policies if p.get("schedules")), None)
+    scheduled = next(
+        (dict(p) for p in policies if p.get("schedules") and not p.get("scripts")), None
+    )
+    consistent = next((dict(p) for p in policies if p.get("scripts")), None)
     on_stop = next(
         (dict(p) for p in policies if "stopped" in p.get("on_instance_states", ())), None
     )
@@ -146,6 +152,16 @@ def build_fleet(ec2: Any, policies: Sequence[Mapping[str, Any]]) -> Scenario:
             role="outside every policy",
         ),
     ]
+    if consistent is not None and consistent.get("target_tags"):
+        fleet.append(
+            launch(
+                name="pg-1",
+                tags=_target_tags(consistent),
+                data=[("pgdata", {"App": "postgres", "Disk": "data"})],
+                role=f"application-consistent: {consistent['scripts']['document']} pre/post "
+                "scripts through SSM",
+            )
+        )
     by_name = {i.name: i for i in fleet}
     manual = {
         "policy": MANUAL_POLICY,
