@@ -3,7 +3,8 @@
 No guessing from the code's variable names: the calls are recorded. The deployed handler
 (`snapset.handler.handler`, with the synthesized function's environment) runs in-process under
 moto through a tour of its paths: a schedule run whose retention deletes sets beyond the
-policy's count, an instance event, a completion event and a manual invoke. A hook on every
+policy's count, an instance event, a completion event, a manual invoke, a fan-out and a policy's
+pre and post scripts. A hook on every
 botocore client call (`BaseClient._make_api_call`, the path every operation and paginator page
 of every client takes, whatever the client is named or whoever built it, Powertools included)
 records `service:Operation` while the handler runs. The role's actions are read from the
@@ -30,7 +31,7 @@ from infra_support import ROOT, Synth, synth
 from moto import mock_aws
 from moto.ec2.models import ec2_backends
 
-from localaws import ec2_images
+from localaws import ec2_images, ssm_commands
 from localaws.event_patterns import apply_target_input, event_matches
 from localaws.fleet import MOTO_ACCOUNT, DataVolume, launch_instance
 from snapset import handler as handler_module
@@ -64,6 +65,9 @@ NOT_TOURED = {
     "dynamodb:DeleteItem": "Powertools idempotency drops its record when a run raises",
     "dynamodb:GetItem": "Powertools reads an existing record only if the failed conditional "
     "PutItem did not return it (ReturnValuesOnConditionCheckFailure, boto3 >= 1.26.164)",
+    "ssm:CancelCommand": "cancels a script still running at its timeout (the tour's scripts "
+    "end in time; tests/unit/test_consistency.py pins the call, tests/e2e/test_scripts_e2e.py "
+    "makes it with the deployed role)",
 }
 
 
@@ -250,6 +254,22 @@ def _fan_out(
     handler_module.settings.cache_clear()
 
 
+def _scripts(s: Synth, ec2: Any, recorder: Recorder) -> None:
+    """The policy with pre and post scripts runs them through SSM around its CreateSnapshots."""
+    boto3.client("ssm", region_name=REGION).create_document(
+        Name="snapset-fsfreeze",
+        Content=(ROOT / "examples" / "ssm" / "snapset-fsfreeze.yaml").read_text(),
+        DocumentType="Command",
+        DocumentFormat="YAML",
+    )
+    db = launch_instance(ec2, tags={"Backup": "db"})
+    with recorder.recording():
+        report = handler_module.handler(schedule_input(s, "db-consistent"), Context())
+    [outcome] = report["instances"]
+    assert outcome["instance_id"] == db.instance_id
+    assert outcome["consistency"] == "application", outcome
+
+
 def rule_input(s: Synth, event: dict[str, Any]) -> Any:
     """What the deployed rule that matches `event` delivers to the function."""
     [payload] = [
@@ -264,6 +284,7 @@ def rule_input(s: Synth, event: dict[str, Any]) -> Any:
 def tour(s: Synth, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, extra: Path | None) -> None:
     """Run the handler through its paths, recording its calls."""
     ec2_images.install()  # snapshot locks and AMI filters, which retention asks about
+    ssm_commands.install()  # Run Command's lifecycle and DescribeInstanceInformation (scripts)
     monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
     with mock_aws():
         ec2 = boto3.client("ec2", region_name=REGION)
@@ -316,6 +337,7 @@ def tour(s: Synth, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, extra: P
                 if extra is not None:  # a module of the runtime package, for the negative test
                     exec(compile(extra.read_text(), str(extra), "exec"), {"__name__": "snapset.x"})
             _fan_out(ec2, sfn, machine, nightly.instance_id, monkeypatch, recorder)
+            _scripts(s, ec2, recorder)
         finally:
             handler_module.settings.cache_clear()
             handler_module.session.cache_clear()
@@ -353,6 +375,9 @@ def test_the_tour_records_the_runs_calls(toured: set[str]) -> None:
         "states:DescribeExecution",
         "s3:GetObject",
         "s3:PutObject",
+        "ssm:DescribeInstanceInformation",
+        "ssm:SendCommand",
+        "ssm:GetCommandInvocation",
     } <= toured
 
 
