@@ -19,8 +19,9 @@ pytestmark = pytest.mark.e2e
 def test_demo_runs_and_prints_the_sets_and_reports(capsys: pytest.CaptureFixture[str]) -> None:
     assert demo.main(["--no-color"]) == 0
     out = capsys.readouterr().out
-    assert "Snapshot sets (5)" in out
-    assert "SNS reports (8" in out
+    assert "Snapshot sets (6)" in out
+    assert "SNS reports (10" in out
+    assert "application" in out  # pg-1's set, taken between its scripts
     assert "db-1-scratch" in out  # excluded by tag, shown as excluded
     assert "checks passed" in out
     assert "FAIL" not in out
@@ -45,6 +46,7 @@ def _scenario() -> tuple[DemoInstance, Expected, list[dict[str, object]], list[R
         {"Key": "snapset:policy", "Value": "p"},
         {"Key": "snapset:trigger-id", "Value": "t-1"},
         {"Key": "snapset:instance-id", "Value": inst.instance_id},
+        {"Key": "snapset:consistency", "Value": "crash"},
         {"Key": "T", "Value": "manual"},
     ]
     snaps: list[dict[str, object]] = [
@@ -108,3 +110,52 @@ def test_the_checks_catch_an_excluded_volume_a_missing_tag_and_a_duplicate() -> 
     assert any("carries its volume's tags" in f for f in _failures([snaps[0], untagged]))
     twice = {**snaps[1], "SnapshotId": "snap-again", "StartTime": "t1"}
     assert any("one CreateSnapshots call" in f for f in _failures([*snaps, twice]))
+
+
+def _scripted_failures(log: list[dict[str, object]]) -> list[str]:
+    inst, exp, snaps, reports = _scenario()
+    exp.policy["scripts"] = {"document": "snapset-fsfreeze"}
+    outcome = {
+        "instance_id": inst.instance_id,
+        "consistency": "application",
+        "scripts": [{"status": "Success"}, {"status": "Success"}],
+    }
+    assert exp.invocation is not None
+    exp.invocation.result["instances"] = [outcome]
+    for snap in snaps:
+        tags = snap["Tags"]
+        assert isinstance(tags, list)
+        snap["Tags"] = [
+            {**t, "Value": "application"} if t["Key"] == "snapset:consistency" else t for t in tags
+        ]
+    checks = Checks(Out(io.StringIO(), colour=False))
+    verify(
+        checks,
+        expected=[exp],
+        fleet=[inst],
+        snapshots=snaps,
+        reports=reports,
+        full_reports=FULL_REPORTS,
+        invocations=[],
+        ssm_log=[{**e, "instance_id": inst.instance_id} for e in log],
+    )
+    return checks.failed
+
+
+IN_ORDER = [
+    {"event": "SendCommand", "command": "pre-script"},
+    {"event": "InvocationEnded", "command": "pre-script", "status": "Success"},
+    {"event": "CreateSnapshots"},
+    {"event": "SendCommand", "command": "post-script"},
+    {"event": "InvocationEnded", "command": "post-script", "status": "Success"},
+]
+
+
+def test_the_checks_pass_a_set_taken_between_its_scripts() -> None:
+    assert _scripted_failures(IN_ORDER) == []
+
+
+def test_the_checks_catch_a_set_taken_before_its_pre_script() -> None:
+    early = [IN_ORDER[2], IN_ORDER[0], IN_ORDER[1], *IN_ORDER[3:]]
+    [failure] = _scripted_failures(early)
+    assert "pre script, CreateSnapshots, post script, in that order" in failure

@@ -36,8 +36,10 @@ EXPECTED_SUBSTITUTIONS = [
     ("SnapsetAlarmsFunctionThrottlesAlarm7E474812", *_ALARM),
     ("SnapsetAlarmsInstancesFailedAlarm0nightlyappE41ACB65", *_ALARM),
     ("SnapsetAlarmsInstancesFailedAlarm1onstopC11D54E9", *_ALARM),
+    ("SnapsetAlarmsInstancesFailedAlarm2dbconsistent775F5FCE", *_ALARM),
     ("SnapsetAlarmsRulesDlqAlarmB2D2C28E", *_ALARM),
     ("SnapsetAlarmsSchedulerDlqAlarm6C6558CD", *_ALARM),
+    ("SnapsetAlarmsScriptFailuresAlarm2dbconsistent832615C2", *_ALARM),
     ("SnapsetFunctionDlqPolicy2280FB33", *_QUEUE_POLICY),
     (
         "SnapsetFunctionEventInvokeConfigA9013228",
@@ -56,6 +58,12 @@ EXPECTED_SUBSTITUTIONS = [
     ),
     (
         "SnapsetTriggersSchedule0x0nightlyappA39D8889",
+        "AWS::Scheduler::Schedule",
+        SUBSTITUTED,
+        "scheduler:CreateSchedule",
+    ),
+    (
+        "SnapsetTriggersSchedule2x0dbconsistent76D733E7",
         "AWS::Scheduler::Schedule",
         SUBSTITUTED,
         "scheduler:CreateSchedule",

@@ -63,6 +63,7 @@ def test_schedule_snapshots_the_policy_targets_and_reports(
         "snapset:policy": "nightly-app",
         "snapset:trigger-id": trigger_id,
         "snapset:instance-id": app.instance_id,
+        "snapset:consistency": "crash",
     }
     assert app_snap["Description"] == f"Snapset nightly-app nightly set of {app.instance_id}"
     assert not set(other.volume_ids) & {s["VolumeId"] for s in snapshots_of(ec2)}
