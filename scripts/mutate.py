@@ -37,6 +37,7 @@ MODULES = (
     "report",
     "pacing",
     "fanout",
+    "consistency",
 )
 # The fast tests (no e2e): tests/unit, tests/retention, and the plan preview's own tests in
 # tests/cli, the only ones that reach retention's explain_retention and preview_retention.

@@ -16,6 +16,7 @@ parallel across instances (`workers_for`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -61,7 +62,9 @@ DELIVERY_TIMEOUT_SECONDS = 30
 # per instance this keeps GetCommandInvocation near 32 calls a second, and botocore's retries
 # absorb a throttled call.
 SCRIPT_WORKERS = 32
-FIRST_POLL_SECONDS = 0.5
+# The pauses before each GetCommandInvocation: short at first, since a pre script that has
+# ended leaves the instance frozen until it is noticed, then one a second.
+POLL_PAUSES = (0.25, 0.25, 0.5, 0.5)
 POLL_SECONDS = 1.0
 # DescribeInstanceInformation takes at most 50 results per page: one page per chunk.
 INSTANCES_PER_LISTING = 50
@@ -160,11 +163,10 @@ class ScriptRunner:
     def _wait(self, instance_id: str, command: str, command_id: str, attempt: int) -> ScriptResult:
         timeout = self.scripts.timeout_seconds
         ends = self.clock() + timeout
-        pause = FIRST_POLL_SECONDS
         last = "Pending"
-        while True:
+        for poll in itertools.count():
+            pause = POLL_PAUSES[poll] if poll < len(POLL_PAUSES) else POLL_SECONDS
             self.sleep(max(0.0, min(pause, ends - self.clock())))
-            pause = POLL_SECONDS
             try:
                 invocation = self.ssm.get_command_invocation(
                     CommandId=command_id, InstanceId=instance_id

@@ -244,7 +244,8 @@ def test_a_stage_sends_the_document_to_one_instance_and_polls_until_it_ends() ->
         stub.assert_no_pending_responses()
     assert (result.status, result.attempts, result.command_id) == ("Success", 1, cid(1))
     assert result.error is None
-    assert time.slept == [0.5, 1.0, 1.0]
+    # quick polls first (a frozen instance waits for its pre script's end to be noticed)
+    assert time.slept == [0.25, 0.25, 0.5]
 
 
 def test_an_invocation_not_visible_yet_is_asked_for_again() -> None:
@@ -268,8 +269,8 @@ def test_a_script_past_its_timeout_is_cancelled_and_sent_again_within_max_retrie
     ssm, time = boto3.client("ssm", region_name="us-east-1"), FakeTime()
     req = request(timeout_seconds=10, max_retries=1)
     with Stubber(ssm) as stub:
-        # Polled at 0.5, 1.5, ... 9.5 and at the timeout, 10: eleven times, never ending.
-        script(stub, "pre-script", cid(1), *["InProgress"] * 11)
+        # Polled at 0.25, 0.5, 1, 1.5, 2.5, ... 9.5 and at the timeout, 10: 13 times.
+        script(stub, "pre-script", cid(1), *["InProgress"] * 13)
         stub.add_response("cancel_command", {}, {"CommandId": cid(1), "InstanceIds": [IID]})
         script(stub, "pre-script", cid(2), "Success")
         result = ScriptRunner(ssm, req.policy.scripts, "db", time.sleep, time.clock).run(  # type: ignore[arg-type]
