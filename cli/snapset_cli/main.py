@@ -114,6 +114,7 @@ def _planned(
             clients.ec2,
             policy,
             workers=workers,
+            ssm=clients.ssm,
             on_targets=bar.set_total if bar else None,
             on_planned=(lambda e: bar.advance(failed=e.status is InstanceStatus.FAILED))
             if bar

@@ -84,8 +84,17 @@ def render_plan(plan: Plan) -> str:
     ]
     if not plan.instances:
         return "\n".join([*lines, "No instance matches the policy's instance_ids or target_tags."])
-    header = ("INSTANCE", "STATE", "RESULT", "SNAPSHOT", "EXCLUDED", "REASON")
-    rows = [header]
+    scripts = any(e.ssm is not None for e in plan.instances)
+    header = (
+        "INSTANCE",
+        "STATE",
+        "RESULT",
+        "SNAPSHOT",
+        "EXCLUDED",
+        *(("SSM",) * scripts),
+        "REASON",
+    )
+    rows: list[tuple[str, ...]] = [header]
     for e in plan.instances:
         excluded = list(e.excluded_volume_ids)
         if e.excluded_boot_volume_id:
@@ -97,6 +106,7 @@ def render_plan(plan: Plan) -> str:
                 e.status.value,
                 ",".join(e.snapshot_volume_ids) or "-",
                 ",".join(excluded) or "-",
+                *((e.ssm or "-",) * scripts),
                 _why(e),
             )
         )
@@ -107,6 +117,13 @@ def render_plan(plan: Plan) -> str:
         f"{s.instances} instance(s): {s.dry_run_ok} would snapshot ({s.volumes} volume(s)), "
         f"{s.skipped} skipped, {s.failed} would fail.",
     ]
+    if scripts:
+        reachable = sum(e.scripts_reachable for e in plan.instances)
+        lines.append(
+            f"Scripts: {reachable} of {len(plan.instances)} online in SSM, whose sets are "
+            "application-consistent if their pre scripts succeed; the others get crash-consistent "
+            "sets or none (on_script_failure). The plan runs no script."
+        )
     return "\n".join(lines)
 
 

@@ -3,7 +3,9 @@
 `make_plan` creates nothing: it resolves targets with `find_targets`, lists the volumes to
 exclude by tag once for all of them (`run_lookups`), plans each instance with `plan_instance`,
 and asks CreateSnapshots with `DryRun=True` whether the call would be
-authorized. It returns a `Plan` value; a failed target discovery is the plan's `error`.
+authorized. For a policy with scripts it says which instances SSM can reach (one
+DescribeInstanceInformation per 50 instances); it sends no command. It returns a `Plan` value; a
+failed target discovery is the plan's `error`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict
 
+from snapset.consistency import ONLINE, PingListingFailed
 from snapset.errors import UNEXPECTED_ERROR, error_code, error_message
 from snapset.outcomes import ErrorInfo, InstanceOutcome, InstanceStatus
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
@@ -27,6 +30,7 @@ from snapset.targets import UNSNAPSHOTTABLE_STATES, Instance, find_targets
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_ssm import SSMClient
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,13 @@ class PlanEntry(BaseModel):
     excluded_boot_volume_id: str | None = None
     reason: str | None = None
     error: ErrorInfo | None = None
+    # With scripts: the instance's SSM ping status (`Online`: its scripts can run), `not
+    # managed`, or why it is unknown; None for a policy without scripts.
+    ssm: str | None = None
+
+    @property
+    def scripts_reachable(self) -> bool:
+        return self.ssm == ONLINE
 
 
 class PlanSummary(BaseModel):
@@ -116,6 +127,9 @@ def plan_one(
         status=InstanceStatus.FAILED,
         volume_ids=tuple(v.volume_id for v in instance.volumes),
         excluded_boot_volume_id=boot,
+        ssm=None
+        if instance.state in UNSNAPSHOTTABLE_STATES
+        else _ssm_status(request, lookups, iid),
     )
     try:
         planned = plan_instance(request.policy, instance, lookups.tag_excluded)
@@ -143,6 +157,17 @@ def plan_one(
     )
 
 
+def _ssm_status(request: SnapshotRequest, lookups: RunLookups, instance_id: str) -> str | None:
+    if request.policy.scripts is None:
+        return None
+    pings = lookups.ping_statuses
+    if isinstance(pings, PingListingFailed):
+        return f"unknown ({pings.code})"
+    if pings is None:
+        return "unknown (not listed)"
+    return pings.get(instance_id, "not managed")
+
+
 def _summary(entries: tuple[PlanEntry, ...]) -> PlanSummary:
     return PlanSummary(
         instances=len(entries),
@@ -163,8 +188,10 @@ def make_plan(
     on_planned: PlanProgress | None = None,
     on_targets: Callable[[int], None] | None = None,
     now: datetime | None = None,
+    ssm: SSMClient | None = None,
 ) -> Plan:
-    """Plan every target of `policy`, `workers` instances at a time.
+    """Plan every target of `policy`, `workers` instances at a time (with `ssm`, a policy's
+    scripts' reach: `PlanEntry.ssm`).
 
     `on_targets` gets the number of instances found before planning starts, `on_planned` each
     entry as it is done (from worker threads). A failed DescribeInstances gives a plan with
@@ -189,7 +216,7 @@ def make_plan(
     if on_targets is not None:
         on_targets(len(targets.instances))
     # A dry run makes no set, so there is none to look for: only the volume listing is made.
-    lookups = run_lookups(ec2, request, targets.instances, first_delivery=True)
+    lookups = run_lookups(ec2, request, targets.instances, first_delivery=True, ssm=ssm)
 
     def plan(instance: Instance) -> PlanEntry:
         entry = plan_one(ec2, request, instance, lookups)

@@ -120,8 +120,9 @@ def is_managed(
 ) -> bool:
     """Whether a snapshot is Snapset's own, of this policy and instance.
 
-    The three identity tags (policy, trigger, instance) must be present and non-empty, with the policy and instance equal to
-    these; with `account_id`, the snapshot must also be owned by that account.
+    The three identity tags (policy, trigger, instance) must be present and non-empty, with the
+    policy and instance equal to these; with `account_id`, the snapshot must also be owned by
+    that account.
     """
     tags = record.tags
     return (

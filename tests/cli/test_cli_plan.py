@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from localaws import ssm_commands
 from snapset_cli import inputs
 from snapset_cli import main as cli
 from tests.cli.conftest import UNKNOWN_INSTANCE, Fleet, write_json
@@ -203,6 +204,7 @@ def test_plan_json_shape(fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFix
         "excluded_boot_volume_id": None,
         "reason": f"would snapshot {fleet.web1_root}, {fleet.web1_data}",
         "error": None,
+        "ssm": None,
     }
     web3 = by_id(plan)[fleet.web3]
     assert (web3["status"], web3["reason"]) == ("skipped", "instance is terminated")
@@ -266,3 +268,23 @@ def test_plan_invalid_policy_file_names_the_field(
 def test_plan_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["plan", "--policy", "nope.json"]) == 2
     assert "policy file not found: nope.json" in capsys.readouterr().err
+
+
+def test_plan_of_a_policy_with_scripts_says_which_instances_ssm_can_reach_and_runs_none(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ssm_commands.install()
+    ssm_commands.configure({"instances": {fleet.web2: {"managed": False}}})
+    scripts = {"document": "snapset-fsfreeze", "on_script_failure": "skip"}
+    policy = write_json(tmp_path / "web.json", fleet.policy(scripts=scripts))
+
+    assert cli.main(["plan", "--policy", policy]) == 0
+
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    # INSTANCE STATE RESULT SNAPSHOT EXCLUDED SSM [REASON]
+    assert rows[fleet.web1][5] == "Online"
+    assert rows[fleet.web2][5] == "not managed"
+    assert rows[fleet.web3][5] == "-"  # terminated: skipped, nothing to reach
+    assert "Scripts: 1 of 3 online in SSM" in out
+    assert [e for e in ssm_commands.log() if e["event"] == "SendCommand"] == []
