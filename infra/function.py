@@ -101,6 +101,8 @@ SID_IDEMPOTENCY = "IdempotencyRecords"
 SID_DESTINATION = "AsyncFailureDestination"
 SID_SCRIPTS_SEND = "SendPolicyScripts"
 SID_SCRIPTS_FOLLOW = "FollowPolicyScripts"
+SID_SCRIPTS_INSTANCES = "SendPolicyScriptsToInstances"
+SID_SCRIPTS_TAGGED = "SendPolicyScriptsToTagged"
 
 R = logs.RetentionDays
 RETENTION = {
@@ -380,51 +382,80 @@ def document_arn(scope: Construct, document: str) -> str:
 
 
 def _scripts_policy(scope: Construct, role: iam.IRole, config: SnapsetConfig) -> iam.Policy | None:
-    """Run Command for the deployed policies' scripts: SendCommand only with their documents,
-    and following (and cancelling) the commands it sent. None when no policy has scripts, so a
-    payload cannot run any document on any instance."""
+    """Run Command for the deployed policies' scripts: SendCommand only with their documents and
+    only on the instances those policies target (by instance ARN, or by the target tags as
+    `ssm:resourceTag` conditions), and following (and cancelling) the commands it sent. None
+    when no policy has scripts, so a payload cannot run any document on any instance."""
     documents = config.script_documents()
     if not documents:
         return None
-    policy = iam.Policy(
-        scope,
-        "ScriptsPolicy",
-        roles=[role],
-        statements=[
-            # SendCommand is authorized on the document and on each instance: both are listed.
-            iam.PolicyStatement(
-                sid=SID_SCRIPTS_SEND,
-                actions=["ssm:SendCommand"],
-                resources=[
-                    *(document_arn(scope, d) for d in documents),
-                    _ec2_arn(scope, "instance"),
-                ],
-            ),
-            iam.PolicyStatement(
-                sid=SID_SCRIPTS_FOLLOW,
-                actions=[
-                    "ssm:CancelCommand",
-                    "ssm:DescribeInstanceInformation",
-                    "ssm:GetCommandInvocation",
-                ],
-                resources=["*"],
-            ),
-        ],
+    # SendCommand is authorized on the document and on each instance, each against its own
+    # statement.
+    statements = [
+        iam.PolicyStatement(
+            sid=SID_SCRIPTS_SEND,
+            actions=["ssm:SendCommand"],
+            resources=[document_arn(scope, d) for d in documents],
+        )
+    ]
+    stack = Stack.of(scope)
+    for index, policy in enumerate(config.policies):
+        if policy.scripts is None:
+            continue
+        if policy.instance_ids:
+            statements.append(
+                iam.PolicyStatement(
+                    sid=f"{SID_SCRIPTS_INSTANCES}{index}",
+                    actions=["ssm:SendCommand"],
+                    resources=[
+                        stack.format_arn(service="ec2", resource="instance", resource_name=i)
+                        for i in policy.instance_ids
+                    ],
+                )
+            )
+        if policy.target_tags:
+            # Every key must match one of its values, as EC2's tag filters (and StringLike's
+            # wildcards) do.
+            statements.append(
+                iam.PolicyStatement(
+                    sid=f"{SID_SCRIPTS_TAGGED}{index}",
+                    actions=["ssm:SendCommand"],
+                    resources=[_ec2_arn(scope, "instance")],
+                    conditions={
+                        "StringLike": {
+                            f"ssm:resourceTag/{key}": values
+                            for key, values in policy.target_tags.items()
+                        }
+                    },
+                )
+            )
+    statements.append(
+        iam.PolicyStatement(
+            sid=SID_SCRIPTS_FOLLOW,
+            actions=[
+                "ssm:CancelCommand",
+                "ssm:DescribeInstanceInformation",
+                "ssm:GetCommandInvocation",
+            ],
+            resources=["*"],
+        )
     )
+    scripts_policy = iam.Policy(scope, "ScriptsPolicy", roles=[role], statements=statements)
     nag.acknowledge(
-        policy,
+        scripts_policy,
         "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:"
         "instance/*]",
-        "A policy's scripts run on the instances it targets, chosen at run time (by ID or tag); "
-        "SendCommand is limited to the deployed policies' documents and this account and region",
+        "SendCommand on instances is limited by ssm:resourceTag conditions to the target tags "
+        "of the deployed policies with scripts (which instances carry them is known only at run "
+        "time), and to the deployed policies' documents",
     )
     nag.acknowledge(
-        policy,
+        scripts_policy,
         "AwsSolutions-IAM5[Resource::*]",
         "ssm:GetCommandInvocation, ssm:CancelCommand and ssm:DescribeInstanceInformation support "
         "no resource-level permissions (Resource must be *).",
     )
-    return policy
+    return scripts_policy
 
 
 def _acknowledge(default_policy: IConstruct, create: iam.Policy, retention: iam.Policy) -> None:

@@ -35,12 +35,17 @@ def error_of(raw: Any) -> str:
 
 def test_shipped_example_is_valid_and_realistic() -> None:
     config = load_config(example_config())
-    nightly, on_stop = config.policies
+    nightly, on_stop, consistent = config.policies
     assert nightly.schedules[0].timezone not in ("UTC", "Etc/UTC")
     assert nightly.exclude_boot_volume is True
     assert nightly.target_tags
     assert on_stop.on_instance_states == ["stopped"]
     assert not on_stop.schedules
+    # the README's example document, DLM's defaults raised to what a database flush needs
+    assert consistent.scripts is not None
+    assert consistent.scripts.document == "snapset-fsfreeze"
+    assert consistent.scripts.timeout_seconds == 30
+    assert consistent.target_tags
 
 
 def test_defaults_for_every_stack_setting() -> None:

@@ -116,7 +116,8 @@ def test_function_environment_is_the_lambda_contract(s: Synth) -> None:
         ENV_REPORT_BUCKET: ref(s, "AWS::S3::Bucket"),
         ENV_SAFETY_MARGIN_MS: "10000",
         ENV_EC2_API_SHARE: "0.5",
-        ENV_DEPLOYED_POLICIES: '{"nightly-app":{"count":7},"on-stop":{"max_age_days":30}}',
+        ENV_DEPLOYED_POLICIES: '{"nightly-app":{"count":7},"on-stop":{"max_age_days":30},'
+        '"db-consistent":{"count":7}}',
         # by the state machine's name, not a reference (which would make a cycle)
         ENV_STATE_MACHINE_ARN: {
             "Fn::Join": [
@@ -224,7 +225,10 @@ def test_one_schedule_per_policy_schedule_with_time_zone(s: Synth, config: Any) 
         (v["Properties"]["ScheduleExpression"], v["Properties"]["ScheduleExpressionTimezone"])
         for v in schedules.values()
     ]
-    assert got == expected == [("cron(30 3 * * ? *)", "Europe/Berlin")]
+    assert got == expected == [
+        ("cron(30 3 * * ? *)", "Europe/Berlin"),
+        ("cron(15 1 * * ? *)", "Europe/Berlin"),
+    ]
     for sched in schedules.values():
         props = sched["Properties"]
         assert props["FlexibleTimeWindow"] == {"Mode": "OFF"}
@@ -242,7 +246,7 @@ def test_one_schedule_per_policy_schedule_with_time_zone(s: Synth, config: Any) 
 
 
 def test_schedule_input_parses_back_into_the_policy(s: Synth, config: Any) -> None:
-    (sched,) = s.resources("AWS::Scheduler::Schedule").values()
+    sched = next(iter(s.resources("AWS::Scheduler::Schedule").values()))
     raw = sched["Properties"]["Target"]["Input"]
     # What Scheduler delivers: its context attributes filled in.
     delivered = raw.replace(SCHEDULED_TIME_ATTR, SCHEDULED_TIME).replace(
@@ -410,9 +414,11 @@ def test_retention_grants(s: Synth) -> None:
     delete = sids["RetentionDeleteOwnSnapshots"]
     assert delete["Action"] == "ec2:DeleteSnapshot"
     assert delete["Resource"] == ec2_arn("snapshot", account=False)
-    # only snapshots of the deployed policies that have retention (both shipped ones do)
+    # only snapshots of the deployed policies that have retention (all shipped ones do)
     assert delete["Condition"] == {
-        "StringEquals": {"aws:ResourceTag/snapset:policy": ["nightly-app", "on-stop"]}
+        "StringEquals": {
+            "aws:ResourceTag/snapset:policy": ["nightly-app", "on-stop", "db-consistent"]
+        }
     }
     attr = sids["RetentionDescribeSnapshotAttribute"]
     assert attr["Action"] == "ec2:DescribeSnapshotAttribute"
@@ -704,6 +710,10 @@ EXPECTED_ACKS = {
     "Function/RetentionPolicy": {
         "AwsSolutions-IAM5[Resource::*]",
         f"AwsSolutions-IAM5[Resource::{PARTITION_REGION}::snapshot/*]",
+    },
+    "Function/ScriptsPolicy": {
+        "AwsSolutions-IAM5[Resource::*]",
+        f"AwsSolutions-IAM5[Resource::{PARTITION_REGION}:<AWS::AccountId>:instance/*]",
     },
 }
 

@@ -54,18 +54,41 @@ def s() -> Synth:
     return synth(config)
 
 
-def test_send_command_names_each_deployed_document_and_this_regions_instances(s: Synth) -> None:
+def test_send_command_names_each_deployed_document(s: Synth) -> None:
     [send] = [st for st in ssm_statements(s) if st["Sid"] == "SendPolicyScripts"]
     assert send["Action"] == "ssm:SendCommand"
     assert sorted(joined(r) for r in send["Resource"]) == sorted(
         [
             "arn:<AWS::Partition>:ssm:<AWS::Region>::document/" + SAP,
-            "arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/*",
             SHARED,
             "arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:document/snapset-fsfreeze",
         ]
     )
     assert "Condition" not in send
+
+
+def test_send_command_reaches_only_the_instances_a_policy_with_scripts_targets(s: Synth) -> None:
+    sends = {st["Sid"]: st for st in ssm_statements(s) if st["Action"] == "ssm:SendCommand"}
+    # db-consistent (policy 2) targets Backup=db: any instance, but only one carrying that tag
+    tagged = sends["SendPolicyScriptsToTagged2"]
+    assert joined(tagged["Resource"]) == (
+        "arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/*"
+    )
+    assert tagged["Condition"] == {"StringLike": {"ssm:resourceTag/Backup": ["db"]}}
+    # sap and shared (policies 3 and 4) name their instances
+    assert joined(sends["SendPolicyScriptsToInstances3"]["Resource"]) == (
+        "arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/i-0123456789abcdef0"
+    )
+    assert joined(sends["SendPolicyScriptsToInstances4"]["Resource"]) == (
+        "arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/i-0123456789abcdef1"
+    )
+    # the policies without scripts reach no instance
+    assert sorted(sends) == [
+        "SendPolicyScripts",
+        "SendPolicyScriptsToInstances3",
+        "SendPolicyScriptsToInstances4",
+        "SendPolicyScriptsToTagged2",
+    ]
 
 
 def test_following_a_command_is_granted_where_ssm_has_no_resource_types(s: Synth) -> None:
