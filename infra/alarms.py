@@ -18,23 +18,12 @@ from infra.config import SnapsetConfig
 from snapset.settings import METRICS_NAMESPACE, SERVICE_NAME
 
 
-def failed_instances_metric(policy: str, period: Duration) -> cloudwatch.Metric:
-    """The `InstancesFailed` EMF metric of one policy, with the exact emitted dimensions."""
+def policy_metric(name: str, policy: str, period: Duration) -> cloudwatch.Metric:
+    """One policy's EMF metric `name` (`InstancesFailed`; `ScriptFailures`, the instances whose
+    pre or post script did not succeed), with the exact emitted dimensions."""
     return cloudwatch.Metric(
         namespace=METRICS_NAMESPACE,
-        metric_name="InstancesFailed",
-        dimensions_map={"policy": policy, "service": SERVICE_NAME},
-        statistic="Sum",
-        period=period,
-    )
-
-
-def script_failures_metric(policy: str, period: Duration) -> cloudwatch.Metric:
-    """The `ScriptFailures` EMF metric of one policy (instances whose pre or post script did
-    not succeed), with the exact emitted dimensions."""
-    return cloudwatch.Metric(
-        namespace=METRICS_NAMESPACE,
-        metric_name="ScriptFailures",
+        metric_name=name,
         dimensions_map={"policy": policy, "service": SERVICE_NAME},
         statistic="Sum",
         period=period,
@@ -105,7 +94,7 @@ class Alarms(Construct):
         for index, policy in enumerate(config.policies):
             self._alarm(
                 f"InstancesFailedAlarm{index}-{policy.name}",
-                failed_instances_metric(policy.name, period),
+                policy_metric("InstancesFailed", policy.name, period),
                 a.failed_instances_threshold,
                 f"Snapset policy {policy.name}: instances failed to snapshot",
             )
@@ -113,7 +102,7 @@ class Alarms(Construct):
                 # One failed post script may leave an instance's file systems frozen.
                 self._alarm(
                     f"ScriptFailuresAlarm{index}-{policy.name}",
-                    script_failures_metric(policy.name, period),
+                    policy_metric("ScriptFailures", policy.name, period),
                     1,
                     f"Snapset policy {policy.name}: a pre or post script did not succeed "
                     "(a failed post script may leave an instance frozen)",

@@ -308,26 +308,20 @@ class InstanceScripts:
 
     def _unmanaged(self, command: str) -> ScriptResult | None:
         ping = self.ping
-        iid = self.instance_id
-        if isinstance(ping, PingListingFailed):
-            return ScriptResult(
-                command=command,
-                status=NOT_MANAGED,
-                error=ErrorInfo(
-                    code=ping.code,
-                    message=f"{iid}: {command} not sent, {ping.message}",
-                ),
-            )
         if ping == ONLINE:
             return None
-        why = (
-            "is not managed by SSM (not in DescribeInstanceInformation: no SSM agent, or no "
-            "instance profile that lets it register)"
-            if ping is None
-            else f"is not online in SSM (PingStatus {ping})"
-        )
+        if isinstance(ping, PingListingFailed):
+            code, why = ping.code, ping.message
+        elif ping is None:
+            code = "InstanceNotManaged"
+            why = (
+                "it is not managed by SSM (not in DescribeInstanceInformation: no SSM agent, or "
+                "no instance profile that lets it register)"
+            )
+        else:
+            code, why = "InstanceNotManaged", f"it is not online in SSM (PingStatus {ping})"
         return ScriptResult(
             command=command,
             status=NOT_MANAGED,
-            error=ErrorInfo(code="InstanceNotManaged", message=f"{iid}: {command} not sent, {why}"),
+            error=ErrorInfo(code=code, message=f"{self.instance_id}: {command} not sent, {why}"),
         )

@@ -70,10 +70,14 @@ def _scenario() -> tuple[DemoInstance, Expected, list[dict[str, object]], list[R
 FULL_REPORTS = {"k": {"kind": "run", "status": "succeeded", "full_report": None}}
 
 
-def _failures(
-    snaps: list[dict[str, object]], full_reports: dict[str, object] = FULL_REPORTS
+def _verified(
+    inst: DemoInstance,
+    exp: Expected,
+    snaps: list[dict[str, object]],
+    reports: list[Report],
+    full_reports: dict[str, object] = FULL_REPORTS,
+    ssm_log: list[dict[str, object]] | None = None,
 ) -> list[str]:
-    inst, exp, _, reports = _scenario()
     checks = Checks(Out(io.StringIO(), colour=False))
     verify(
         checks,
@@ -83,8 +87,16 @@ def _failures(
         reports=reports,
         full_reports=full_reports,
         invocations=[],
+        ssm_log=ssm_log or [],
     )
     return checks.failed
+
+
+def _failures(
+    snaps: list[dict[str, object]], full_reports: dict[str, object] = FULL_REPORTS
+) -> list[str]:
+    inst, exp, _, reports = _scenario()
+    return _verified(inst, exp, snaps, reports, full_reports)
 
 
 def test_the_checks_pass_on_a_faithful_run() -> None:
@@ -128,18 +140,9 @@ def _scripted_failures(log: list[dict[str, object]]) -> list[str]:
         snap["Tags"] = [
             {**t, "Value": "application"} if t["Key"] == "snapset:consistency" else t for t in tags
         ]
-    checks = Checks(Out(io.StringIO(), colour=False))
-    verify(
-        checks,
-        expected=[exp],
-        fleet=[inst],
-        snapshots=snaps,
-        reports=reports,
-        full_reports=FULL_REPORTS,
-        invocations=[],
-        ssm_log=[{**e, "instance_id": inst.instance_id} for e in log],
+    return _verified(
+        inst, exp, snaps, reports, ssm_log=[{**e, "instance_id": inst.instance_id} for e in log]
     )
-    return checks.failed
 
 
 IN_ORDER = [
