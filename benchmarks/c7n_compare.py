@@ -53,13 +53,20 @@ Caveats. Both tools talk to one moto server process (its handlers serialised by 
 the same machine (2 cores here, shared with other work: repeat runs vary by tens of percent),
 so the figures are mostly the server's CPU per call, and a tool's concurrency buys nothing
 against it: this setting favours the tool that makes fewer calls and hides round-trip
-latency, where Snapset's 8 workers would outpace c7n's 2 (``--latency-ms 50`` shows it).
-moto's costs are not EC2's: moto's DescribeSnapshots scans every snapshot on each call (with
-localaws's tag index, about 10 ms with 40 snapshots and 66 ms with 6,000 here), so Snapset's
-per-instance recheck grows with the snapshots made so far and its cost per instance is not
-flat at scale; on EC2 that lookup is a bounded, filtered call (a round trip, not a scan).
-CreateSnapshots costs moto about 15 ms whatever the fleet; DescribeInstances renders each
-instance slowly (seconds per page of 1,000 at 3,000 instances), a fixed cost both tools pay.
+latency, where Snapset's 8 workers count against c7n's 2 (with ``--latency-ms 50`` at
+N = 200, one run, Snapset's wall was 0.84x c7n's).
+moto's costs are not EC2's. moto's DescribeSnapshots scans every snapshot on each call
+(with localaws's tag index, about 10 ms with 40 snapshots and 66 ms with 6,000, measured on
+this shared machine), so the CLI's per-instance recheck grows with the snapshots made so far
+and Snapset's cost per instance is not flat at scale here; on EC2 that look-up is a filtered
+call answered without a scan (a round trip, and a draw on DescribeSnapshots' own rate
+limit). With the look-ups off (``run_lookups(first_delivery=True)``, what the deployed
+function does on a schedule's first delivery; not something the CLI can be told), Snapset's
+wall at N = 500 was c7n's or less (9-10 s against 11 s, one probe, not part of this script):
+the gap is those N + 1 DescribeSnapshots, not the CreateSnapshots path or the workers (2
+workers instead of 8 were no faster here). CreateSnapshots costs moto about 15 ms whatever
+the fleet; DescribeInstances is slow in moto at thousands of instances, a cost per page both
+tools pay.
 Snapset's report (per-instance outcomes, JSON on stdout) and c7n's resources.json and
 metadata in its output directory are each tool's own work and are in their figures.
 
@@ -388,14 +395,15 @@ def median_run(runs: Sequence[Run]) -> Run:
 
 
 def calls_per_instance(run: Run) -> str:
-    """EC2 calls per instance by API (and the run's total), then other services' calls."""
+    """EC2 calls per instance by API [the run's calls] and their sum, then other services'."""
     n = run.n
     by_api = [
-        f"{api} {count / n:.3f}"
+        f"{api} {count / n:.3f} [{count}]"
         for api, count in run.calls.items()
         if api not in ("EC2 total", "STS", "other services")
     ]
-    text = ", ".join(by_api) + f" = {run.calls['EC2 total'] / n:.3f}"
+    total = run.calls["EC2 total"]
+    text = ", ".join(by_api) + f" = {total / n:.3f} [{total}]"
     others = [f"{k} {run.calls[k]}" for k in ("STS", "other services") if run.calls[k]]
     if others:
         text += " (+ " + ", ".join(others) + " calls per run)"
@@ -410,7 +418,7 @@ def print_table(n: int, by_tool: Mapping[str, Sequence[Run]], startup: Mapping[s
     )
     print(
         f"  {'tool':<16} {'median s':>9} {'ms/inst':>8} {'net ms/inst':>11}  {'runs s':<20} "
-        f"{'sets made':<16} EC2 calls per instance, median run, by API = all EC2"
+        f"{'sets made':<16} EC2 calls per instance [in the run], median run, by API = all EC2"
     )
     medians: dict[str, float] = {}
     nets: dict[str, float] = {}
