@@ -19,8 +19,8 @@ from snapset.settings import METRICS_NAMESPACE, SERVICE_NAME
 
 
 def policy_metric(name: str, policy: str, period: Duration) -> cloudwatch.Metric:
-    """One policy's EMF metric `name` (`InstancesFailed`; `ScriptFailures`, the instances whose
-    pre or post script did not succeed), with the exact emitted dimensions."""
+    """One policy's EMF metric `name` (`InstancesFailed`; `PostScriptFailures`, the instances
+    whose post script did not succeed), with the exact emitted dimensions."""
     return cloudwatch.Metric(
         namespace=METRICS_NAMESPACE,
         metric_name=name,
@@ -33,7 +33,7 @@ def policy_metric(name: str, policy: str, period: Duration) -> cloudwatch.Metric
 class Alarms(Construct):
     """Errors and throttles of `function`, depth of each of `dead_letter_queues` (name ->
     queue), failed, timed-out and aborted executions of `state_machine`, and `InstancesFailed`
-    per policy (and `ScriptFailures` for a policy with scripts); each alarm notifies `topic`.
+    per policy (and `PostScriptFailures` for a policy with scripts); each alarm notifies `topic`.
     Exposes `alarms`."""
 
     def __init__(
@@ -101,11 +101,11 @@ class Alarms(Construct):
             if policy.scripts is not None:
                 # One failed post script may leave an instance's file systems frozen.
                 self._alarm(
-                    f"ScriptFailuresAlarm{index}-{policy.name}",
-                    policy_metric("ScriptFailures", policy.name, period),
+                    f"PostScriptFailuresAlarm{index}-{policy.name}",
+                    policy_metric("PostScriptFailures", policy.name, period),
                     1,
-                    f"Snapset policy {policy.name}: a pre or post script did not succeed "
-                    "(a failed post script may leave an instance frozen)",
+                    f"Snapset policy {policy.name}: a post script did not succeed, so an "
+                    "instance may still be frozen",
                 )
 
     def _alarm(

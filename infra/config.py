@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from infra.schedule_times import DstFindings, dst_findings
+from snapset.consistency import seconds_needed
 from snapset.pacing import DEFAULT_EC2_API_SHARE
 from snapset.policy import SnapshotPolicy, describe_validation_error
 from snapset.settings import DEFAULT_MAX_WORKERS, DEFAULT_SAFETY_MARGIN_MS
@@ -419,7 +420,32 @@ class SnapsetConfig(BaseModel):
                 f"safety_margin_ms ({self.safety_margin_ms}) must be less than half of "
                 f"lambda_timeout_seconds ({self.lambda_timeout_seconds} s)"
             )
+        for policy in self.policies:
+            self._check_scripts(policy)
         return self
+
+    def _check_scripts(self, policy: PolicyConfig) -> None:
+        scripts = policy.scripts
+        if scripts is None:
+            return
+        if policy.on_instance_states:
+            raise ValueError(
+                f"policy {policy.name!r}: scripts need the SSM agent running, and an instance "
+                f"that is {' or '.join(policy.on_instance_states)} cannot run them: remove "
+                "on_instance_states or scripts"
+            )
+        # An instance starts its scripts only with time for all of them before the deadline:
+        # the worst case must leave at least half of the invocation to start instances in.
+        needed = seconds_needed(scripts, policy.dry_run)
+        usable = self.lambda_timeout_seconds - self.safety_margin_ms / 1000
+        if needed > usable / 2:
+            raise ValueError(
+                f"policy {policy.name!r}: scripts.timeout_seconds ({scripts.timeout_seconds}) "
+                f"and scripts.max_retries ({scripts.max_retries}) can take {needed} s per "
+                f"instance (every attempt timing out), more than half of the {usable:.0f} s an "
+                "invocation has (lambda_timeout_seconds less safety_margin_ms): lower them or "
+                "raise lambda_timeout_seconds"
+            )
 
 
 # --- loading --------------------------------------------------------------------------------

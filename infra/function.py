@@ -101,6 +101,8 @@ SID_IDEMPOTENCY = "IdempotencyRecords"
 SID_DESTINATION = "AsyncFailureDestination"
 SID_SCRIPTS_SEND = "SendPolicyScripts"
 SID_SCRIPTS_FOLLOW = "FollowPolicyScripts"
+# SSM reserves these document name prefixes to AWS's own documents.
+AWS_OWNED_PREFIXES = ("AWS", "Amazon")
 SID_SCRIPTS_INSTANCES = "SendPolicyScriptsToInstances"
 SID_SCRIPTS_TAGGED = "SendPolicyScriptsToTagged"
 
@@ -369,15 +371,15 @@ def _grant_reports_and_idempotency(
 
 def document_arn(scope: Construct, document: str) -> str:
     """The ARN of a policy's SSM document: as given when it is one (a shared document), else
-    this account's and region's, with no account for AWS-owned documents (`AWS…` names are
-    reserved to AWS)."""
+    this account's and region's, with no account for AWS-owned documents (`AWS…` and
+    `Amazon…` names are reserved to AWS)."""
     if document.startswith("arn:"):
         return document
     return Stack.of(scope).format_arn(
         service="ssm",
         resource="document",
         resource_name=document,
-        account="" if document.startswith("AWS") else None,
+        account="" if document.startswith(AWS_OWNED_PREFIXES) else None,
     )
 
 
@@ -435,7 +437,7 @@ def _scripts_policy(scope: Construct, role: iam.IRole, config: SnapsetConfig) ->
             actions=[
                 "ssm:CancelCommand",
                 "ssm:DescribeInstanceInformation",
-                "ssm:GetCommandInvocation",
+                "ssm:ListCommandInvocations",
             ],
             resources=["*"],
         )
@@ -452,7 +454,7 @@ def _scripts_policy(scope: Construct, role: iam.IRole, config: SnapsetConfig) ->
     nag.acknowledge(
         scripts_policy,
         "AwsSolutions-IAM5[Resource::*]",
-        "ssm:GetCommandInvocation, ssm:CancelCommand and ssm:DescribeInstanceInformation support "
+        "ssm:ListCommandInvocations, ssm:CancelCommand and ssm:DescribeInstanceInformation support "
         "no resource-level permissions (Resource must be *).",
     )
     return scripts_policy

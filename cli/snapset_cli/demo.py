@@ -63,7 +63,7 @@ def create_script_documents(
     example = project_root / EXAMPLE_DOCUMENT
     names = sorted({p["scripts"]["document"] for p in policies if p.get("scripts")})
     for name in names:
-        if name.startswith("arn:") or name.startswith("AWS"):
+        if name.startswith(("arn:", "AWS", "Amazon")):
             out.line(f"  (scripts document {name} is not this account's: not created)")
             continue
         ssm.create_document(

@@ -21,12 +21,18 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from snapset.deadline import Deadline
-from snapset.errors import PRE_SCRIPT_FAILED, error_code, error_message
+from snapset.errors import (
+    PRE_SCRIPT_FAILED,
+    UNEXPECTED_ERROR,
+    error_code,
+    error_message,
+    http_status,
+)
 from snapset.outcomes import Consistency, ErrorInfo, ScriptResult
 from snapset.policy import OnScriptFailure, Scripts, SnapshotPolicy
 
@@ -44,32 +50,44 @@ DRY_RUN_SCRIPT = "dry-run"
 SUCCESS = "Success"
 # Snapset's own stage statuses, for a stage SSM never ran or never answered for.
 NOT_MANAGED = "NotManaged"
+# SendCommand refused the call (a 4xx that made no command), or failed in a way that leaves it
+# unknown (a server error, a lost connection), or the result could not be read.
+NOT_SENT = "NotSent"
 SEND_FAILED = "SendFailed"
 NO_RESULT = "NoResult"
 TIMED_OUT = "TimedOut"
-# GetCommandInvocation's terminal statuses; Pending, InProgress, Delayed and Cancelling go on.
+# ListCommandInvocations' terminal statuses; Pending, InProgress, Delayed and Cancelling go on.
 TERMINAL_STATUSES = frozenset({SUCCESS, "Failed", TIMED_OUT, "Cancelled"})
-# Statuses after which the same command is sent again (up to max_retries): the script ran, or
-# was meant to, and did not succeed. A refused SendCommand or an unreadable result is not retried.
+# After these a stage is sent again: the script ran, or was meant to, and did not succeed. A
+# post script is sent again after anything but a refusal: a thaw that may not have run is worse
+# than a second one, which DLM-style documents tolerate.
 RETRIED_STATUSES = frozenset({"Failed", TIMED_OUT, "Cancelled"})
+POST_RETRIED_STATUSES = RETRIED_STATUSES | {SEND_FAILED, NO_RESULT}
+# A pre script could still be delivered after it was cancelled or its send failed; these are
+# the statuses from which it cannot.
 ONLINE = "Online"
+THROTTLED = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException"})
 
-# SendCommand's delivery timeout (its minimum): a command the agent has not picked up by then
-# never runs, so a pre script cannot freeze an instance long after Snapset moved on.
+# SendCommand's delivery timeout for a pre script (its minimum): one the agent has not picked up
+# by then never runs, so a freeze cannot land long after Snapset moved on. A post script gets
+# ten minutes: a late thaw is harmless, a thaw that never runs is not.
 DELIVERY_TIMEOUT_SECONDS = 30
+POST_DELIVERY_TIMEOUT_SECONDS = 600
 # Waits are mostly sleeping, so a run with scripts waits on this many instances at once.
-# SSM publishes no fixed rate for SendCommand or GetCommandInvocation; at one poll per second
-# per instance this keeps GetCommandInvocation near 32 calls a second, and botocore's retries
-# absorb a throttled call.
+# SSM publishes no fixed rate for SendCommand or ListCommandInvocations; at one poll per
+# second per instance this keeps polling near 32 calls a second, and a throttled poll is polled
+# again.
 SCRIPT_WORKERS = 32
-# The pauses before each GetCommandInvocation: short at first, since a pre script that has
-# ended leaves the instance frozen until it is noticed, then one a second.
+# The pauses before each poll: short at first, since a pre script that has ended leaves the
+# instance frozen until it is noticed, then one a second.
 POLL_PAUSES = (0.25, 0.25, 0.5, 0.5)
 POLL_SECONDS = 1.0
 # DescribeInstanceInformation takes at most 50 results per page: one page per chunk.
 INSTANCES_PER_LISTING = 50
-# What one CreateSnapshots call between the stages may take (the EC2 client's read timeout).
-CREATE_CALL_SECONDS = 20
+# Time allowed per attempt for its SendCommand and CancelCommand calls (the SSM client's
+# timeouts), and for CreateSnapshots (the EC2 client's connect and read timeouts).
+SSM_CALLS_SECONDS = 15
+CREATE_CALL_SECONDS = 25
 MAX_OUTPUT_IN_ERROR = 300
 
 
@@ -115,10 +133,12 @@ def _clip(text: str) -> str:
 
 @dataclass(frozen=True)
 class ScriptRunner:
-    """Sends a policy's document to one instance at a time and waits for the result.
+    """Sends a policy's document to one instance at a time and follows the invocation with
+    ListCommandInvocations, which answers for the whole invocation whatever the document's
+    steps (GetCommandInvocation needs a step's name once a document has several).
 
     `sleep` and `clock` are injectable so tests move time instead of waiting. botocore's
-    waiter for GetCommandInvocation counts attempts, not seconds, and cannot be given a clock.
+    waiters count attempts, not seconds, and cannot be given a clock.
     """
 
     ssm: SSMClient
@@ -127,30 +147,27 @@ class ScriptRunner:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 
-    def run(self, instance_id: str, command: str) -> ScriptResult:
-        """Send `command` to the instance and wait for it to end, sending it again after a
-        failure, a timeout or a cancellation up to `max_retries` times."""
-        result = self._attempt(instance_id, command, 1)
-        for attempt in range(2, self.scripts.max_retries + 2):
-            if result.status not in RETRIED_STATUSES:
-                break
-            logger.info("%s: %s %s, attempt %d", instance_id, command, result.status, attempt)
-            result = self._attempt(instance_id, command, attempt)
-        return result
+    def run(self, instance_id: str, command: str, attempt: int = 1) -> ScriptResult:
+        """Send `command` once and wait for it to end within `timeout_seconds`.
 
-    def _attempt(self, instance_id: str, command: str, attempt: int) -> ScriptResult:
+        A pre script (or a dry run's) still running then is cancelled, and followed until it
+        cannot run any more (`settle`), so that no freeze lands after its post script. A post
+        script is never cancelled: a thaw is left to finish."""
+        post = command == POST_SCRIPT
         try:
             sent = self.ssm.send_command(
                 InstanceIds=[instance_id],
                 DocumentName=self.scripts.document,
                 Parameters={COMMAND_PARAMETER: [command]},
-                TimeoutSeconds=DELIVERY_TIMEOUT_SECONDS,
+                TimeoutSeconds=POST_DELIVERY_TIMEOUT_SECONDS if post else DELIVERY_TIMEOUT_SECONDS,
                 Comment=f"Snapset policy {self.policy}: {command}"[:100],
             )
         except (ClientError, BotoCoreError) as exc:
+            # A 4xx answer made no command; a server error or a lost connection may have.
+            refused = isinstance(exc, ClientError) and 400 <= http_status(exc) < 500
             return ScriptResult(
                 command=command,
-                status=SEND_FAILED,
+                status=NOT_SENT if refused and error_code(exc) not in THROTTLED else SEND_FAILED,
                 attempts=attempt,
                 error=ErrorInfo(
                     code=error_code(exc),
@@ -158,32 +175,75 @@ class ScriptRunner:
                 ),
             )
         command_id = sent["Command"]["CommandId"]
-        return self._wait(instance_id, command, command_id, attempt)
+        ends = self.clock() + self.scripts.timeout_seconds
+        outcome = self._follow(instance_id, command_id, ends)
+        if isinstance(outcome, dict):
+            return _result(instance_id, command, command_id, attempt, outcome)
+        if post:
+            return self._not_ended(
+                instance_id, command, command_id, attempt, last=outcome, then="left to end"
+            )
+        self._cancel(instance_id, command_id)
+        settled = self._follow(instance_id, command_id, self.clock() + DELIVERY_TIMEOUT_SECONDS)
+        if isinstance(settled, dict) and settled.get("Status") == SUCCESS:
+            # It ended after all (cancelling is not guaranteed): the instance is prepared.
+            return _result(instance_id, command, command_id, attempt, settled)
+        return self._not_ended(
+            instance_id, command, command_id, attempt, last=outcome, then="cancelled"
+        )
 
-    def _wait(self, instance_id: str, command: str, command_id: str, attempt: int) -> ScriptResult:
-        timeout = self.scripts.timeout_seconds
-        ends = self.clock() + timeout
-        last = "Pending"
-        for poll in itertools.count():
+    def _follow(
+        self, instance_id: str, command_id: str, ends: float
+    ) -> dict[str, Any] | str | Exception:
+        """The invocation once it reached a terminal status before `ends`; else its last status
+        (or the error that stopped the polling)."""
+        last: str | Exception = "Pending"
+        polls = itertools.count()
+        while True:
+            poll = next(polls)
             pause = POLL_PAUSES[poll] if poll < len(POLL_PAUSES) else POLL_SECONDS
             self.sleep(max(0.0, min(pause, ends - self.clock())))
             try:
-                invocation = self.ssm.get_command_invocation(
-                    CommandId=command_id, InstanceId=instance_id
+                answer = self.ssm.list_command_invocations(
+                    CommandId=command_id, InstanceId=instance_id, Details=True
                 )
             except ClientError as exc:
-                # Just after SendCommand the invocation may not be visible yet.
-                if error_code(exc) != "InvocationDoesNotExist":
-                    return self._unreadable(instance_id, command, command_id, attempt, exc)
+                if error_code(exc) not in THROTTLED:
+                    return exc
+                last = exc  # throttled past botocore's retries: poll again
             except BotoCoreError as exc:
-                return self._unreadable(instance_id, command, command_id, attempt, exc)
+                return exc
             else:
-                last = invocation["Status"]
-                if last in TERMINAL_STATUSES:
-                    return _result(instance_id, command, command_id, attempt, invocation)
+                # Just after SendCommand the invocation may not be listed yet.
+                for invocation in answer.get("CommandInvocations", []):
+                    last = str(invocation.get("Status", "Pending"))
+                    if last in TERMINAL_STATUSES:
+                        return dict(invocation)
             if self.clock() >= ends:
-                break
-        self._cancel(instance_id, command_id)
+                return last
+
+    def _not_ended(
+        self,
+        instance_id: str,
+        command: str,
+        command_id: str,
+        attempt: int,
+        *,
+        last: str | Exception,
+        then: str,
+    ) -> ScriptResult:
+        if isinstance(last, Exception):
+            return ScriptResult(
+                command=command,
+                status=NO_RESULT,
+                attempts=attempt,
+                command_id=command_id,
+                error=ErrorInfo(
+                    code=error_code(last),
+                    message=f"{instance_id}: {command}: ListCommandInvocations failed: "
+                    f"{error_message(last)}; the command was {then}",
+                ),
+            )
         return ScriptResult(
             command=command,
             status=TIMED_OUT,
@@ -191,30 +251,12 @@ class ScriptRunner:
             command_id=command_id,
             error=ErrorInfo(
                 code=f"Script{TIMED_OUT}",
-                message=f"{instance_id}: {command} did not end within {timeout} s "
-                f"(last status {last}); the command was cancelled",
-            ),
-        )
-
-    def _unreadable(
-        self, instance_id: str, command: str, command_id: str, attempt: int, exc: Exception
-    ) -> ScriptResult:
-        self._cancel(instance_id, command_id)
-        return ScriptResult(
-            command=command,
-            status=NO_RESULT,
-            attempts=attempt,
-            command_id=command_id,
-            error=ErrorInfo(
-                code=error_code(exc),
-                message=f"{instance_id}: {command}: GetCommandInvocation failed: "
-                f"{error_message(exc)}; the command was cancelled",
+                message=f"{instance_id}: {command} did not end within "
+                f"{self.scripts.timeout_seconds} s (last status {last}); the command was {then}",
             ),
         )
 
     def _cancel(self, instance_id: str, command_id: str) -> None:
-        # A pre script that ends after Snapset stopped waiting would freeze the instance with
-        # nothing left to thaw it.
         try:
             self.ssm.cancel_command(CommandId=command_id, InstanceIds=[instance_id])
         except (ClientError, BotoCoreError):
@@ -222,14 +264,16 @@ class ScriptRunner:
 
 
 def _result(
-    instance_id: str, command: str, command_id: str, attempt: int, invocation: Mapping[str, object]
+    instance_id: str, command: str, command_id: str, attempt: int, invocation: Mapping[str, Any]
 ) -> ScriptResult:
     status = str(invocation["Status"])
     if status == SUCCESS:
         return ScriptResult(command=command, status=status, attempts=attempt, command_id=command_id)
     details = str(invocation.get("StatusDetails") or status)
-    output = _clip(str(invocation.get("StandardErrorContent") or ""))
-    message = f"{instance_id}: {command} {details} (exit code {invocation.get('ResponseCode', -1)})"
+    plugins = invocation.get("CommandPlugins") or []
+    failed = next((p for p in plugins if p.get("Status") != SUCCESS), plugins[0] if plugins else {})
+    output = _clip(str(failed.get("Output") or ""))
+    message = f"{instance_id}: {command} {details} (exit code {failed.get('ResponseCode', -1)})"
     return ScriptResult(
         command=command,
         status=status,
@@ -241,14 +285,20 @@ def _result(
     )
 
 
+# Each failed CreateSnapshots call between scripts freezes and thaws the instance once more:
+# a few, not the engine's fifty.
+MAX_BRACKETED_CALLS = 3
+
+
 @dataclass
 class InstanceScripts:
     """One instance's script stages around its CreateSnapshots calls.
 
     Every call is bracketed: `before_create` runs the pre stage (or a dry run's `dry-run`),
     `after_create` the post stage, which the caller runs in a `finally` so that it follows
-    every pre stage that was sent. A refused call retried later gets its own stages, so an
-    instance never stays frozen while its call waits to be retried.
+    every pre stage that may have run. A pre script that fails is followed by its post script
+    before it is sent again, as DLM retries the whole creation. A refused call retried later
+    gets its own stages, so an instance never stays frozen while its call waits.
     """
 
     runner: ScriptRunner
@@ -266,8 +316,9 @@ class InstanceScripts:
         return self.runner.scripts
 
     def seconds_needed(self) -> int:
-        """What one bracketed call can take: every stage timing out on every attempt."""
-        return self.scripts.worst_case_seconds(self.dry_run) + CREATE_CALL_SECONDS
+        """What one bracketed call can take: every stage timing out on every attempt, with
+        its SSM calls, a cancelled pre script followed until it cannot run, and the call."""
+        return seconds_needed(self.scripts, self.dry_run)
 
     def fits(self, deadline: Deadline) -> bool:
         """Whether a bracketed call can end (post stage included) before `deadline`."""
@@ -281,10 +332,17 @@ class InstanceScripts:
             return None
         command = DRY_RUN_SCRIPT if self.dry_run else PRE_SCRIPT
         result = self._unmanaged(command)
-        if result is None:
-            # Sent: from here on the post stage is owed whatever happens.
-            self._post_owed = self.scripts.post and not self.dry_run
-            result = self.runner.run(self.instance_id, command)
+        for attempt in range(1, self.scripts.max_retries + 2):
+            if result is not None:
+                break
+            result = self.runner.run(self.instance_id, command, attempt)
+            # Unless SendCommand refused it, the script may run: its post script is owed.
+            self._post_owed = (self.scripts.post and not self.dry_run) and result.status != NOT_SENT
+            if result.status in RETRIED_STATUSES and attempt <= self.scripts.max_retries:
+                self.results.append(result)
+                self.after_create()
+                result = None
+        assert result is not None
         self.results.append(result)
         if result.succeeded:
             self.consistency = Consistency.APPLICATION
@@ -298,13 +356,37 @@ class InstanceScripts:
         return None
 
     def after_create(self) -> None:
-        """Run the post stage if one is owed (a pre stage was sent, or the policy has only a
-        post stage); its failure is recorded on the instance, never raised."""
+        """Run the post stage if one is owed (a pre stage may have run, or the policy has only
+        a post stage); its failure is recorded on the instance, never raised."""
         if not self._post_owed:
             return
         self._post_owed = False
+        self._thaw()
+
+    def thaw_for_redelivery(self) -> None:
+        """An earlier delivery of the trigger made this instance's set and may have ended
+        between its scripts (a timeout, a crash): send the post script again."""
+        if self.scripts.post and not self.dry_run:
+            self._thaw()
+
+    def _thaw(self) -> None:
         result = self._unmanaged(POST_SCRIPT) if not self.scripts.pre else None
-        self.results.append(result or self.runner.run(self.instance_id, POST_SCRIPT))
+        if result is None:
+            for attempt in range(1, max(self.scripts.max_retries, 1) + 2):
+                try:
+                    result = self.runner.run(self.instance_id, POST_SCRIPT, attempt)
+                except Exception as exc:  # a bug must not hide the call's own outcome
+                    logger.exception("post script on %s", self.instance_id)
+                    result = ScriptResult(
+                        command=POST_SCRIPT,
+                        status=NO_RESULT,
+                        attempts=attempt,
+                        error=ErrorInfo(code=UNEXPECTED_ERROR, message=f"{exc!r}"),
+                    )
+                if result.status not in POST_RETRIED_STATUSES:
+                    break
+        assert result is not None
+        self.results.append(result)
 
     def _unmanaged(self, command: str) -> ScriptResult | None:
         ping = self.ping
@@ -325,3 +407,18 @@ class InstanceScripts:
             status=NOT_MANAGED,
             error=ErrorInfo(code=code, message=f"{self.instance_id}: {command} not sent, {why}"),
         )
+
+
+def seconds_needed(scripts: Scripts, dry_run: bool) -> int:
+    """The longest one instance's bracketed CreateSnapshots call can take: each pre attempt
+    timing out, cancelled and followed until it cannot run, with a post script after each
+    failed one; the call; each post attempt timing out. A dry run sends `dry-run` instead."""
+    attempt = scripts.timeout_seconds + SSM_CALLS_SECONDS
+    pre_attempts = scripts.max_retries + 1
+    post_attempts = max(scripts.max_retries, 1) + 1
+    pre = pre_attempts * (attempt + DELIVERY_TIMEOUT_SECONDS) if dry_run or scripts.pre else 0
+    if dry_run:
+        return pre + CREATE_CALL_SECONDS
+    post = post_attempts * attempt if scripts.post else 0
+    thaws_between = scripts.max_retries * post if scripts.pre else 0
+    return pre + thaws_between + CREATE_CALL_SECONDS + post

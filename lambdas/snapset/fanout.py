@@ -33,7 +33,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
 from snapset.clients import Clients
-from snapset.consistency import workers_for
+from snapset.consistency import seconds_needed, workers_for
 from snapset.deadline import Deadline
 from snapset.errors import error_code
 from snapset.idempotency import Delivery
@@ -304,6 +304,10 @@ def hand_off(
     manual trigger) lets the batches' first attempts skip looking for sets."""
     policy = request.policy
     price = estimate(policy, instances, share=share, rate_scale=rate_scale, max_workers=max_workers)
+    if policy.scripts is not None:
+        # No instance starts its scripts in an invocation's last `seconds_needed` seconds.
+        last = seconds_needed(policy.scripts, policy.dry_run)
+        remaining_seconds, worker_seconds = remaining_seconds - last, worker_seconds - last
     if not instances or price.seconds <= INLINE_FRACTION * remaining_seconds:
         return None
     if remaining_seconds <= 0:

@@ -89,9 +89,14 @@ def record_metrics(report: RunReport) -> None:
             unit=MetricUnit.Count,
             value=report.summary.application_consistent,
         )
-        # A post script that failed may have left an instance frozen: alarmed per policy.
         metrics.add_metric(
             name="ScriptFailures", unit=MetricUnit.Count, value=report.summary.script_failures
+        )
+        # A post script that failed may have left an instance frozen: alarmed per policy.
+        metrics.add_metric(
+            name="PostScriptFailures",
+            unit=MetricUnit.Count,
+            value=report.summary.post_script_failures,
         )
     if report.error is not None:
         metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)

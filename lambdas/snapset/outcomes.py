@@ -120,6 +120,11 @@ class InstanceOutcome(BaseModel):
         """Whether a script stage of this instance did not succeed."""
         return any(not s.succeeded for s in self.scripts)
 
+    @property
+    def post_script_failed(self) -> bool:
+        """Whether a post script of this instance did not succeed: it may still be frozen."""
+        return any(not s.succeeded for s in self.scripts if s.command == "post-script")
+
     @classmethod
     def failed(
         cls, instance_id: str, code: str, message: str, excluded: tuple[str, ...] = ()

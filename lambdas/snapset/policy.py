@@ -225,12 +225,6 @@ class Scripts(BaseModel):
     def post(self) -> bool:
         return ScriptStage.POST in self.stages
 
-    def worst_case_seconds(self, dry_run: bool) -> int:
-        """The longest the scripts of one instance can take: every stage timing out on every
-        attempt (a dry run sends one `dry-run` command instead of the stages)."""
-        stages = 1 if dry_run else len(self.stages)
-        return stages * self.timeout_seconds * (self.max_retries + 1)
-
 
 class SnapshotPolicy(BaseModel):
     """Which instances to snapshot and with which CreateSnapshots options.

@@ -63,6 +63,7 @@ class Summary(BaseModel):
     application_consistent: int = 0
     crash_consistent: int = 0
     script_failures: int = 0
+    post_script_failures: int = 0
 
 
 class S3Location(BaseModel):
@@ -122,6 +123,7 @@ def summarize(outcomes: tuple[InstanceOutcome, ...]) -> Summary:
         application_consistent=consistency[Consistency.APPLICATION],
         crash_consistent=consistency[Consistency.CRASH],
         script_failures=sum(1 for o in outcomes if o.script_failed),
+        post_script_failures=sum(1 for o in outcomes if o.post_script_failed),
     )
 
 

@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from snapset.consistency import (
+    MAX_BRACKETED_CALLS,
     InstanceScripts,
     PingListingFailed,
     PingStatuses,
@@ -511,6 +512,8 @@ def create_snapshot_set(
     excluded = plan.excluded_volume_ids
     consistency = Consistency.CRASH
     if existing and not request.policy.dry_run:
+        if scripts is not None:
+            scripts.thaw_for_redelivery()
         return _already_created(instance_id, existing, excluded)
     attempt = 0
     # Once a call may have made the set, every later call of this delivery looks first.
@@ -520,6 +523,9 @@ def create_snapshot_set(
             if look_first:
                 found = find_existing_set(ec2, request.policy.name, request.trigger.id, instance_id)
                 if found:
+                    if scripts is not None and attempt == 0:
+                        # made by an earlier delivery, which may have ended between its scripts
+                        scripts.thaw_for_redelivery()
                     return _already_created(instance_id, found, excluded)
             if not budget.pace():
                 return InstanceOutcome.failed(
@@ -551,6 +557,15 @@ def create_snapshot_set(
                 return _error_outcome(instance_id, exc, excluded)
             unconfirmed = kind == "unconfirmed"
             look_first = look_first or (unconfirmed and not request.policy.dry_run)
+            if scripts is not None and attempt + 1 >= MAX_BRACKETED_CALLS:
+                return InstanceOutcome.failed(
+                    instance_id,
+                    CREATE_UNCONFIRMED if unconfirmed else TIMEOUT,
+                    f"{instance_id}: CreateSnapshots failed {attempt + 1} times between its "
+                    f"scripts (last: {error_code(exc)}); each try freezes the instance again, "
+                    "so the next delivery retries it",
+                    excluded,
+                )
             if budget.wait(attempt, minimum=budget.settle_delay if unconfirmed else 0.0):
                 attempt += 1
                 continue

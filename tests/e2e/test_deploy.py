@@ -37,9 +37,9 @@ EXPECTED_SUBSTITUTIONS = [
     ("SnapsetAlarmsInstancesFailedAlarm0nightlyappE41ACB65", *_ALARM),
     ("SnapsetAlarmsInstancesFailedAlarm1onstopC11D54E9", *_ALARM),
     ("SnapsetAlarmsInstancesFailedAlarm2dbconsistent775F5FCE", *_ALARM),
+    ("SnapsetAlarmsPostScriptFailuresAlarm2dbconsistent02DB195F", *_ALARM),
     ("SnapsetAlarmsRulesDlqAlarmB2D2C28E", *_ALARM),
     ("SnapsetAlarmsSchedulerDlqAlarm6C6558CD", *_ALARM),
-    ("SnapsetAlarmsScriptFailuresAlarm2dbconsistent832615C2", *_ALARM),
     ("SnapsetFunctionDlqPolicy2280FB33", *_QUEUE_POLICY),
     (
         "SnapsetFunctionEventInvokeConfigA9013228",

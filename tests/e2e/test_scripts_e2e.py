@@ -75,8 +75,7 @@ def test_each_set_is_taken_between_its_scripts_and_says_what_consistency_it_has(
     failed = {"status": "Failed", "stderr": "mysql: cannot lock tables", "response_code": 1}
     local_aws.set_ssm(
         instances={
-            # db-consistent sends a failed script once more (max_retries 1)
-            failing.instance_id: {"results": {"pre-script": [failed, failed]}},
+            failing.instance_id: {"results": {"pre-script": [failed]}},
             unmanaged.instance_id: {"managed": False},
         }
     )
@@ -96,11 +95,11 @@ def test_each_set_is_taken_between_its_scripts_and_says_what_consistency_it_has(
     assert consistency_tags(ec2, trigger_id, ok.instance_id) == {"application"}
 
     # crash_consistent: the set is taken anyway, tagged crash, and the post script still runs
-    assert steps(log, failing.instance_id) == [PRE, PRE, CREATE, POST]
+    assert steps(log, failing.instance_id) == [PRE, CREATE, POST]
     second = outcomes[failing.instance_id]
     assert (second["status"], second["consistency"]) == ("started", "crash")
     pre, post = second["scripts"]
-    assert (pre["status"], pre["attempts"]) == ("Failed", 2)
+    assert (pre["status"], pre["attempts"]) == ("Failed", 1)
     assert "mysql: cannot lock tables" in pre["error"]["message"]
     assert post["status"] == "Success"
     assert consistency_tags(ec2, trigger_id, failing.instance_id) == {"crash"}
@@ -139,7 +138,11 @@ def test_skip_takes_no_set_and_a_hung_script_is_cancelled_at_its_timeout(
     report = router.invoke(payload).unwrap()
 
     # cancelled with the deployed role's grant, no set, and the post script sent all the same
-    assert steps(local_aws.ssm_log(), hung.instance_id) == [PRE, ("CancelCommand", "pre-script"), POST]
+    assert steps(local_aws.ssm_log(), hung.instance_id) == [
+        PRE,
+        ("CancelCommand", "pre-script"),
+        POST,
+    ]
     [outcome] = report["instances"]
     assert outcome["status"] == "failed"
     assert outcome["error"]["code"] == "PreScriptFailed"

@@ -377,7 +377,7 @@ def test_the_tour_records_the_runs_calls(toured: set[str]) -> None:
         "s3:PutObject",
         "ssm:DescribeInstanceInformation",
         "ssm:SendCommand",
-        "ssm:GetCommandInvocation",
+        "ssm:ListCommandInvocations",
     } <= toured
 
 

@@ -41,10 +41,10 @@ def test_shipped_example_is_valid_and_realistic() -> None:
     assert nightly.target_tags
     assert on_stop.on_instance_states == ["stopped"]
     assert not on_stop.schedules
-    # the README's example document, DLM's defaults raised to what a database flush needs
+    # the README's example document, with DLM's defaults (a 10 s timeout, no retry)
     assert consistent.scripts is not None
     assert consistent.scripts.document == "snapset-fsfreeze"
-    assert consistent.scripts.timeout_seconds == 30
+    assert (consistent.scripts.timeout_seconds, consistent.scripts.max_retries) == (10, 0)
     assert consistent.target_tags
 
 
@@ -302,3 +302,28 @@ def test_app_fails_before_synth_with_the_message(tmp_path: Path) -> None:
         in proc.stderr
     )
     assert not list(tmp_path.glob("*.template.json"))
+
+
+def test_scripts_that_cannot_fit_the_invocation_are_refused_naming_their_fields() -> None:
+    # 2 pre attempts of 120 s (each with its SSM calls and a cancelled script's delivery
+    # window) and their post scripts need far more than half of a 300 s invocation
+    slow = {"document": "snapset-fsfreeze", "timeout_seconds": 120, "max_retries": 1}
+    message = error_of({"policies": [policy(scripts=slow)]})
+    assert "prod-db" in message
+    assert "scripts.timeout_seconds (120)" in message
+    assert "scripts.max_retries (1)" in message
+    assert "lambda_timeout_seconds" in message
+    # one 100 s attempt fits a 900 s function: 145 s of pre, two 115 s posts, 25 s of call
+    once = {**slow, "timeout_seconds": 100, "max_retries": 0}
+    load_config({"policies": [policy(scripts=once)], "lambda_timeout_seconds": 900})
+    load_config({"policies": [policy(scripts={"document": "snapset-fsfreeze"})]})
+
+
+def test_scripts_on_an_instance_state_policy_are_refused() -> None:
+    stopped = policy(
+        schedules=[], on_instance_states=["stopped"], scripts={"document": "snapset-fsfreeze"}
+    )
+    message = error_of({"policies": [stopped]})
+    assert "prod-db" in message
+    assert "on_instance_states" in message
+    assert "stopped" in message

@@ -599,7 +599,7 @@ def test_alarms_go_to_the_topic_and_ignore_missing_data(s: Synth) -> None:
         ("AWS/States", "ExecutionsTimedOut"),
         ("AWS/States", "ExecutionsAborted"),
         ("Snapset", "InstancesFailed"),
-        ("Snapset", "ScriptFailures"),
+        ("Snapset", "PostScriptFailures"),
     }
     machine = {"Ref": next(iter(s.resources("AWS::StepFunctions::StateMachine")))}
     for alarm in alarms.values():

@@ -96,7 +96,7 @@ def test_following_a_command_is_granted_where_ssm_has_no_resource_types(s: Synth
     assert sorted(follow["Action"]) == [
         "ssm:CancelCommand",
         "ssm:DescribeInstanceInformation",
-        "ssm:GetCommandInvocation",
+        "ssm:ListCommandInvocations",
     ]
     assert follow["Resource"] == "*"
 
@@ -110,14 +110,14 @@ def test_without_scripts_the_role_has_nothing_of_ssm() -> None:
         a["Properties"].get("MetricName")
         for a in plain.resources("AWS::CloudWatch::Alarm").values()
     }
-    assert "ScriptFailures" not in names
+    assert "PostScriptFailures" not in names
 
 
 def test_each_policy_with_scripts_has_its_script_failures_alarm(s: Synth) -> None:
     alarms = [
         a["Properties"]
         for a in s.resources("AWS::CloudWatch::Alarm").values()
-        if a["Properties"].get("MetricName") == "ScriptFailures"
+        if a["Properties"].get("MetricName") == "PostScriptFailures"
     ]
     assert sorted({d["Name"]: d["Value"] for d in a["Dimensions"]}["policy"] for a in alarms) == [
         "db-consistent",

@@ -15,6 +15,8 @@ from pydantic import ValidationError
 
 from snapset.consistency import (
     DELIVERY_TIMEOUT_SECONDS,
+    MAX_BRACKETED_CALLS,
+    POST_DELIVERY_TIMEOUT_SECONDS,
     SCRIPT_WORKERS,
     PingListingFailed,
     ScriptRunner,
@@ -23,7 +25,13 @@ from snapset.consistency import (
 )
 from snapset.deadline import Deadline
 from snapset.errors import PRE_SCRIPT_FAILED, TIMEOUT, UNEXPECTED_ERROR
-from snapset.outcomes import Consistency, InstanceOutcome, InstanceStatus, ScriptResult
+from snapset.outcomes import (
+    Consistency,
+    InstanceOutcome,
+    InstanceStatus,
+    ScriptResult,
+    SnapshotInfo,
+)
 from snapset.policy import (
     SnapshotPolicy,
     SnapshotRequest,
@@ -106,7 +114,10 @@ def send(command: str, command_id: str) -> tuple[dict[str, Any], dict[str, Any]]
         "InstanceIds": [IID],
         "DocumentName": DOCUMENT,
         "Parameters": {"command": [command]},
-        "TimeoutSeconds": DELIVERY_TIMEOUT_SECONDS,
+        # a thaw may be delivered late, a freeze may not
+        "TimeoutSeconds": POST_DELIVERY_TIMEOUT_SECONDS
+        if command == "post-script"
+        else DELIVERY_TIMEOUT_SECONDS,
         "Comment": f"Snapset policy db: {command}",
     }
     return params, {"Command": {"CommandId": command_id}}
@@ -117,15 +128,26 @@ def invocation(command_id: str, status: str, **extra: Any) -> dict[str, Any]:
 
 
 def script(stub: Stubber, command: str, command_id: str, *statuses: str, **extra: Any) -> None:
-    """One command sent, then GetCommandInvocation answering each status in turn."""
+    """One command sent, then ListCommandInvocations answering each status in turn."""
     params, answer = send(command, command_id)
     stub.add_response("send_command", answer, params)
     for status in statuses:
-        stub.add_response(
-            "get_command_invocation",
-            invocation(command_id, status, **extra),
-            {"CommandId": command_id, "InstanceId": IID},
-        )
+        poll(stub, command_id, status, **extra)
+
+
+def poll(stub: Stubber, command_id: str, status: str | None, **extra: Any) -> None:
+    """One ListCommandInvocations for the command on the instance (None: not listed yet)."""
+    listed = [] if status is None else [invocation(command_id, status, **extra)]
+    stub.add_response(
+        "list_command_invocations",
+        {"CommandInvocations": listed},
+        {"CommandId": command_id, "InstanceId": IID, "Details": True},
+    )
+
+
+def failed_plugin(code: int, output: str) -> dict[str, Any]:
+    plugin = {"Name": "freeze_or_thaw", "Status": "Failed", "ResponseCode": code, "Output": output}
+    return {"StatusDetails": "Failed", "CommandPlugins": [plugin]}
 
 
 def created() -> dict[str, Any]:
@@ -233,14 +255,16 @@ def test_the_scripts_field_takes_dlm_documents_by_name_or_arn_with_dlm_defaults(
 # --- one stage's requests --------------------------------------------------------------------
 
 
+def runner(ssm: Any, req: SnapshotRequest, time: FakeTime) -> ScriptRunner:
+    assert req.policy.scripts is not None
+    return ScriptRunner(ssm, req.policy.scripts, "db", sleep=time.sleep, clock=time.clock)
+
+
 def test_a_stage_sends_the_document_to_one_instance_and_polls_until_it_ends() -> None:
     ssm, time = boto3.client("ssm", region_name="us-east-1"), FakeTime()
-    req = request()
     with Stubber(ssm) as stub:
         script(stub, "pre-script", cid(1), "Pending", "InProgress", "Success")
-        result = ScriptRunner(ssm, req.policy.scripts, "db", time.sleep, time.clock).run(  # type: ignore[arg-type]
-            IID, "pre-script"
-        )
+        result = runner(ssm, request(), time).run(IID, "pre-script")
         stub.assert_no_pending_responses()
     assert (result.status, result.attempts, result.command_id) == ("Success", 1, cid(1))
     assert result.error is None
@@ -248,54 +272,64 @@ def test_a_stage_sends_the_document_to_one_instance_and_polls_until_it_ends() ->
     assert time.slept == [0.25, 0.25, 0.5]
 
 
-def test_an_invocation_not_visible_yet_is_asked_for_again() -> None:
+def test_an_invocation_not_listed_yet_and_a_throttled_poll_are_polled_again() -> None:
     ssm, time = boto3.client("ssm", region_name="us-east-1"), FakeTime()
-    req = request()
     with Stubber(ssm) as stub:
         params, answer = send("pre-script", cid(1))
         stub.add_response("send_command", answer, params)
-        stub.add_client_error(
-            "get_command_invocation", "InvocationDoesNotExist", http_status_code=400
-        )
-        stub.add_response("get_command_invocation", invocation(cid(1), "Success"))
-        result = ScriptRunner(ssm, req.policy.scripts, "db", time.sleep, time.clock).run(  # type: ignore[arg-type]
-            IID, "pre-script"
-        )
+        poll(stub, cid(1), None)
+        stub.add_client_error("list_command_invocations", "ThrottlingException", "slow", 400)
+        poll(stub, cid(1), "Success")
+        result = runner(ssm, request(), time).run(IID, "pre-script")
         stub.assert_no_pending_responses()
     assert result.status == "Success"
 
 
-def test_a_script_past_its_timeout_is_cancelled_and_sent_again_within_max_retries() -> None:
+def test_a_pre_script_past_its_timeout_is_cancelled_and_followed_until_it_cannot_run() -> None:
     ssm, time = boto3.client("ssm", region_name="us-east-1"), FakeTime()
-    req = request(timeout_seconds=10, max_retries=1)
     with Stubber(ssm) as stub:
         # Polled at 0.25, 0.5, 1, 1.5, 2.5, ... 9.5 and at the timeout, 10: 13 times.
         script(stub, "pre-script", cid(1), *["InProgress"] * 13)
         stub.add_response("cancel_command", {}, {"CommandId": cid(1), "InstanceIds": [IID]})
-        script(stub, "pre-script", cid(2), "Success")
-        result = ScriptRunner(ssm, req.policy.scripts, "db", time.sleep, time.clock).run(  # type: ignore[arg-type]
-            IID, "pre-script"
-        )
+        poll(stub, cid(1), "Cancelling")
+        poll(stub, cid(1), "Cancelled")
+        result = runner(ssm, request(timeout_seconds=10), time).run(IID, "pre-script")
         stub.assert_no_pending_responses()
-    assert (result.status, result.attempts, result.command_id) == ("Success", 2, cid(2))
+    assert (result.status, result.command_id) == ("TimedOut", cid(1))
+    assert result.error is not None
+    assert "did not end within 10 s" in result.error.message
+    assert "cancelled" in result.error.message
 
 
-def test_a_script_that_keeps_failing_reports_its_last_attempt_with_its_output() -> None:
+def test_a_pre_script_that_ends_while_being_cancelled_counts_as_done() -> None:
     ssm, time = boto3.client("ssm", region_name="us-east-1"), FakeTime()
-    req = request(max_retries=2)
-    failed = {
-        "StatusDetails": "Failed",
-        "ResponseCode": 3,
-        "StandardErrorContent": "fsfreeze: busy",
-    }
     with Stubber(ssm) as stub:
-        for n in (1, 2, 3):
-            script(stub, "pre-script", cid(n), "Failed", **failed)
-        result = ScriptRunner(ssm, req.policy.scripts, "db", time.sleep, time.clock).run(  # type: ignore[arg-type]
-            IID, "pre-script"
-        )
+        script(stub, "pre-script", cid(1), *["InProgress"] * 13)
+        stub.add_response("cancel_command", {}, {"CommandId": cid(1), "InstanceIds": [IID]})
+        poll(stub, cid(1), "Success")  # cancelling is not guaranteed: the freeze happened
+        result = runner(ssm, request(timeout_seconds=10), time).run(IID, "pre-script")
         stub.assert_no_pending_responses()
-    assert (result.status, result.attempts) == ("Failed", 3)
+    assert result.status == "Success"
+
+
+def test_a_post_script_past_its_timeout_is_never_cancelled() -> None:
+    ssm, time = boto3.client("ssm", region_name="us-east-1"), FakeTime()
+    with Stubber(ssm) as stub:
+        script(stub, "post-script", cid(1), *["InProgress"] * 13)
+        result = runner(ssm, request(timeout_seconds=10), time).run(IID, "post-script")
+        stub.assert_no_pending_responses()  # no CancelCommand: a thaw is left to finish
+    assert result.status == "TimedOut"
+    assert result.error is not None
+    assert "left to end" in result.error.message
+
+
+def test_a_failed_script_reports_its_exit_code_and_output() -> None:
+    ssm, time = boto3.client("ssm", region_name="us-east-1"), FakeTime()
+    with Stubber(ssm) as stub:
+        script(stub, "pre-script", cid(1), "Failed", **failed_plugin(3, "fsfreeze: busy"))
+        result = runner(ssm, request(), time).run(IID, "pre-script")
+        stub.assert_no_pending_responses()
+    assert (result.status, result.attempts) == ("Failed", 1)
     assert result.error is not None
     assert result.error.code == "ScriptFailed"
     assert IID in result.error.message
@@ -303,19 +337,22 @@ def test_a_script_that_keeps_failing_reports_its_last_attempt_with_its_output() 
     assert "fsfreeze: busy" in result.error.message
 
 
-def test_a_refused_send_command_is_not_sent_again() -> None:
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [("InvalidDocument", 400, "NotSent"), ("InternalServerError", 500, "SendFailed")],
+)
+def test_a_refused_send_command_made_no_command_and_a_failed_one_may_have(
+    code: str, status: int, expected: str
+) -> None:
     ssm, time = boto3.client("ssm", region_name="us-east-1"), FakeTime()
-    req = request(max_retries=3)
     with Stubber(ssm) as stub:
-        stub.add_client_error("send_command", "InvalidDocument", "no such document", 400)
-        result = ScriptRunner(ssm, req.policy.scripts, "db", time.sleep, time.clock).run(  # type: ignore[arg-type]
-            IID, "pre-script"
-        )
+        stub.add_client_error("send_command", code, "no luck", status)
+        result = runner(ssm, request(max_retries=3), time).run(IID, "pre-script")
         stub.assert_no_pending_responses()
-    assert result.status == "SendFailed"
+    assert result.status == expected
     assert result.error is not None
-    assert result.error.code == "InvalidDocument"
-    assert "no such document" in result.error.message
+    assert result.error.code == code
+    assert "no luck" in result.error.message
 
 
 def test_the_run_lists_the_instances_ssm_manages_fifty_a_call() -> None:
@@ -378,10 +415,10 @@ def test_pre_script_then_create_snapshots_then_post_script(clients: Any) -> None
         e.assert_no_pending_responses()
     assert calls == [
         "SendCommand:pre-script",
-        "GetCommandInvocation",
+        "ListCommandInvocations",
         "CreateSnapshots",
         "SendCommand:post-script",
-        "GetCommandInvocation",
+        "ListCommandInvocations",
     ]
     assert outcome.status is InstanceStatus.STARTED
     assert outcome.consistency is Consistency.APPLICATION
@@ -401,7 +438,7 @@ def test_the_post_script_runs_after_a_failed_create_snapshots(clients: Any) -> N
         outcome = snapshot(ssm, ec2, request(), FakeTime())
         s.assert_no_pending_responses()
         e.assert_no_pending_responses()
-    assert calls[-2:] == ["SendCommand:post-script", "GetCommandInvocation"]
+    assert calls[-2:] == ["SendCommand:post-script", "ListCommandInvocations"]
     assert outcome.status is InstanceStatus.FAILED
     assert outcome.error is not None
     assert outcome.error.code == "InvalidParameterValue"
@@ -422,10 +459,10 @@ def test_the_post_script_runs_after_an_exception_in_create_snapshots(clients: An
         s.assert_no_pending_responses()
     assert calls == [
         "SendCommand:pre-script",
-        "GetCommandInvocation",
+        "ListCommandInvocations",
         "CreateSnapshots",
         "SendCommand:post-script",
-        "GetCommandInvocation",
+        "ListCommandInvocations",
     ]
     assert outcome.error is not None
     assert outcome.error.code == UNEXPECTED_ERROR
@@ -445,7 +482,7 @@ def test_a_refused_call_is_retried_between_its_own_stages(clients: Any) -> None:
         s.assert_no_pending_responses()
         e.assert_no_pending_responses()
     # never frozen while the call waits to be retried
-    assert [c for c in calls if c != "GetCommandInvocation"] == [
+    assert [c for c in calls if c != "ListCommandInvocations"] == [
         "SendCommand:pre-script",
         "CreateSnapshots",
         "SendCommand:post-script",
@@ -461,7 +498,7 @@ def test_skip_takes_no_set_when_the_pre_script_fails_and_still_runs_the_post_scr
     clients: Any,
 ) -> None:
     ssm, ec2, calls = clients
-    failed = {"StatusDetails": "Failed", "ResponseCode": 1, "StandardErrorContent": "no mysql"}
+    failed = failed_plugin(1, "no mysql")
     with Stubber(ssm) as s, Stubber(ec2) as e:
         script(s, "pre-script", cid(1), "Failed", **failed)
         script(s, "post-script", cid(2), "Success")
@@ -480,7 +517,7 @@ def test_skip_takes_no_set_when_the_pre_script_fails_and_still_runs_the_post_scr
 def test_crash_consistent_takes_the_set_anyway_and_says_so(clients: Any) -> None:
     ssm, ec2, _ = clients
     with Stubber(ssm) as s, Stubber(ec2) as e:
-        script(s, "pre-script", cid(1), "Failed", StatusDetails="Failed", ResponseCode=1)
+        script(s, "pre-script", cid(1), "Failed", **failed_plugin(1, "locked"))
         e.add_response("create_snapshots", created(), create_params("crash"))
         script(s, "post-script", cid(2), "Success")
         outcome = snapshot(ssm, ec2, request(), FakeTime())
@@ -535,7 +572,7 @@ def test_a_dry_run_sends_dry_run_once_and_takes_no_snapshot(clients: Any) -> Non
         outcome = snapshot(ssm, ec2, request(dry_run=True), FakeTime())
         s.assert_no_pending_responses()
         e.assert_no_pending_responses()
-    assert calls == ["SendCommand:dry-run", "GetCommandInvocation", "CreateSnapshots"]
+    assert calls == ["SendCommand:dry-run", "ListCommandInvocations", "CreateSnapshots"]
     assert outcome.status is InstanceStatus.DRY_RUN_OK
     assert outcome.consistency is Consistency.APPLICATION
 
@@ -548,7 +585,7 @@ def test_a_post_only_policy_runs_its_script_after_the_call(clients: Any) -> None
         outcome = snapshot(ssm, ec2, request(stages=["post"]), FakeTime())
         s.assert_no_pending_responses()
         e.assert_no_pending_responses()
-    assert calls == ["CreateSnapshots", "SendCommand:post-script", "GetCommandInvocation"]
+    assert calls == ["CreateSnapshots", "SendCommand:post-script", "ListCommandInvocations"]
     assert outcome.consistency is Consistency.CRASH
     assert not outcome.script_failed
 
@@ -556,9 +593,10 @@ def test_a_post_only_policy_runs_its_script_after_the_call(clients: Any) -> None
 def test_no_script_starts_without_time_for_both_stages_and_the_call(clients: Any) -> None:
     ssm, ec2, calls = clients
     time = FakeTime()
-    # 2 stages x 30 s x 2 attempts + 20 s for the call: 140 s needed, 139 left.
+    # 2 pre attempts of 30 + 15 s with a 30 s delivery window each (150 s), a thaw after the
+    # failed first (2 attempts of 45 s: 90 s), the call (25 s) and the post (90 s): 355 s.
     req = request(timeout_seconds=30, max_retries=1)
-    budget = RetryBudget(deadline=Deadline.after(139, clock=time.clock), sleep=time.sleep)
+    budget = RetryBudget(deadline=Deadline.after(354, clock=time.clock), sleep=time.sleep)
     with Stubber(ssm) as s, Stubber(ec2) as e:
         outcome = snapshot(ssm, ec2, req, time, budget=budget)
         s.assert_no_pending_responses()
@@ -566,7 +604,7 @@ def test_no_script_starts_without_time_for_both_stages_and_the_call(clients: Any
     assert calls == []
     assert outcome.error is not None
     assert outcome.error.code == TIMEOUT
-    assert "140 s" in outcome.error.message
+    assert "355 s" in outcome.error.message
 
 
 def test_a_failed_post_script_keeps_its_instance_in_a_trimmed_message() -> None:
@@ -598,3 +636,208 @@ def test_a_run_with_scripts_waits_on_more_instances_at_once() -> None:
     assert workers_for(request().policy, 64) == 64
     plain = SnapshotPolicy.model_validate({"policy": "db", "instance_ids": [IID]})
     assert workers_for(plain, 8) == 8
+
+
+def test_a_failed_pre_script_is_thawed_before_it_is_sent_again(clients: Any) -> None:
+    ssm, ec2, calls = clients
+    with Stubber(ssm) as s, Stubber(ec2) as e:
+        script(s, "pre-script", cid(1), "Failed", **failed_plugin(1, "half frozen"))
+        script(s, "post-script", cid(2), "Success")
+        script(s, "pre-script", cid(3), "Success")
+        e.add_response("create_snapshots", created(), create_params("application"))
+        script(s, "post-script", cid(4), "Success")
+        outcome = snapshot(ssm, ec2, request(max_retries=1), FakeTime())
+        s.assert_no_pending_responses()
+        e.assert_no_pending_responses()
+    # as DLM retries the whole creation, pre and post scripts included
+    assert [c for c in calls if c != "ListCommandInvocations"] == [
+        "SendCommand:pre-script",
+        "SendCommand:post-script",
+        "SendCommand:pre-script",
+        "CreateSnapshots",
+        "SendCommand:post-script",
+    ]
+    assert outcome.consistency is Consistency.APPLICATION
+    assert [(r.command, r.status, r.attempts) for r in outcome.scripts] == [
+        ("pre-script", "Failed", 1),
+        ("post-script", "Success", 1),
+        ("pre-script", "Success", 2),
+        ("post-script", "Success", 1),
+    ]
+
+
+def test_a_thaw_that_may_not_have_been_sent_is_sent_again(clients: Any) -> None:
+    ssm, ec2, _ = clients
+    with Stubber(ssm) as s, Stubber(ec2) as e:
+        script(s, "pre-script", cid(1), "Success")
+        e.add_response("create_snapshots", created(), create_params("application"))
+        s.add_client_error("send_command", "InternalServerError", "oops", 500)
+        script(s, "post-script", cid(2), "Success")
+        outcome = snapshot(ssm, ec2, request(), FakeTime())
+        s.assert_no_pending_responses()
+        e.assert_no_pending_responses()
+    assert [(r.command, r.status, r.attempts) for r in outcome.scripts] == [
+        ("pre-script", "Success", 1),
+        ("post-script", "Success", 2),
+    ]
+    assert not outcome.script_failed
+
+
+def test_a_pre_script_ssm_refused_needs_no_thaw(clients: Any) -> None:
+    ssm, ec2, calls = clients
+    with Stubber(ssm) as s, Stubber(ec2) as e:
+        s.add_client_error("send_command", "AccessDeniedException", "not this instance", 400)
+        e.add_response("create_snapshots", created(), create_params("crash"))
+        outcome = snapshot(ssm, ec2, request(), FakeTime())
+        s.assert_no_pending_responses()
+        e.assert_no_pending_responses()
+    assert calls == ["SendCommand:pre-script", "CreateSnapshots"]
+    [pre] = outcome.scripts
+    assert (pre.status, pre.error.code if pre.error else None) == (
+        "NotSent",
+        "AccessDeniedException",
+    )
+    assert outcome.consistency is Consistency.CRASH
+
+
+def test_a_redelivery_that_finds_the_set_thaws_the_instance_again(clients: Any) -> None:
+    ssm, ec2, calls = clients
+    earlier = SnapshotInfo(snapshot_id="snap-00000000000000001", volume_id=ROOT)
+    found = RunLookups(
+        existing_sets={IID: (earlier,)},
+        tag_excluded={},
+        recheck=True,
+        ping_statuses={IID: "Online"},
+    )
+    with Stubber(ssm) as s, Stubber(ec2) as e:
+        script(s, "post-script", cid(1), "Success")
+        outcome = snapshot(ssm, ec2, request(), FakeTime(), found=found)
+        s.assert_no_pending_responses()
+        e.assert_no_pending_responses()
+    # the earlier delivery may have died between its scripts: no freeze, no second set
+    assert calls == ["SendCommand:post-script", "ListCommandInvocations"]
+    assert outcome.status is InstanceStatus.STARTED
+    assert outcome.snapshots == (earlier,)
+
+
+def test_a_call_refused_again_and_again_stops_freezing_the_instance(clients: Any) -> None:
+    ssm, ec2, calls = clients
+    with Stubber(ssm) as s, Stubber(ec2) as e:
+        for n in range(MAX_BRACKETED_CALLS):
+            script(s, "pre-script", cid(2 * n + 1), "Success")
+            e.add_client_error("create_snapshots", "RequestLimitExceeded", "slow down", 503)
+            script(s, "post-script", cid(2 * n + 2), "Success")
+        outcome = snapshot(ssm, ec2, request(), FakeTime())
+        s.assert_no_pending_responses()
+        e.assert_no_pending_responses()
+    assert calls.count("CreateSnapshots") == MAX_BRACKETED_CALLS
+    assert outcome.error is not None
+    assert outcome.error.code == TIMEOUT
+    assert f"failed {MAX_BRACKETED_CALLS} times between its scripts" in outcome.error.message
+
+
+def test_an_unreadable_pre_script_is_cancelled_and_reported_with_the_error() -> None:
+    ssm, time = boto3.client("ssm", region_name="us-east-1"), FakeTime()
+    with Stubber(ssm) as stub:
+        params, answer = send("pre-script", cid(1))
+        stub.add_response("send_command", answer, params)
+        stub.add_client_error("list_command_invocations", "AccessDeniedException", "no", 400)
+        # cancelling fails too: reported all the same, never raised
+        stub.add_client_error("cancel_command", "InvalidCommandId", "gone", 400)
+        stub.add_client_error("list_command_invocations", "AccessDeniedException", "no", 400)
+        result = runner(ssm, request(), time).run(IID, "pre-script", attempt=2)
+        stub.assert_no_pending_responses()
+    assert (result.status, result.attempts, result.command_id) == ("NoResult", 2, cid(1))
+    assert result.error is not None
+    assert result.error.code == "AccessDeniedException"
+    assert result.error.message == (
+        f"{IID}: pre-script: ListCommandInvocations failed: no; the command was cancelled"
+    )
+
+
+def test_a_scripts_output_in_the_error_is_cut_to_its_last_useful_length() -> None:
+    ssm, time = boto3.client("ssm", region_name="us-east-1"), FakeTime()
+    long = "x" * 299 + "yz"
+    with Stubber(ssm) as stub:
+        script(stub, "pre-script", cid(1), "Failed", **failed_plugin(2, f"  {long}  "))
+        result = runner(ssm, request(), time).run(IID, "pre-script")
+        stub.assert_no_pending_responses()
+    assert result.error is not None
+    assert result.error.message == f"{IID}: pre-script Failed (exit code 2): {'x' * 297}..."
+
+
+def test_a_timed_out_script_names_its_last_status() -> None:
+    ssm, time = boto3.client("ssm", region_name="us-east-1"), FakeTime()
+    with Stubber(ssm) as stub:
+        script(stub, "post-script", cid(1), *["Delayed"] * 13)
+        result = runner(ssm, request(timeout_seconds=10), time).run(IID, "post-script")
+        stub.assert_no_pending_responses()
+    assert result.error is not None
+    assert (result.error.code, result.error.message) == (
+        "ScriptTimedOut",
+        f"{IID}: post-script did not end within 10 s (last status Delayed); the command was "
+        "left to end",
+    )
+    assert time.now == 1010.0
+
+
+@pytest.mark.parametrize(
+    ("ping", "code", "message"),
+    [
+        (
+            None,
+            "InstanceNotManaged",
+            f"{IID}: pre-script not sent, it is not managed by SSM (not in "
+            "DescribeInstanceInformation: no SSM agent, or no instance profile that lets it "
+            "register)",
+        ),
+        (
+            "Inactive",
+            "InstanceNotManaged",
+            f"{IID}: pre-script not sent, it is not online in SSM (PingStatus Inactive)",
+        ),
+        (
+            PingListingFailed("ThrottlingException", "DescribeInstanceInformation failed"),
+            "ThrottlingException",
+            f"{IID}: pre-script not sent, DescribeInstanceInformation failed",
+        ),
+    ],
+)
+def test_an_instance_ssm_cannot_reach_is_named_with_why(
+    clients: Any, ping: Any, code: str, message: str
+) -> None:
+    ssm, ec2, _ = clients
+    found = RunLookups(
+        existing_sets={},
+        tag_excluded={},
+        ping_statuses=ping
+        if isinstance(ping, PingListingFailed)
+        else ({} if ping is None else {IID: ping}),
+    )
+    with Stubber(ssm), Stubber(ec2) as e:
+        e.add_response("create_snapshots", created(), create_params("crash"))
+        outcome = snapshot(ssm, ec2, request(), FakeTime(), found=found)
+    [pre] = outcome.scripts
+    assert (pre.command, pre.status, pre.attempts) == ("pre-script", "NotManaged", 0)
+    assert pre.error is not None
+    assert (pre.error.code, pre.error.message) == (code, message)
+
+
+def test_the_listing_keeps_every_page_and_an_instance_without_a_ping_status() -> None:
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    ids = [f"i-{n:017x}" for n in range(3)]
+    with Stubber(ssm) as stub:
+        request_params = {"Filters": [{"Key": "InstanceIds", "Values": ids}], "MaxResults": 50}
+        stub.add_response(
+            "describe_instance_information",
+            {"InstanceInformationList": [{"InstanceId": ids[0]}], "NextToken": "t"},
+            request_params,
+        )
+        stub.add_response(
+            "describe_instance_information",
+            {"InstanceInformationList": [{"InstanceId": ids[2], "PingStatus": "Online"}]},
+            {**request_params, "NextToken": "t"},
+        )
+        statuses = list_ping_statuses(ssm, ids)
+        stub.assert_no_pending_responses()
+    assert statuses == {ids[0]: "", ids[2]: "Online"}
