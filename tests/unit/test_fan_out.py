@@ -21,6 +21,7 @@ from snapset.fanout import (
     estimate,
     execution_name,
     fan_out_shape,
+    script_seconds,
 )
 from snapset.handler import IncompleteRun, handler
 from snapset.policy import SnapshotPolicy
@@ -89,6 +90,30 @@ def test_the_shape_splits_the_share_and_fills_each_worker() -> None:
     # 50 per second need 4 workers at 16 calls per second each
     assert fast.max_concurrency == 4
     assert fast.worker_share == 0.125
+
+
+def test_scripts_are_priced_at_their_timeouts_over_the_runs_threads() -> None:
+    scripted = SnapshotPolicy.model_validate(
+        {"policy": "p", "target_tags": TAGS, "scripts": {"document": "doc", "timeout_seconds": 20}}
+    )
+    price = estimate(scripted, _instances(1_000), share=0.5, max_workers=8)
+    # pre and post of 20 s each over the 32 threads a run with scripts uses
+    assert price.create_seconds == pytest.approx((1_000 - 50) / 2.5 + 1_000 * (0.5 / 32 + 40 / 32))
+    assert script_seconds(scripted) == 40
+    dry = scripted.model_copy(update={"dry_run": True})
+    assert script_seconds(dry) == 20  # one dry-run command
+
+
+def test_a_worker_takes_no_more_scripted_instances_than_its_threads_get_through() -> None:
+    shape = fan_out_shape(
+        share=0.5,
+        worker_seconds=290,
+        volumes_per_instance=2,
+        retention=False,
+        max_workers=32,
+        seconds_per_instance=40,
+    )
+    assert shape.batch_size == int(0.6 * 290 * 32 / 40)
 
 
 def test_execution_names_are_per_policy_and_trigger_and_valid() -> None:
