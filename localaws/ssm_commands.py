@@ -1,8 +1,8 @@
 """SSM Run Command made faithful enough for application-consistent snapshots (patches, not a fork).
 
 moto 5.2.5 answers every ``SendCommand`` invocation ``Success`` at once, runs nothing, checks
-neither the document nor the instances, and has no ``CancelCommand`` and no
-``DescribeInstanceInformation``. After `install()`:
+neither the document nor the instances, and has no ``CancelCommand``, no
+``DescribeInstanceInformation`` and no ``ListCommandInvocations``. After `install()`:
 
 * **Managed instances**: every EC2 instance of the account/region (moto's EC2 backend) is a
   managed node, ``Online`` while ``running``, ``ConnectionLost`` otherwise, not listed once
@@ -17,7 +17,17 @@ neither the document nor the instances, and has no ``CancelCommand`` and no
   ``TimedOut``, ``Hang``). A ``Hang`` runs until ``CancelCommand`` or the document step's
   execution timeout.
 * **GetCommandInvocation** answers from that timeline with AWS's fields; optionally
-  ``InvocationDoesNotExist`` for ``invisible_seconds`` after the send.
+  ``InvocationDoesNotExist`` for ``invisible_seconds`` after the send. One step per invocation
+  is modelled (the first ``aws:runShellScript``, else the first); a document with several steps
+  needs ``PluginName`` (``InvalidPluginName`` without it, as AWS), and naming one of its other
+  steps is a ``ValidationException`` (not modelled).
+* **ListCommandInvocations** lists one entry per (command, instance) from the same timeline,
+  once visible: newest request first, then by instance id; ``CommandId``, ``InstanceId``,
+  ``Filters`` (``Status``, ``DocumentName``, ``InvokedAfter``, ``InvokedBefore``; AND-ed),
+  ``MaxResults`` 1-50 (default 50), ``NextToken``. ``Details`` adds the modelled step as the
+  one ``CommandPlugin``, its ``Output`` stdout then stderr as amazon-ssm-agent combines and
+  cuts them (2500 characters). moto's own commands (``Targets``) are listed as moto answers
+  them (``Success``).
 * **CancelCommand** cancels pending and running invocations (``Cancelling`` for
   ``cancel_seconds``, then ``Cancelled``).
 * **An order log**: every SendCommand, CancelCommand and CreateSnapshots call (through
@@ -88,6 +98,36 @@ STOPPED_EXIT_CODE = 137
 NOT_RUN_CODE = -1
 # GetCommandInvocation returns the first 24,000 characters of stdout and 8,000 of stderr.
 MAX_STDOUT, MAX_STDERR = 24000, 8000
+# ListCommandInvocations: MaxResults 1-50 (default 50), CommandId 36 characters, Filters 1-5
+# items, each value 1-128 characters (the SSM API model).
+LIST_MIN_RESULTS, LIST_MAX_RESULTS, LIST_DEFAULT_RESULTS = 1, 50, 50
+COMMAND_ID_LENGTH = 36
+MAX_COMMAND_FILTERS, MAX_COMMAND_FILTER_VALUE = 5, 128
+COMMAND_FILTER_KEYS = ("InvokedAfter", "InvokedBefore", "Status", "ExecutionStage", "DocumentName")
+# The Status filter's values for ListCommandInvocations (CommandFilter in the API reference).
+INVOCATION_STATUS_FILTERS = (
+    "Pending",
+    "InProgress",
+    "Delayed",
+    "Success",
+    "Cancelled",
+    "Failed",
+    "TimedOut",
+    "AccessDenied",
+    "DeliveryTimedOut",
+    "ExecutionTimedOut",
+    "Undeliverable",
+    "InvalidPlatform",
+    "Terminated",
+)
+# A plugin's Output in ListCommandInvocations: amazon-ssm-agent's combined stdout and stderr,
+# at most 2500 characters (iohandler.MaximumPluginOutputSize and TruncateOutput).
+MAX_PLUGIN_OUTPUT = 2500
+ERROR_TITLE = "\n----------ERROR-------\n"
+TRUNCATED_OUTPUT = "\n---Output truncated---"
+TRUNCATED_ERROR = "\n---Error truncated----"
+# moto's own invocations (SendCommand with Targets) end 5 minutes after the request.
+MOTO_ELAPSED = timedelta(minutes=5)
 
 AGENT_VERSION = "3.3.1142.0"
 PING_STATUSES = ("Online", "ConnectionLost", "Inactive")
@@ -96,7 +136,8 @@ RESOURCE_TYPES = ("EC2Instance", "ManagedInstance")
 SOURCE_TYPES = ("AWS::EC2::Instance", "AWS::IoT::Thing", "AWS::SSM::ManagedInstance")
 RESULT_STATUSES = ("Success", "Failed", "TimedOut", "Hang")
 ANY_COMMAND = "*"
-_INSTANCE_ID = re.compile(r"(^i-(\w{8}|\w{17})$)|(^mi-\w{17}$)")
+INSTANCE_ID_PATTERN = r"(^i-(\w{8}|\w{17})$)|(^mi-\w{17}$)"
+_INSTANCE_ID = re.compile(INSTANCE_ID_PATTERN)
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.-]+)\s*\}\}")
 _INSTALLED = "_localaws_ssm_commands"
 
@@ -174,6 +215,38 @@ def _duration(seconds: float) -> str:
     if secs or ms or text == "PT":
         text += str(secs) + (f".{ms:03d}".rstrip("0") if ms else "") + "S"
     return text
+
+
+def _agent_output(stdout: str, stderr: str, capacity: int = MAX_PLUGIN_OUTPUT) -> str:
+    """A plugin's Output as amazon-ssm-agent reports it (iohandler's TruncateOutput): stdout,
+    then stderr under an error title, cut to `capacity` with its truncation markers. The agent
+    counts bytes, this counts characters (the same for ASCII)."""
+    title = ERROR_TITLE if stderr else ""
+    space = capacity - len(title)
+    out, err = len(stdout), len(stderr)
+    if out + err < space:
+        return stdout + title + stderr
+    if out > space // 2 and err > space // 2:
+        size = space - len(TRUNCATED_ERROR) - len(TRUNCATED_OUTPUT)
+        return (
+            stdout[: size // 2] + TRUNCATED_OUTPUT + title + stderr[: size // 2] + TRUNCATED_ERROR
+        )
+    if out < space // 2:
+        size = space - len(TRUNCATED_ERROR)
+        return stdout + title + stderr[: max(0, size - out)] + TRUNCATED_ERROR
+    size = space - len(TRUNCATED_OUTPUT)
+    return stdout[: max(0, size - err)] + TRUNCATED_OUTPUT + title + stderr
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(moment: datetime) -> int:
+    return (_aware(moment) - _EPOCH) // timedelta(microseconds=1)
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -324,6 +397,7 @@ class Invocation:
     cancel_at: float | None = None
     cancelled_end: float | None = None
     logged: bool = False
+    steps: tuple[str, ...] = ()  # every step (plugin) name of the document, in its order
 
     def end(self) -> float:
         return self.natural_end if self.cancelled_end is None else self.cancelled_end
@@ -365,12 +439,16 @@ class Invocation:
     def wall(self, moment: float) -> datetime:
         return self.requested_wall + timedelta(seconds=moment - self.requested)
 
+    def running_since(self, now: float) -> float | None:
+        """When it started running, if it had by `now`."""
+        started = self.started_at()
+        return started if started is not None and now >= started else None
+
     def response(self, now: float) -> dict[str, Any]:
         """GetCommandInvocation's answer at `now`."""
         status, details = self.phase(now)
         ended = self.terminal(now)
-        started = self.started_at()
-        running_since = started if started is not None and now >= started else None
+        running_since = self.running_since(now)
         ran = running_since is not None
         return {
             "CommandId": self.command_id,
@@ -393,11 +471,150 @@ class Invocation:
             "StandardOutputUrl": "",
             "StandardErrorContent": self.stderr[:MAX_STDERR] if ended and ran else "",
             "StandardErrorUrl": "",
-            "CloudWatchOutputConfig": {
-                "CloudWatchLogGroupName": "",
-                "CloudWatchOutputEnabled": False,
-            },
+            "CloudWatchOutputConfig": _cloudwatch_off(),
         }
+
+    def listed(self, now: float, command: Any) -> dict[str, Any]:
+        """ListCommandInvocations' entry at `now`, with its one plugin (the step modelled)."""
+        status, details = self.phase(now)
+        ended = self.terminal(now)
+        running_since = self.running_since(now)
+        ran = running_since is not None
+        # A plugin has no Cancelling status (CommandPluginStatus): it runs until it stops.
+        step_status, step_details = (
+            ("InProgress", "InProgress") if status == "Cancelling" else (status, details)
+        )
+        plugin = _plugin_row(
+            command,
+            name=self.plugin,
+            status=step_status,
+            details=step_details,
+            code=self.final()[2] if ended else NOT_RUN_CODE,
+            started=None if running_since is None else self.wall(running_since),
+            finished=self.wall(self.end()) if ended and ran else None,
+            output=_agent_output(self.stdout, self.stderr) if ended and ran else "",
+        )
+        return _listed_row(
+            command,
+            instance_id=self.instance_id,
+            document=self.document,
+            version=self.document_version,
+            requested=self.requested_wall,
+            status=status,
+            details=details,
+            plugin=plugin,
+        )
+
+
+def _cloudwatch_off() -> dict[str, Any]:
+    return {"CloudWatchLogGroupName": "", "CloudWatchOutputEnabled": False}
+
+
+def _plugin_row(
+    command: Any,
+    *,
+    name: str,
+    status: str,
+    details: str,
+    code: int,
+    started: datetime | None,
+    finished: datetime | None,
+    output: str,
+) -> dict[str, Any]:
+    """A CommandPlugin: the S3 fields are the command's (the region AWS's default), the URLs ""
+    (nothing is written to S3); the times only once set."""
+    plugin: dict[str, Any] = {
+        "Name": name,
+        "Status": status,
+        "StatusDetails": details,
+        "ResponseCode": code,
+    }
+    if started is not None:
+        plugin["ResponseStartDateTime"] = started
+    if finished is not None:
+        plugin["ResponseFinishDateTime"] = finished
+    plugin.update(
+        {
+            "Output": output,
+            "StandardOutputUrl": "",
+            "StandardErrorUrl": "",
+            "OutputS3Region": command.output_s3_region or command.backend_region,
+            "OutputS3BucketName": command.output_s3_bucket_name or "",
+            "OutputS3KeyPrefix": command.output_s3_key_prefix or "",
+        }
+    )
+    return plugin
+
+
+def _notification_config(command: Any) -> dict[str, Any]:
+    """The NotificationConfig SendCommand was given; AWS's empty one if none (moto's default
+    is made up)."""
+    sent = getattr(command, "localaws_notification_config", None)
+    sent = sent if isinstance(sent, Mapping) else {}
+    return {
+        "NotificationArn": str(sent.get("NotificationArn") or ""),
+        "NotificationEvents": [str(e) for e in sent.get("NotificationEvents") or []],
+        "NotificationType": str(sent.get("NotificationType") or ""),
+    }
+
+
+def _listed_row(
+    command: Any,
+    *,
+    instance_id: str,
+    document: str,
+    version: str,
+    requested: datetime,
+    status: str,
+    details: str,
+    plugin: dict[str, Any],
+) -> dict[str, Any]:
+    """A CommandInvocation of ListCommandInvocations (CommandPlugins holds the plugin; the
+    handler empties it without Details)."""
+    return {
+        "CommandId": command.command_id,
+        "InstanceId": instance_id,
+        "InstanceName": "",
+        "Comment": command.comment or "",
+        "DocumentName": document,
+        "DocumentVersion": version,
+        "RequestedDateTime": _aware(requested),
+        "Status": status,
+        "StatusDetails": details,
+        "TraceOutput": "",
+        "StandardOutputUrl": "",
+        "StandardErrorUrl": "",
+        "CommandPlugins": [plugin],
+        "ServiceRole": command.service_role_arn or "",
+        "NotificationConfig": _notification_config(command),
+        "CloudWatchOutputConfig": _cloudwatch_off(),
+    }
+
+
+def _moto_listed(command: Any, invocation: Mapping[str, Any]) -> dict[str, Any]:
+    """ListCommandInvocations' entry for one of moto's own invocations (SendCommand with
+    Targets): what moto's GetCommandInvocation answers, Success at once, its made-up 5 minutes."""
+    requested = _aware(command.requested_date_time)
+    plugin = _plugin_row(
+        command,
+        name=str(invocation.get("PluginName") or "aws:runShellScript"),
+        status="Success",
+        details="Success",
+        code=0,
+        started=requested,
+        finished=requested + MOTO_ELAPSED,
+        output="",
+    )
+    return _listed_row(
+        command,
+        instance_id=str(invocation["InstanceId"]),
+        document=str(command.document_name or ""),
+        version="$DEFAULT",
+        requested=requested,
+        status="Success",
+        details="Success",
+        plugin=plugin,
+    )
 
 
 # --- documents -------------------------------------------------------------------------------
@@ -531,6 +748,16 @@ def _plugin_and_timeout(
     if seconds <= 0:
         seconds = DEFAULT_EXECUTION_TIMEOUT
     return plugin, min(seconds, MAX_EXECUTION_TIMEOUT)
+
+
+def _step_names(content: Mapping[str, Any]) -> tuple[str, ...]:
+    """The document's step (plugin) names in order: schema 1.2's runtimeConfig plugins, 2.x's
+    mainSteps names."""
+    if str(content.get("schemaVersion", "")) == "1.2":
+        runtime = content.get("runtimeConfig") or {}
+        return tuple(str(name) for name in runtime) if isinstance(runtime, dict) else ()
+    steps = [s for s in content.get("mainSteps") or [] if isinstance(s, dict)]
+    return tuple(str(s.get("name") or s.get("action") or "") for s in steps)
 
 
 # --- the state -------------------------------------------------------------------------------
@@ -769,6 +996,7 @@ class SsmCommands:
     ) -> None:
         """Give a moto Command its invocations (their timelines fixed now) and log the send."""
         plugin, execution_timeout = _plugin_and_timeout(document.content, values)
+        steps = _step_names(document.content) or (plugin,)
         command_value = values["command"][0] if values.get("command") else None
         with self._lock:
             now, wall = self.clock.monotonic(), self.clock.now()
@@ -783,6 +1011,7 @@ class SsmCommands:
                     instance_id=instance_id,
                     document=document,
                     plugin=plugin,
+                    steps=steps,
                     command_value=command_value,
                     now=now,
                     wall=wall,
@@ -814,6 +1043,7 @@ class SsmCommands:
         instance_id: str,
         document: ResolvedDocument,
         plugin: str,
+        steps: tuple[str, ...],
         command_value: str | None,
         now: float,
         wall: datetime,
@@ -874,6 +1104,7 @@ class SsmCommands:
             natural=natural,
             stdout=entry.stdout if entry else "",
             stderr=entry.stderr if entry else "",
+            steps=steps,
         )
 
     def invocation(
@@ -884,10 +1115,60 @@ class SsmCommands:
         now = self.clock.monotonic()
         if inv is None or now < inv.visible_at:
             raise _error("InvocationDoesNotExist", "")
+        if plugin is None and len(inv.steps) > 1:
+            # "If the document contains more than one step, you must specify the name of the
+            # step" (the API reference).
+            raise _error(
+                "InvalidPluginName",
+                f"The document {inv.document} has {len(inv.steps)} steps "
+                f"({', '.join(inv.steps)}): give PluginName",
+            )
         if plugin is not None and plugin != inv.plugin:
+            if plugin in inv.steps:
+                raise _error(
+                    "ValidationException",
+                    f"localaws models only the step {inv.plugin} of the document {inv.document}; "
+                    f"its step {plugin} is not modelled",
+                )
             raise _error("InvalidPluginName", f"The plugin name {plugin} is not valid")
         with self._lock:
             return inv.response(now)
+
+    def list_invocations(
+        self, backend: Any, command_id: str | None, instance_id: str | None
+    ) -> list[tuple[tuple[int, int, str], dict[str, Any]]]:
+        """ListCommandInvocations' entries (with their plugins) and their places in its order:
+        newest request first (a later send first at the same clock time), then by instance id.
+        An invocation is listed once visible (`invisible_seconds`), as GetCommandInvocation
+        answers it; moto's own commands (Targets) as moto answers them."""
+        commands = list(backend._commands)
+        if command_id is not None:
+            chosen = backend.get_command_by_id(command_id)  # InvalidCommandId
+            indexed = [(i, c) for i, c in enumerate(commands) if c is chosen]
+        else:
+            indexed = list(enumerate(commands))
+        out = []
+        with self._lock:
+            now = self.clock.monotonic()
+            for index, command in indexed:
+                localaws: Mapping[str, Invocation] | None = getattr(
+                    command, "localaws_invocations", None
+                )
+                if localaws is not None:
+                    rows = [
+                        inv.listed(now, command)
+                        for inv in localaws.values()
+                        if now >= inv.visible_at
+                    ]
+                else:
+                    rows = [_moto_listed(command, inv) for inv in command.invocations]
+                for row in rows:
+                    if instance_id is not None and row["InstanceId"] != instance_id:
+                        continue
+                    out.append(
+                        ((-_micros(row["RequestedDateTime"]), -index, row["InstanceId"]), row)
+                    )
+        return sorted(out, key=lambda keyed: keyed[0])
 
     def cancel(self, command: Any, instance_ids: list[str]) -> None:
         """CancelCommand on a moto Command with localaws invocations (or moto's own)."""
@@ -1023,8 +1304,7 @@ def _check_send(self: Any, instance_ids: list[str]) -> None:
             raise _validation(
                 instance_id,
                 "instanceIds",
-                "Member must satisfy regular expression pattern: "
-                r"(^i-(\w{8}|\w{17})$)|(^mi-\w{17}$)",
+                f"Member must satisfy regular expression pattern: {INSTANCE_ID_PATTERN}",
             )
     timeout = self._get_param("TimeoutSeconds")
     if timeout is not None:
@@ -1117,6 +1397,7 @@ def _make_send_command(moto_send: Callable[[Any], Any]) -> Callable[[Any], Any]:
             targets=[],
         )
         command.instance_ids = instance_ids  # moto's set() lost the order
+        command.localaws_notification_config = self._get_param("NotificationConfig")
         STATE.start_invocations(command, instance_ids, document, values, timeout)
         return ActionResult({"Command": command.response_object()})
 
@@ -1271,22 +1552,22 @@ def _after(token: str) -> str:
     return after
 
 
+def _max_results(raw: Any, low: int, high: int, default: int) -> int:
+    if raw is None:
+        return default
+    limit = int(raw)
+    if limit < low:
+        raise _validation(
+            raw, "maxResults", f"Member must have value greater than or equal to {low}"
+        )
+    if limit > high:
+        raise _validation(raw, "maxResults", f"Member must have value less than or equal to {high}")
+    return limit
+
+
 def describe_instance_information(self: Any) -> ActionResult:
     """DescribeInstanceInformation (moto has none): the account/region's managed EC2 instances."""
-    raw_max = self._get_param("MaxResults")
-    limit = DEFAULT_RESULTS
-    if raw_max is not None:
-        limit = int(raw_max)
-        if limit < MIN_RESULTS:
-            raise _validation(
-                raw_max,
-                "maxResults",
-                f"Member must have value greater than or equal to {MIN_RESULTS}",
-            )
-        if limit > MAX_RESULTS:
-            raise _validation(
-                raw_max, "maxResults", f"Member must have value less than or equal to {MAX_RESULTS}"
-            )
+    limit = _max_results(self._get_param("MaxResults"), MIN_RESULTS, MAX_RESULTS, DEFAULT_RESULTS)
     predicates = _predicates(
         self._get_param("Filters"), self._get_param("InstanceInformationFilterList")
     )
@@ -1303,6 +1584,171 @@ def describe_instance_information(self: Any) -> ActionResult:
     result: dict[str, Any] = {"InstanceInformationList": rows[:limit]}
     if len(rows) > limit:
         result["NextToken"] = _token(rows[limit - 1]["InstanceId"])
+    return ActionResult(result)
+
+
+# --- ListCommandInvocations -------------------------------------------------------------------
+
+Row = dict[str, Any]
+RowPredicate = Callable[[Row], bool]
+
+
+def _timestamp_filter(key: str, value: str) -> datetime:
+    try:
+        return _aware(datetime.fromisoformat(value))
+    except ValueError as exc:
+        raise _error(
+            "InvalidFilterKey",
+            f"The filter {key} takes a timestamp (such as 2024-07-07T00:00:00Z), not {value}",
+        ) from exc
+
+
+def _status_filter(value: str) -> RowPredicate:
+    if value not in INVOCATION_STATUS_FILTERS:
+        raise _error(
+            "InvalidFilterKey",
+            f"The filter value {value} is not valid for Status; valid values: "
+            f"{', '.join(INVOCATION_STATUS_FILTERS)}",
+        )
+    if value == "DeliveryTimedOut":
+        return lambda row: bool(row["StatusDetails"] == "Delivery Timed Out")
+    if value == "ExecutionTimedOut":
+        return lambda row: bool(row["StatusDetails"] == "Execution Timed Out")
+    return lambda row: bool(row["Status"] == value)  # TimedOut: both kinds of timeout
+
+
+def _command_filters(filters: Any) -> list[RowPredicate]:
+    """ListCommandInvocations' Filters (CommandFilter: `key`, `value`), AND-ed."""
+    if filters is None:
+        return []
+    if not isinstance(filters, list) or not filters:
+        raise _validation(filters, "filters", "Member must have length greater than or equal to 1")
+    if len(filters) > MAX_COMMAND_FILTERS:
+        raise _validation(
+            filters,
+            "filters",
+            f"Member must have length less than or equal to {MAX_COMMAND_FILTERS}",
+        )
+    checked = []
+    for index, raw in enumerate(filters, start=1):
+        item = raw if isinstance(raw, Mapping) else {}
+        key, value = item.get("key"), item.get("value")
+        member = f"filters.{index}.member"
+        if key is None:
+            raise _validation(None, f"{member}.key", "Member must not be null")
+        if key not in COMMAND_FILTER_KEYS:
+            raise _validation(
+                key,
+                f"{member}.key",
+                f"Member must satisfy enum value set: [{', '.join(COMMAND_FILTER_KEYS)}]",
+            )
+        if value is None:
+            raise _validation(None, f"{member}.value", "Member must not be null")
+        value = str(value)
+        if not value:
+            raise _validation(
+                value, f"{member}.value", "Member must have length greater than or equal to 1"
+            )
+        if len(value) > MAX_COMMAND_FILTER_VALUE:
+            raise _validation(
+                value,
+                f"{member}.value",
+                f"Member must have length less than or equal to {MAX_COMMAND_FILTER_VALUE}",
+            )
+        checked.append((str(key), value))
+    out: list[RowPredicate] = []
+    for key, value in checked:
+        if key == "ExecutionStage":
+            raise _error(
+                "InvalidFilterKey",
+                "The ExecutionStage filter can't be used with ListCommandInvocations, only with "
+                "ListCommands",
+            )
+        if key == "Status":
+            out.append(_status_filter(value))
+        elif key == "DocumentName":
+            out.append(_document_filter(value))
+        else:
+            out.append(_time_filter(key, _timestamp_filter(key, value)))
+    return out
+
+
+def _document_filter(name: str) -> RowPredicate:
+    return lambda row: bool(row["DocumentName"] == name)
+
+
+def _time_filter(key: str, at: datetime) -> RowPredicate:
+    # "occurring July 7, 2021, and later" / "from before July 7, 2021"
+    if key == "InvokedAfter":
+        return lambda row: bool(row["RequestedDateTime"] >= at)
+    return lambda row: bool(row["RequestedDateTime"] < at)
+
+
+ListKey = tuple[int, int, str]
+
+
+def _list_token(key: ListKey) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"invocation": list(key)}).encode()).decode()
+
+
+def _list_after(token: str) -> ListKey:
+    try:
+        micros, index, instance_id = json.loads(base64.urlsafe_b64decode(token.encode()))[
+            "invocation"
+        ]
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise _error("InvalidNextToken", "The specified token isn't valid.") from exc
+    if not (isinstance(micros, int) and isinstance(index, int) and isinstance(instance_id, str)):
+        raise _error("InvalidNextToken", "The specified token isn't valid.")
+    return micros, index, instance_id
+
+
+def list_command_invocations(self: Any) -> ActionResult:
+    """ListCommandInvocations (moto has none): one entry per (command, instance) from the
+    timeline GetCommandInvocation answers from, newest first; `Details` adds its plugin."""
+    command_id = self._get_param("CommandId")
+    if command_id is not None:
+        command_id = str(command_id)
+        if len(command_id) < COMMAND_ID_LENGTH:
+            raise _validation(
+                command_id,
+                "commandId",
+                f"Member must have length greater than or equal to {COMMAND_ID_LENGTH}",
+            )
+        if len(command_id) > COMMAND_ID_LENGTH:
+            raise _validation(
+                command_id,
+                "commandId",
+                f"Member must have length less than or equal to {COMMAND_ID_LENGTH}",
+            )
+    instance_id = self._get_param("InstanceId")
+    if instance_id is not None:
+        instance_id = str(instance_id)
+        if not _INSTANCE_ID.match(instance_id):
+            raise _validation(
+                instance_id,
+                "instanceId",
+                f"Member must satisfy regular expression pattern: {INSTANCE_ID_PATTERN}",
+            )
+    limit = _max_results(
+        self._get_param("MaxResults"), LIST_MIN_RESULTS, LIST_MAX_RESULTS, LIST_DEFAULT_RESULTS
+    )
+    predicates = _command_filters(self._get_param("Filters"))
+    details = bool(self._get_param("Details"))
+    token = self._get_param("NextToken")
+    after = _list_after(str(token)) if token else None
+    rows = [
+        (key, row)
+        for key, row in STATE.list_invocations(self.ssm_backend, command_id, instance_id)
+        if (after is None or key > after) and all(p(row) for p in predicates)
+    ]
+    page = [row for _, row in rows[:limit]]
+    if not details:
+        for row in page:
+            row["CommandPlugins"] = []
+    result: dict[str, Any] = {"CommandInvocations": page}
+    if len(rows) > limit:
+        result["NextToken"] = _list_token(rows[limit - 1][0])
     return ActionResult(result)
 
 
@@ -1342,6 +1788,7 @@ def install() -> None:
     added: list[tuple[type, str, Any]] = [
         (responses, "cancel_command", cancel_command),  # moto has none
         (responses, "describe_instance_information", describe_instance_information),
+        (responses, "list_command_invocations", list_command_invocations),
     ]
     moto_reset = BackendDict.reset.__func__  # type: ignore[attr-defined]
 

@@ -1,6 +1,7 @@
 """SSM Run Command on the local AWS (`localaws/ssm_commands.py`), written from the SSM API
-reference (SendCommand, GetCommandInvocation, CancelCommand, DescribeInstanceInformation),
-through boto3 against the server. Time is the server's frozen clock, moved by the tests."""
+reference (SendCommand, GetCommandInvocation, ListCommandInvocations, CancelCommand,
+DescribeInstanceInformation), through boto3 against the server. Time is the server's frozen
+clock, moved by the tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -626,6 +628,465 @@ def test_invisible_seconds_after_send(ssm: Any, aws: LocalAws, instance: Callabl
     assert _status(ssm, command_id, iid) == ("Success", "Success", 0)  # ran meanwhile
 
 
+# --- ListCommandInvocations ------------------------------------------------------------------
+
+
+def _list(ssm: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = ssm.list_command_invocations(**kwargs)["CommandInvocations"]
+    return found
+
+
+def _listed_one(ssm: Any, command_id: str, instance_id: str) -> dict[str, Any]:
+    [found] = _list(ssm, CommandId=command_id, InstanceId=instance_id, Details=True)
+    return found
+
+
+def _two_step_document() -> dict[str, Any]:
+    document = _dlm_document(timeout_seconds=60)
+    document["mainSteps"].append(
+        {"action": "aws:runShellScript", "name": "second_step", "inputs": {"runCommand": ["true"]}}
+    )
+    return document
+
+
+def test_list_follows_the_invocation_with_its_plugin(
+    ssm: Any, aws: LocalAws, instance: Callable[[], str]
+) -> None:
+    iid = instance()
+    aws.set_ssm(
+        instances={iid: {"results": {"pre-script": [{"status": "Success", "stdout": "ok"}]}}}
+    )
+    command_id = _send(ssm, iid)
+
+    pending = _listed_one(ssm, command_id, iid)
+    assert (pending["CommandId"], pending["InstanceId"]) == (command_id, iid)
+    assert (pending["InstanceName"], pending["TraceOutput"]) == ("", "")
+    assert (pending["StandardOutputUrl"], pending["StandardErrorUrl"]) == ("", "")
+    assert (pending["DocumentName"], pending["DocumentVersion"]) == (DOCUMENT, "$DEFAULT")
+    assert pending["Comment"] == "test pre-script"
+    assert pending["ServiceRole"] == ""
+    assert pending["NotificationConfig"] == {
+        "NotificationArn": "",
+        "NotificationEvents": [],
+        "NotificationType": "",
+    }
+    assert pending["CloudWatchOutputConfig"] == {
+        "CloudWatchLogGroupName": "",
+        "CloudWatchOutputEnabled": False,
+    }
+    [sent] = ssm.list_commands(CommandId=command_id)["Commands"]
+    assert pending["RequestedDateTime"] == sent["RequestedDateTime"]
+    assert (pending["Status"], pending["StatusDetails"]) == ("Pending", "Pending")
+    [plugin] = pending["CommandPlugins"]
+    assert plugin == {
+        "Name": STEP,
+        "Status": "Pending",
+        "StatusDetails": "Pending",
+        "ResponseCode": -1,
+        "Output": "",
+        "StandardOutputUrl": "",
+        "StandardErrorUrl": "",
+        "OutputS3Region": "us-east-1",
+        "OutputS3BucketName": "",
+        "OutputS3KeyPrefix": "",
+    }
+    # without Details, no plugins
+    [brief] = _list(ssm, CommandId=command_id)
+    assert brief["CommandPlugins"] == []
+    assert brief["Status"] == "Pending"
+
+    aws.advance_clock(0.05)
+    running = _listed_one(ssm, command_id, iid)
+    assert (running["Status"], running["StatusDetails"]) == ("InProgress", "InProgress")
+    [plugin] = running["CommandPlugins"]
+    assert (plugin["Status"], plugin["ResponseCode"], plugin["Output"]) == ("InProgress", -1, "")
+    assert _seconds_between(pending["RequestedDateTime"], plugin["ResponseStartDateTime"]) == 0.05
+    assert "ResponseFinishDateTime" not in plugin
+
+    aws.advance_clock(0.2)
+    done = _listed_one(ssm, command_id, iid)
+    got = _invocation(ssm, command_id, iid)
+    assert (done["Status"], done["StatusDetails"]) == (got["Status"], got["StatusDetails"])
+    assert done["Status"] == "Success"
+    [plugin] = done["CommandPlugins"]
+    assert (plugin["Status"], plugin["StatusDetails"], plugin["ResponseCode"]) == (
+        "Success",
+        "Success",
+        0,
+    )
+    assert plugin["Output"] == "ok"
+    assert (
+        _seconds_between(plugin["ResponseStartDateTime"], plugin["ResponseFinishDateTime"]) == 0.2
+    )
+    assert _iso_ms(plugin["ResponseStartDateTime"]) == got["ExecutionStartDateTime"]
+    assert _iso_ms(plugin["ResponseFinishDateTime"]) == got["ExecutionEndDateTime"]
+
+
+def _seconds_between(start: datetime, end: datetime) -> Any:
+    """The time between two of the response's timestamps (milliseconds, truncated: +-1 ms)."""
+    return pytest.approx((end - start).total_seconds(), abs=0.0015)
+
+
+def _iso_ms(moment: Any) -> str:
+    text: str = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return text
+
+
+def test_list_output_is_stdout_then_stderr_cut_at_2500(
+    ssm: Any, aws: LocalAws, instance: Callable[[], str]
+) -> None:
+    iid = instance()
+    results = [
+        {"status": "Failed", "stdout": "freezing", "stderr": "fsfreeze: busy", "response_code": 2},
+        {"status": "Failed", "stderr": "e" * 3000},
+        {"status": "Success", "stdout": "o" * 3000},
+        {"status": "Failed", "stdout": "o" * 3000, "stderr": "e" * 3000},
+    ]
+    aws.set_ssm(instances={iid: {"results": {"*": results}}})
+    failed, err_only, out_only, both = (_send(ssm, iid) for _ in range(4))
+    aws.advance_clock(0.25)
+
+    listed = _listed_one(ssm, failed, iid)
+    assert (listed["Status"], listed["StatusDetails"]) == ("Failed", "Failed")
+    [plugin] = listed["CommandPlugins"]
+    assert (plugin["Status"], plugin["ResponseCode"]) == ("Failed", 2)
+    # amazon-ssm-agent's combined output: stdout, an error title, stderr
+    assert plugin["Output"] == "freezing\n----------ERROR-------\nfsfreeze: busy"
+
+    # cut to 2500 characters with the agent's markers (iohandler.TruncateOutput)
+    title, cut_out, cut_err = (
+        "\n----------ERROR-------\n",
+        "\n---Output truncated---",
+        "\n---Error truncated----",
+    )
+    [plugin] = _listed_one(ssm, err_only, iid)["CommandPlugins"]
+    assert plugin["Output"] == title + "e" * (2500 - len(title) - len(cut_err)) + cut_err
+    [plugin] = _listed_one(ssm, out_only, iid)["CommandPlugins"]
+    assert plugin["Output"] == "o" * (2500 - len(cut_out)) + cut_out
+    [plugin] = _listed_one(ssm, both, iid)["CommandPlugins"]
+    half = (2500 - len(title) - len(cut_out) - len(cut_err)) // 2
+    assert plugin["Output"] == "o" * half + cut_out + title + "e" * half + cut_err
+    for command_id in (err_only, out_only, both):
+        [plugin] = _listed_one(ssm, command_id, iid)["CommandPlugins"]
+        assert len(plugin["Output"]) == 2500
+    # GetCommandInvocation still has the whole streams (up to its own limits)
+    assert _invocation(ssm, both, iid)["StandardOutputContent"] == "o" * 3000
+
+
+def test_list_cancelling_then_cancelled_and_timeouts(
+    ssm: Any, aws: LocalAws, instance: Callable[[], str]
+) -> None:
+    iid = instance()
+    queue = [{"status": "Hang", "stdout": "so far"}, {"status": "TimedOut"}]
+    aws.set_ssm(cancel_seconds=2.0, instances={iid: {"results": {"pre-script": queue}}})
+    hang = _send(ssm, iid)
+    timed_out = _send(ssm, iid)
+    aws.set_ssm(
+        instances={iid: {"results": {"post-script": [{"start_seconds": 45, "status": "Success"}]}}}
+    )
+    undelivered = _send(ssm, iid, "post-script")
+    pending = _send(ssm, iid, "dry-run", TimeoutSeconds=600)
+    ssm.cancel_command(CommandId=pending)  # still pending: Cancelled at once, never ran
+    aws.advance_clock(1.0)
+    ssm.cancel_command(CommandId=hang)
+
+    cancelling = _listed_one(ssm, hang, iid)
+    assert (cancelling["Status"], cancelling["StatusDetails"]) == ("Cancelling", "Cancelling")
+    [plugin] = cancelling["CommandPlugins"]
+    # CommandPluginStatus has no Cancelling: the step still runs
+    assert (plugin["Status"], plugin["ResponseCode"], plugin["Output"]) == ("InProgress", -1, "")
+    never = _listed_one(ssm, pending, iid)
+    assert (never["Status"], never["StatusDetails"]) == ("Cancelled", "Cancelled")
+    [plugin] = never["CommandPlugins"]
+    assert (plugin["Status"], plugin["ResponseCode"]) == ("Cancelled", -1)
+    assert "ResponseStartDateTime" not in plugin
+    assert "ResponseFinishDateTime" not in plugin
+
+    aws.advance_clock(2.0)
+    cancelled = _listed_one(ssm, hang, iid)
+    assert (cancelled["Status"], cancelled["StatusDetails"]) == ("Cancelled", "Cancelled")
+    [plugin] = cancelled["CommandPlugins"]
+    assert (plugin["Status"], plugin["ResponseCode"], plugin["Output"]) == (
+        "Cancelled",
+        137,
+        "so far",
+    )
+    assert (
+        _seconds_between(plugin["ResponseStartDateTime"], plugin["ResponseFinishDateTime"]) == 2.95
+    )
+    execution = _listed_one(ssm, timed_out, iid)
+    assert (execution["Status"], execution["StatusDetails"]) == ("TimedOut", "Execution Timed Out")
+    assert execution["CommandPlugins"][0]["ResponseCode"] == 137
+
+    aws.advance_clock(27.0)  # the post script's 30 s delivery timeout
+    delivery = _listed_one(ssm, undelivered, iid)
+    assert (delivery["Status"], delivery["StatusDetails"]) == ("TimedOut", "Delivery Timed Out")
+    assert delivery["CommandPlugins"][0]["ResponseCode"] == -1
+    # the same statuses as GetCommandInvocation's at the same clock time
+    for command_id in (hang, timed_out, undelivered, pending):
+        got = _invocation(ssm, command_id, iid)
+        listed = _listed_one(ssm, command_id, iid)
+        assert (listed["Status"], listed["StatusDetails"]) == (got["Status"], got["StatusDetails"])
+        assert listed["CommandPlugins"][0]["ResponseCode"] == got["ResponseCode"]
+
+    def statuses(value: str) -> set[str]:
+        return {i["CommandId"] for i in _list(ssm, Filters=[{"key": "Status", "value": value}])}
+
+    assert statuses("TimedOut") == {timed_out, undelivered}
+    assert statuses("ExecutionTimedOut") == {timed_out}
+    assert statuses("DeliveryTimedOut") == {undelivered}
+    assert statuses("Cancelled") == {hang, pending}
+    assert statuses("Delayed") == set()
+
+
+def test_list_filters_by_command_instance_and_filters(
+    ssm: Any, aws: LocalAws, instance: Callable[[], str]
+) -> None:
+    first, second, idle = instance(), instance(), instance()
+    both = ssm.send_command(
+        InstanceIds=[second, first],
+        DocumentName=DOCUMENT,
+        Parameters={"command": ["pre-script"]},
+        TimeoutSeconds=30,
+    )["Command"]["CommandId"]
+    aws.advance_clock(1.0)
+    shell = _send(ssm, first, DocumentName="AWS-RunShellScript", Parameters={"commands": ["true"]})
+
+    [one] = _list(ssm, CommandId=both, InstanceId=second)
+    assert (one["CommandId"], one["InstanceId"]) == (both, second)
+    assert [i["InstanceId"] for i in _list(ssm, CommandId=both)] == sorted([first, second])
+    assert [i["CommandId"] for i in _list(ssm, InstanceId=first)] == [shell, both]
+    assert _list(ssm, InstanceId=idle) == []  # no invocation there: an empty list
+    assert _list(ssm, CommandId=shell, InstanceId=second) == []
+
+    def listed(*filters: tuple[str, str]) -> list[tuple[str, str]]:
+        rows = _list(ssm, Filters=[{"key": k, "value": v} for k, v in filters])
+        return [(r["CommandId"], r["InstanceId"]) for r in rows]
+
+    assert listed(("DocumentName", "AWS-RunShellScript")) == [(shell, first)]
+    assert listed(("DocumentName", DOCUMENT), ("Status", "Success")) == [
+        (both, i) for i in sorted([first, second])
+    ]
+    aws.advance_clock(1.0)  # the shell command ends too
+    [sent_both] = ssm.list_commands(CommandId=both)["Commands"]
+    half_after = (sent_both["RequestedDateTime"] + timedelta(seconds=0.5)).astimezone(UTC)
+    stamp = half_after.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert listed(("InvokedAfter", stamp)) == [(shell, first)]
+    assert listed(("InvokedBefore", stamp), ("Status", "Success")) == [
+        (both, i) for i in sorted([first, second])
+    ]
+    assert listed(("Status", "Pending")) == []
+
+    refusals = [
+        ([{"key": "ExecutionStage", "value": "Executing"}], "InvalidFilterKey"),
+        ([{"key": "Status", "value": "Cancelling"}], "InvalidFilterKey"),
+        ([{"key": "InvokedAfter", "value": "yesterday"}], "InvalidFilterKey"),
+        ([{"key": "Color", "value": "blue"}], "ValidationException"),
+        ([{"key": "DocumentName", "value": "x" * 129}], "ValidationException"),
+        ([{"key": "Status", "value": "Success"}] * 6, "ValidationException"),
+    ]
+    for filters, code in refusals:
+        with pytest.raises(ClientError) as exc:
+            ssm.list_command_invocations(Filters=filters)
+        assert _code(exc) == code, filters
+    with pytest.raises(ClientError) as exc:
+        ssm.list_command_invocations(Filters=[{"key": "ExecutionStage", "value": "Complete"}])
+    assert "ExecutionStage" in str(exc.value)
+
+
+def test_list_pages_newest_first_with_next_token(
+    ssm: Any, aws: LocalAws, instance: Callable[[], str]
+) -> None:
+    a, b = sorted([instance(), instance()])
+    sent = []
+    for _ in range(3):
+        sent.append(
+            ssm.send_command(
+                InstanceIds=[b, a],
+                DocumentName=DOCUMENT,
+                Parameters={"command": ["pre-script"]},
+                TimeoutSeconds=30,
+            )["Command"]["CommandId"]
+        )
+        aws.advance_clock(1.0)
+    same_time = _send(ssm, a)  # two sends at the same clock time: the later one first
+    later_same_time = _send(ssm, a)
+    expected = [(later_same_time, a), (same_time, a)] + [
+        (c, i) for c in reversed(sent) for i in (a, b)
+    ]
+
+    seen: list[tuple[str, str]] = []
+    token = None
+    pages = 0
+    while True:
+        kwargs: dict[str, Any] = {"MaxResults": 3}
+        if token:
+            kwargs["NextToken"] = token
+        page = ssm.list_command_invocations(**kwargs)
+        assert len(page["CommandInvocations"]) <= 3
+        seen += [(i["CommandId"], i["InstanceId"]) for i in page["CommandInvocations"]]
+        pages += 1
+        token = page.get("NextToken")
+        if not token:
+            break
+    assert seen == expected
+    assert pages == 3
+    times = [i["RequestedDateTime"] for i in _list(ssm)]
+    assert times == sorted(times, reverse=True)
+    # boto3's paginator, with a command sent between pages: the pages go on from where they were
+    paginator = ssm.get_paginator("list_command_invocations")
+    pages_iter = iter(paginator.paginate(PaginationConfig={"PageSize": 4}))
+    first_page = next(pages_iter)
+    newest = _send(ssm, b)
+    rest = [(i["CommandId"], i["InstanceId"]) for p in pages_iter for i in p["CommandInvocations"]]
+    listed_first = [(i["CommandId"], i["InstanceId"]) for i in first_page["CommandInvocations"]]
+    assert listed_first + rest == expected
+    assert _list(ssm, MaxResults=1)[0]["CommandId"] == newest
+
+    with pytest.raises(ClientError) as exc:
+        ssm.list_command_invocations(NextToken="not-a-token")
+    assert _code(exc) == "InvalidNextToken"
+
+
+def test_list_max_results_1_to_50_default_50(
+    ssm: Any, raw_ssm: Any, ec2: Any, image_id: str
+) -> None:
+    ids = [
+        i["InstanceId"]
+        for i in ec2.run_instances(ImageId=image_id, MinCount=26, MaxCount=26)["Instances"]
+    ]
+    for _ in range(2):
+        ssm.send_command(
+            InstanceIds=ids,
+            DocumentName=DOCUMENT,
+            Parameters={"command": ["pre-script"]},
+            TimeoutSeconds=30,
+        )
+    page = ssm.list_command_invocations()
+    assert len(page["CommandInvocations"]) == 50
+    rest = ssm.list_command_invocations(NextToken=page["NextToken"])
+    assert len(rest["CommandInvocations"]) == 2
+    assert "NextToken" not in rest
+    for bad in (0, 51):
+        with pytest.raises(ClientError) as exc:
+            raw_ssm.list_command_invocations(MaxResults=bad)
+        assert _code(exc) == "ValidationException"
+        assert "maxResults" in str(exc.value)
+    assert len(raw_ssm.list_command_invocations(MaxResults=1)["CommandInvocations"]) == 1
+    assert len(raw_ssm.list_command_invocations(MaxResults=50)["CommandInvocations"]) == 50
+
+
+def test_list_unknown_command_and_malformed_ids(
+    ssm: Any, raw_ssm: Any, instance: Callable[[], str]
+) -> None:
+    iid = instance()
+    _send(ssm, iid)
+    with pytest.raises(ClientError) as exc:
+        ssm.list_command_invocations(CommandId=str(uuid.uuid4()))
+    assert _code(exc) == "InvalidCommandId"
+    for kwargs, member in (
+        ({"CommandId": "x" * 37}, "commandId"),
+        ({"InstanceId": "instance-1"}, "instanceId"),
+    ):
+        with pytest.raises(ClientError) as exc:
+            raw_ssm.list_command_invocations(**kwargs)
+        assert _code(exc) == "ValidationException"
+        assert member in str(exc.value)
+
+
+def test_list_waits_for_invisible_seconds(
+    ssm: Any, aws: LocalAws, instance: Callable[[], str]
+) -> None:
+    iid = instance()
+    aws.set_ssm(invisible_seconds=0.5)
+    command_id = _send(ssm, iid)
+    assert _list(ssm, CommandId=command_id) == []  # the command exists: no InvalidCommandId
+    assert _list(ssm) == []
+    aws.advance_clock(0.499)
+    assert _list(ssm, InstanceId=iid) == []
+    aws.advance_clock(0.001)
+    [listed] = _list(ssm, CommandId=command_id)
+    assert listed["Status"] == "Success"  # it ran meanwhile
+
+
+def test_two_step_document_needs_plugin_name_but_lists(
+    ssm: Any, aws: LocalAws, instance: Callable[[], str]
+) -> None:
+    iid = instance()
+    ssm.create_document(
+        Name="TwoSteps", Content=json.dumps(_two_step_document()), DocumentType="Command"
+    )
+    aws.set_ssm(
+        instances={iid: {"results": {"pre-script": [{"status": "Failed", "stderr": "no"}]}}}
+    )
+    command_id = _send(ssm, iid, DocumentName="TwoSteps")
+    aws.advance_clock(0.25)
+    with pytest.raises(ClientError) as exc:
+        _invocation(ssm, command_id, iid)
+    assert _code(exc) == "InvalidPluginName"
+    named = ssm.get_command_invocation(CommandId=command_id, InstanceId=iid, PluginName=STEP)
+    assert (named["Status"], named["PluginName"]) == ("Failed", STEP)
+    with pytest.raises(ClientError) as exc:  # a step localaws does not model
+        ssm.get_command_invocation(CommandId=command_id, InstanceId=iid, PluginName="second_step")
+    assert _code(exc) == "ValidationException"
+    assert "second_step" in str(exc.value)
+    listed = _listed_one(ssm, command_id, iid)
+    assert (listed["Status"], listed["StatusDetails"]) == ("Failed", "Failed")
+    assert [p["Name"] for p in listed["CommandPlugins"]] == [STEP]
+    assert listed["CommandPlugins"][0]["Output"] == "\n----------ERROR-------\nno"
+    # a one-step document needs no PluginName (the fixture's)
+    single = _send(ssm, iid)
+    assert _invocation(ssm, single, iid)["PluginName"] == STEP
+
+
+def test_list_echoes_the_sends_output_and_notification_settings(
+    ssm: Any, instance: Callable[[], str]
+) -> None:
+    iid = instance()
+    role = "arn:aws:iam::123456789012:role/ssm-notify"
+    topic = "arn:aws:sns:us-east-1:123456789012:ssm"
+    notification = {
+        "NotificationArn": topic,
+        "NotificationEvents": ["Success", "Failed"],
+        "NotificationType": "Invocation",
+    }
+    command_id = _send(
+        ssm,
+        iid,
+        OutputS3BucketName="script-output",
+        OutputS3KeyPrefix="pre",
+        OutputS3Region="eu-west-1",
+        ServiceRoleArn=role,
+        NotificationConfig=notification,
+    )
+    listed = _listed_one(ssm, command_id, iid)
+    assert (listed["ServiceRole"], listed["NotificationConfig"]) == (role, notification)
+    [plugin] = listed["CommandPlugins"]
+    assert (plugin["OutputS3BucketName"], plugin["OutputS3KeyPrefix"]) == ("script-output", "pre")
+    assert plugin["OutputS3Region"] == "eu-west-1"
+    assert (plugin["StandardOutputUrl"], plugin["StandardErrorUrl"]) == ("", "")  # none written
+
+
+def test_list_includes_moto_targets_commands(
+    ssm: Any, ec2: Any, instance: Callable[[], str]
+) -> None:
+    iid = instance()
+    ec2.create_tags(Resources=[iid], Tags=[{"Key": "role", "Value": "db"}])
+    command_id = ssm.send_command(
+        Targets=[{"Key": "tag:role", "Values": ["db"]}],
+        DocumentName="AWS-RunShellScript",
+        Parameters={"commands": ["true"]},
+    )["Command"]["CommandId"]
+    listed = _listed_one(ssm, command_id, iid)
+    assert (listed["Status"], listed["DocumentName"]) == ("Success", "AWS-RunShellScript")
+    [plugin] = listed["CommandPlugins"]
+    assert (plugin["Name"], plugin["Status"], plugin["ResponseCode"]) == (
+        "aws:runShellScript",
+        "Success",
+        0,
+    )
+
+
 # --- the order log ---------------------------------------------------------------------------
 
 
@@ -787,10 +1248,27 @@ def test_ssm_calls_are_checked_under_their_iam_actions(iam_server: LocalAws) -> 
         aws_secret_access_key=key["SecretAccessKey"],
     )
     assert reader.describe_instance_information()["InstanceInformationList"] == []
-    with pytest.raises(ClientError) as exc:
-        reader.cancel_command(CommandId=str(uuid.uuid4()))
-    assert _code(exc) == "AccessDeniedException"
-    assert "ssm:CancelCommand" in str(exc.value)
+    for call, action in (
+        (lambda: reader.cancel_command(CommandId=str(uuid.uuid4())), "ssm:CancelCommand"),
+        (reader.list_command_invocations, "ssm:ListCommandInvocations"),
+    ):
+        with pytest.raises(ClientError) as exc:
+            call()
+        assert _code(exc) == "AccessDeniedException"
+        assert action in str(exc.value)
+    iam.put_user_policy(
+        UserName="ssm-reader",
+        PolicyName="list",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": "ssm:ListCommandInvocations", "Resource": "*"}
+                ],
+            }
+        ),
+    )
+    assert reader.list_command_invocations()["CommandInvocations"] == []
 
 
 # --- in-process ------------------------------------------------------------------------------
