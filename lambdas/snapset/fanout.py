@@ -39,7 +39,7 @@ from snapset.errors import error_code
 from snapset.idempotency import Delivery
 from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionError, RetentionResult
 from snapset.pacing import CREATE_SNAPSHOTS_BUCKET, DELETE_SNAPSHOT_BUCKET, Pacer
-from snapset.policy import SnapshotPolicy, SnapshotRequest, TriggerType
+from snapset.policy import SnapshotPolicy, SnapshotRequest
 from snapset.report import RunReport, build_report, summarize
 from snapset.retention import with_retention_all
 from snapset.run import HandedOff, IdempotencyStore, build_engine
@@ -351,8 +351,7 @@ def hand_off(
         max_concurrency=shape.max_concurrency,
         worker_share=shape.worker_share,
         retention=policy.retention is not None,
-        first_delivery=delivery is Delivery.FIRST
-        and request.trigger.type is not TriggerType.MANUAL,
+        first_delivery=delivery is Delivery.FIRST and not request.caller_request_id,
         missing_key=missing_key,
     )
     _put_json(s3, bucket, run.items_key, items)

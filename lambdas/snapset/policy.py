@@ -334,6 +334,11 @@ class SnapshotRequest(BaseModel):
     policy: SnapshotPolicy
     trigger: Trigger
     event_instance_id: InstanceId | None = None
+    # A manual run whose trigger id is the caller's `request_id`: another client (the CLI, an
+    # earlier invoke) may already have made sets under it. Without one, the id is made for
+    # this request (a fresh id, or the Lambda request id its retries share), so its first
+    # delivery needs no look-up.
+    caller_request_id: bool = False
 
 
 MAX_ERRORS_SHOWN = 10

@@ -142,11 +142,16 @@ class Engine:
 
     def _claim(self, instances: Sequence[Instance]) -> Delivery | None:
         store = self.idempotency
-        if store is None or not instances or self.request.policy.dry_run:
-            # Without a store nothing can tell a first delivery; a dry run makes no set.
-            return None
+        if not instances or self.request.policy.dry_run:
+            return None  # a dry run makes no set
         if self.known_delivery is not None:
             return self.known_delivery
+        if store is None:
+            # Without a store nothing can tell a first delivery, but a manual run under an id
+            # made for it (the CLI's fresh one) is the first.
+            request = self.request
+            fresh = request.trigger.type is TriggerType.MANUAL and not request.caller_request_id
+            return Delivery.FIRST if fresh else None
         context = store.context
         holds = (
             context.get_remaining_time_in_millis() / 1000
@@ -178,8 +183,8 @@ class Engine:
         delivery = self._claim(instances)
         if delivery is Delivery.RUNNING:
             return self.wrap(self._stand_down)
-        # The CLI keeps no marker, and a manual request id may be one it used: look anyway.
-        first = delivery is Delivery.FIRST and request.trigger.type is not TriggerType.MANUAL
+        # A caller's request id may be one the CLI (which keeps no marker) used: look anyway.
+        first = delivery is Delivery.FIRST and not request.caller_request_id
         lookups = run_lookups(
             self.clients.ec2, request, instances, first_delivery=first, ssm=self.clients.ssm
         )

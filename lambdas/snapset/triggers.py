@@ -190,7 +190,9 @@ def parse_manual(
     policy = SnapshotPolicy.model_validate(
         manual.model_dump(exclude={"request_id"}, exclude_unset=True)
     )
-    return SnapshotRequest(policy=policy, trigger=trigger)
+    return SnapshotRequest(
+        policy=policy, trigger=trigger, caller_request_id=manual.request_id is not None
+    )
 
 
 def parse_request(

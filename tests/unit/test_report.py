@@ -90,6 +90,7 @@ def test_summary_counts_and_instance_order() -> None:
         "application_consistent": 0,
         "crash_consistent": 0,
         "script_failures": 0,
+        "post_script_failures": 0,
     }
 
 

@@ -17,6 +17,8 @@ from botocore.exceptions import ClientError
 
 from localaws.fleet import DataVolume, FleetInstance, launch_instance, snapshots_by_volume
 from snapset import handler as handler_module
+from snapset.clients import make_clients
+from snapset.deadline import Deadline
 from snapset.handler import IncompleteRun, handler
 from snapset.idempotency import (
     KEY_PREFIX,
@@ -26,6 +28,8 @@ from snapset.idempotency import (
     release_delivery,
     run_marker_id,
 )
+from snapset.run import build_engine, run_request
+from snapset.triggers import parse_request
 from tests.unit.conftest import IDEMPOTENCY_TABLE, Aws, LambdaContext
 
 
@@ -235,6 +239,38 @@ def test_a_manual_run_looks_even_as_the_first_delivery(
     assert [i["snapshots"] for i in again["instances"]] == [
         i["snapshots"] for i in first["instances"]
     ]
+
+
+def test_a_manual_run_under_an_id_made_for_it_looks_for_nothing(
+    aws: Aws, context: LambdaContext, calls: Counter[str]
+) -> None:
+    """Without a request_id the trigger id is the invocation's own (its retries share it):
+    no other client can have made sets under it."""
+    fleet(aws, 3)
+    fresh = {k: v for k, v in MANUAL.items() if k != "request_id"}
+    report = handler(fresh, context)
+    assert ec2_calls(calls) == {"ec2.DescribeInstances": 1, "ec2.CreateSnapshots": 3}
+    assert report["trigger"]["id"] == context.aws_request_id
+    # its retry (the same Lambda request id) is a later delivery: it lists what the first made
+    calls.clear()
+    again = handler(fresh, context)
+    assert calls["ec2.DescribeSnapshots"] == 1
+    assert "ec2.CreateSnapshots" not in calls
+    assert [i["status"] for i in again["instances"]] == ["started"] * 3
+    assert set_count(aws) == 2 * 3
+
+
+def test_the_cli_looks_only_under_a_request_id_it_was_given(aws: Aws, calls: Counter[str]) -> None:
+    fleet(aws, 2)
+    clients = make_clients(region="us-east-1", session=handler_module.session())
+    # under a given id: one listing, then each instance's own look-up before its call
+    for payload, listings in ((MANUAL, 1 + 2), ({**MANUAL, "request_id": None}, 0)):
+        request = parse_request({k: v for k, v in payload.items() if v is not None})
+        calls.clear()
+        engine = build_engine(clients, request, Deadline.after(60), idempotency=None)
+        run_request(clients.ec2, request, engine=engine, deadline=Deadline.after(60), max_workers=4)
+        # a request id the CLI made (manual-<uuid>) cannot be one an earlier run used
+        assert calls["ec2.DescribeSnapshots"] == listings, payload
 
 
 def test_a_duplicate_arriving_while_the_first_delivery_runs_stands_down(
