@@ -522,11 +522,21 @@ def create_snapshot_set(
         try:
             if look_first:
                 found = find_existing_set(ec2, request.policy.name, request.trigger.id, instance_id)
-                if found:
-                    if scripts is not None and attempt == 0:
+                if found and attempt == 0:
+                    if scripts is not None:
                         # made by an earlier delivery, which may have ended between its scripts
                         scripts.thaw_for_redelivery()
                     return _already_created(instance_id, found, excluded)
+                if found:
+                    # this delivery's own call made it after all, between its own scripts
+                    return InstanceOutcome(
+                        instance_id=instance_id,
+                        status=InstanceStatus.STARTED,
+                        snapshots=found,
+                        excluded_volume_ids=excluded,
+                        consistency=scripts.consistency if scripts else consistency,
+                        reason="CreateSnapshots failed but had made the set",
+                    )
             if not budget.pace():
                 return InstanceOutcome.failed(
                     instance_id,
