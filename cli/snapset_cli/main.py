@@ -114,7 +114,7 @@ def _planned(
             clients.ec2,
             policy,
             workers=workers,
-            ssm=clients.ssm,
+            ssm=clients.ssm if policy.scripts is not None else None,
             on_targets=bar.set_total if bar else None,
             on_planned=(lambda e: bar.advance(failed=e.status is InstanceStatus.FAILED))
             if bar

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,7 +62,14 @@ class Clients:
     ec2: EC2Client
     sns: SNSClient
     ec2_create: EC2Client
-    ssm: SSMClient
+    make_ssm: Callable[[], SSMClient]
+
+    @functools.cached_property
+    def ssm(self) -> SSMClient:
+        """Made on first use, from one thread (a run's lookups, before its workers start): only
+        a policy with scripts pays for SSM's service model, and botocore's client creation is
+        not thread-safe."""
+        return self.make_ssm()
 
 
 def make_clients(
@@ -76,5 +85,7 @@ def make_clients(
         ec2_create=session.client(
             "ec2", region_name=region, endpoint_url=endpoint_url, config=EC2_CREATE_CONFIG
         ),
-        ssm=session.client("ssm", region_name=region, endpoint_url=endpoint_url, config=SSM_CONFIG),
+        make_ssm=functools.partial(
+            session.client, "ssm", region_name=region, endpoint_url=endpoint_url, config=SSM_CONFIG
+        ),
     )

@@ -185,10 +185,9 @@ class Engine:
             return self.wrap(self._stand_down)
         # A caller's request id may be one the CLI (which keeps no marker) used: look anyway.
         first = delivery is Delivery.FIRST and not request.caller_request_id
-        lookups = run_lookups(
-            self.clients.ec2, request, instances, first_delivery=first, ssm=self.clients.ssm
-        )
         scripts = request.policy.scripts
+        ssm = self.clients.ssm if scripts is not None else None
+        lookups = run_lookups(self.clients.ec2, request, instances, first_delivery=first, ssm=ssm)
         engine: SnapshotFn = partial(
             snapshot_instance,
             self.clients.ec2,
@@ -197,8 +196,8 @@ class Engine:
             ec2_create=self.clients.ec2_create,
             lookups=lookups,
             scripts=None
-            if scripts is None
-            else ScriptRunner(self.clients.ssm, scripts, request.policy.name),
+            if ssm is None or scripts is None
+            else ScriptRunner(ssm, scripts, request.policy.name),
         )
         store = self.idempotency
         if store is not None:

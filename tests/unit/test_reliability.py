@@ -128,7 +128,7 @@ def test_concurrent_duplicate_deliveries_make_one_set(aws: Aws, context: LambdaC
         t.join()
     assert set_count(aws) == 2
     # Deliveries that found another one in progress fail, so Lambda redelivers them...
-    assert all(isinstance(e, IncompleteRun) for e in errors)
+    assert all(isinstance(e, IncompleteRun) for e in errors), [repr(e) for e in errors]
     assert [r["instances"][0]["status"] for r in results].count("started") >= 1
     # ...and a redelivery reports the set the winner made.
     again = handler(payload, context)
