@@ -6,9 +6,9 @@ moto through a tour of its paths: a schedule run whose retention deletes sets be
 policy's count, an instance event, a completion event, a manual invoke, a fan-out and a policy's
 pre and post scripts. A hook on every botocore client call (`BaseClient._make_api_call`, the
 path every operation and paginator page of every client takes, whatever the client is named or
-whoever built it, Powertools included) records `service:Operation` while the handler runs. The role's actions are read from the
-synthesized template: every `AWS::IAM::Policy` attached to the role that the function's `Role`
-names.
+whoever built it, Powertools included) records `service:Operation` while the handler runs.
+The role's actions are read from the synthesized template: every `AWS::IAM::Policy` attached to
+the role that the function's `Role` names.
 
 Permissions the tour cannot exercise are listed by hand below, each with its reason.
 """
