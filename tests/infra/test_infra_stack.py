@@ -225,10 +225,14 @@ def test_one_schedule_per_policy_schedule_with_time_zone(s: Synth, config: Any) 
         (v["Properties"]["ScheduleExpression"], v["Properties"]["ScheduleExpressionTimezone"])
         for v in schedules.values()
     ]
-    assert got == expected == [
-        ("cron(30 3 * * ? *)", "Europe/Berlin"),
-        ("cron(15 1 * * ? *)", "Europe/Berlin"),
-    ]
+    assert (
+        got
+        == expected
+        == [
+            ("cron(30 3 * * ? *)", "Europe/Berlin"),
+            ("cron(15 1 * * ? *)", "Europe/Berlin"),
+        ]
+    )
     for sched in schedules.values():
         props = sched["Properties"]
         assert props["FlexibleTimeWindow"] == {"Mode": "OFF"}
