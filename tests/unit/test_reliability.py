@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from datetime import UTC, datetime
@@ -107,7 +108,20 @@ def test_retry_redoes_only_instances_that_did_not_start(
     assert set_count(aws) == 1 + 2
 
 
-def test_concurrent_duplicate_deliveries_make_one_set(aws: Aws, context: LambdaContext) -> None:
+def test_concurrent_duplicate_deliveries_make_one_set(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each delivery in its own execution environment, as on Lambda: its own boto3 session
+    # (botocore's client creation from one session is not thread-safe) and its own request id
+    # (in-process moto's S3 is not thread-safe for concurrent puts of one key).
+    local = threading.local()
+
+    def own_session() -> boto3.Session:
+        if not hasattr(local, "session"):
+            local.session = boto3.Session()
+        return local.session
+
+    monkeypatch.setattr(handler_module, "session", own_session)
     inst = launch_instance(aws.ec2, tags={"Backup": "x"}, data_volumes=[DataVolume()])
     event = load_event("ec2-instance-state-change")
     event["detail"]["instance-id"] = inst.instance_id
@@ -115,13 +129,15 @@ def test_concurrent_duplicate_deliveries_make_one_set(aws: Aws, context: LambdaC
     results: list[dict[str, Any]] = []
     errors: list[BaseException] = []
 
-    def deliver() -> None:
+    def deliver(n: int) -> None:
+        # each delivery is its own invocation, with its own request id (and report object)
+        own = dataclasses.replace(context, aws_request_id=f"00000000-0000-0000-0000-{n:012d}")
         try:
-            results.append(handler(payload, context))
+            results.append(handler(payload, own))
         except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 
-    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    threads = [threading.Thread(target=deliver, args=(n,)) for n in range(8)]
     for t in threads:
         t.start()
     for t in threads:
