@@ -186,8 +186,18 @@ class Engine:
         # A caller's request id may be one the CLI (which keeps no marker) used: look anyway.
         first = delivery is Delivery.FIRST and not request.caller_request_id
         scripts = request.policy.scripts
-        ssm = self.clients.ssm if scripts is not None else None
-        lookups = run_lookups(self.clients.ec2, request, instances, first_delivery=first, ssm=ssm)
+        runner = (
+            ScriptRunner(self.clients.ssm, scripts, request.policy.name)
+            if scripts is not None
+            else None
+        )
+        lookups = run_lookups(
+            self.clients.ec2,
+            request,
+            instances,
+            first_delivery=first,
+            ssm=runner.ssm if runner is not None else None,
+        )
         engine: SnapshotFn = partial(
             snapshot_instance,
             self.clients.ec2,
@@ -195,9 +205,7 @@ class Engine:
             budget=self.budget,
             ec2_create=self.clients.ec2_create,
             lookups=lookups,
-            scripts=None
-            if ssm is None or scripts is None
-            else ScriptRunner(ssm, scripts, request.policy.name),
+            scripts=runner,
         )
         store = self.idempotency
         if store is not None:

@@ -510,7 +510,6 @@ def create_snapshot_set(
     (`clients.Clients.ec2_create`).
     """
     excluded = plan.excluded_volume_ids
-    consistency = Consistency.CRASH
     if existing and not request.policy.dry_run:
         if scripts is not None:
             scripts.thaw_for_redelivery()
@@ -534,7 +533,7 @@ def create_snapshot_set(
                         status=InstanceStatus.STARTED,
                         snapshots=found,
                         excluded_volume_ids=excluded,
-                        consistency=scripts.consistency if scripts else consistency,
+                        consistency=_achieved(scripts),
                         reason="CreateSnapshots failed but had made the set",
                     )
             if not budget.pace():
@@ -560,7 +559,7 @@ def create_snapshot_set(
                     status=InstanceStatus.DRY_RUN_OK,
                     excluded_volume_ids=excluded,
                     reason=f"would snapshot {', '.join(plan.snapshot_volume_ids)}",
-                    consistency=scripts.consistency if scripts else consistency,
+                    consistency=_achieved(scripts),
                 )
             kind = create_error_kind(exc)
             if kind == "permanent":
@@ -602,8 +601,13 @@ def create_snapshot_set(
             status=InstanceStatus.STARTED,
             snapshots=tuple(_snapshot_info(s) for s in response.get("Snapshots", [])),
             excluded_volume_ids=excluded,
-            consistency=scripts.consistency if scripts else consistency,
+            consistency=_achieved(scripts),
         )
+
+
+def _achieved(scripts: InstanceScripts | None) -> Consistency:
+    """What the instance's last call captured: its pre script's result, else a crash set."""
+    return scripts.consistency if scripts is not None else Consistency.CRASH
 
 
 def _create_call(
