@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from snapset.copies import ShareResult
 from snapset.errors import InvalidInput
 from snapset.notify import publish
 from snapset.policy import (
@@ -156,6 +157,9 @@ class CompletionReport(BaseModel):
     result: Literal["succeeded", "failed"]
     cause: str
     snapshots: tuple[CompletedSnapshot, ...]
+    # For a policy with `share_with_accounts`: the set's shares (a failed share leaves the set
+    # `succeeded`; its error says why, e.g. the AWS managed key).
+    shares: ShareResult | None = None
 
 
 def _is_snapset_set(tags: dict[str, str]) -> bool:

@@ -14,12 +14,28 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from snapset.clients import S3_CONFIG, SFN_CONFIG, SNS_CONFIG, make_clients
+from snapset.clients import EC2_CONFIG, S3_CONFIG, SFN_CONFIG, SNS_CONFIG, Clients, make_clients
 from snapset.completion import (
     COMPLETION_DETAIL_TYPES,
+    CompletionReport,
     completion_reports,
     parse_completion_event,
     publish_completion,
+)
+from snapset.copies import (
+    COPY_SNAPSHOT_BUCKET,
+    COPY_SWEEP_KEY,
+    Copier,
+    CopyClaims,
+    CopyingPolicy,
+    CopyProgress,
+    ShareResult,
+    advance_copies,
+    describe_sets,
+    mark_reported,
+    publish_copy_report,
+    share_set,
+    sweep_copies,
 )
 from snapset.deadline import Deadline
 from snapset.errors import InvalidInput
@@ -33,7 +49,8 @@ from snapset.fanout import (
 )
 from snapset.idempotency import DDB_CONFIG, Delivery, claim_delivery, release_delivery
 from snapset.outcomes import InstanceOutcome
-from snapset.policy import SnapshotRequest, Trigger, describe_validation_error
+from snapset.pacing import DELETE_SNAPSHOT_BUCKET, Pacer
+from snapset.policy import Distribution, SnapshotRequest, Trigger, describe_validation_error
 from snapset.report import (
     MAX_RESPONSE_BYTES,
     RunReport,
@@ -45,7 +62,7 @@ from snapset.report_archive import archive_report
 from snapset.run import HandedOff, HandOff, IdempotencyStore, Ignored, build_engine, run_request
 from snapset.settings import SERVICE_NAME, Settings
 from snapset.targets import Instance
-from snapset.triggers import parse_request, with_deployed_retention
+from snapset.triggers import parse_request, with_deployed_copies, with_deployed_retention
 
 if TYPE_CHECKING:
     from mypy_boto3_sns import SNSClient
@@ -117,7 +134,121 @@ def _reject(exc: InvalidInput, config: Settings) -> dict[str, Any]:
     return report.model_dump(mode="json")
 
 
-def _completion(event: dict[str, Any], config: Settings) -> dict[str, Any]:
+def _copier(config: Settings, clients: Clients, context: LambdaContext) -> Copier:
+    """The copy engine's clients and limits for this invocation: a client, a CopySnapshot
+    pacer and a DeleteSnapshot pacer per destination region (EC2's buckets are regional)."""
+    ec2_clients: dict[str, Any] = {}
+
+    def ec2_in(region: str) -> Any:
+        if region not in ec2_clients:
+            ec2_clients[region] = session().client("ec2", region_name=region, config=EC2_CONFIG)
+        return ec2_clients[region]
+
+    def pacers(bucket: Any) -> Any:
+        made: dict[str, Pacer] = {}
+
+        def pacer_for(region: str) -> Pacer:
+            if region not in made:
+                made[region] = Pacer.share_of(
+                    bucket, config.ec2_api_share, time_scale=config.ec2_rate_scale
+                )
+            return made[region]
+
+        return pacer_for
+
+    return Copier(
+        home_ec2=clients.ec2,
+        ec2_in=ec2_in,
+        claims=CopyClaims(
+            session().client("dynamodb", config=DDB_CONFIG), config.idempotency_table
+        ),
+        policies={
+            name: CopyingPolicy(name, distribution, config.deployed_policies.get(name))
+            for name, distribution in config.deployed_copies.items()
+        },
+        home_region=config.region,
+        now=datetime.now(UTC),
+        deadline=Deadline.for_invocation(
+            context.get_remaining_time_in_millis(), config.safety_margin_ms
+        ),
+        pacer_for=pacers(COPY_SNAPSHOT_BUCKET),
+        delete_pacer_for=pacers(DELETE_SNAPSHOT_BUCKET),
+    )
+
+
+def _publish_copies(progress: CopyProgress, clients: Clients, config: Settings) -> None:
+    """Publish each finished set's copy report, then mark the set reported; metrics."""
+    for source, report in progress.finished:
+        publish_copy_report(clients.sns, config.topic_arn, report)
+        mark_reported(clients.ec2, source)
+        if report.status != "succeeded":
+            with single_metric(
+                name="CopyFailures",
+                unit=MetricUnit.Count,
+                value=1,
+                default_dimensions={"service": SERVICE_NAME},
+            ) as metric:
+                metric.add_dimension(name="policy", value=report.policy)
+    metrics.add_metric(
+        name="CopiesStarted", unit=MetricUnit.Count, value=sum(progress.started.values())
+    )
+    metrics.add_metric(name="CopyBacklog", unit=MetricUnit.Count, value=progress.backlog)
+    if progress.errors:
+        logger.warning("copy errors", extra={"errors": progress.errors[:50]})
+
+
+def _share_and_copy(
+    reports: list[CompletionReport],
+    clients: Clients,
+    config: Settings,
+    context: LambdaContext,
+) -> list[CompletionReport]:
+    """A completed set of a policy with shares or copies: shared (the result goes into its
+    completion report) and its copies started."""
+    wanted = [
+        r for r in reports if r.result == "succeeded" and config.deployed_copies.get(r.policy)
+    ]
+    if not wanted:
+        return reports
+    ids = [s.snapshot_id for r in wanted for s in r.snapshots]
+    sets = {(s.policy, s.trigger_id, s.instance_id): s for s in describe_sets(clients.ec2, ids)}
+    shared: dict[tuple[str, str, str], ShareResult] = {}
+    for key, source in sets.items():
+        accounts = config.deployed_copies[source.policy].share_with_accounts
+        if accounts:
+            shared[key] = share_set(clients.ec2, source, accounts)
+    if any(config.deployed_copies[s.policy].copies for s in sets.values()):
+        progress = advance_copies(_copier(config, clients, context), list(sets.values()))
+        _publish_copies(progress, clients, config)
+    return [
+        r.model_copy(update={"shares": shared[key]})
+        if (key := (r.policy, r.trigger["id"], r.instance_id)) in shared
+        else r
+        for r in reports
+    ]
+
+
+def _copy_sweep(config: Settings, context: LambdaContext) -> dict[str, Any]:
+    """The copy sweep: every pending set's copies advanced and the finished ones reported."""
+    clients = make_clients(session=session())
+    progress = sweep_copies(_copier(config, clients, context))
+    _publish_copies(progress, clients, config)
+    summary = {
+        "kind": "copy_sweep",
+        "started": progress.started,
+        "queued": progress.queued,
+        "refused": progress.refused,
+        "reported": len(progress.finished),
+        "waiting_sets": progress.waiting_sets,
+        "failed_sets": len(progress.failed_sets),
+        "unconfigured_sets": progress.unconfigured_sets,
+        "errors": progress.errors[:50],
+    }
+    logger.info("copy sweep finished", extra=summary)
+    return summary
+
+
+def _completion(event: dict[str, Any], config: Settings, context: LambdaContext) -> dict[str, Any]:
     try:
         parsed = parse_completion_event(event)
     except InvalidInput as exc:
@@ -128,6 +259,7 @@ def _completion(event: dict[str, Any], config: Settings) -> dict[str, Any]:
     clients = make_clients(session=session())
     reports = completion_reports(clients.ec2, parsed)
     metrics.add_metric(name="CompletionEvents", unit=MetricUnit.Count, value=1)
+    reports = _share_and_copy(reports, clients, config, context)
     for report in reports:
         publish_completion(clients.sns, config.topic_arn, report)
         name = "SetsCompleted" if report.result == "succeeded" else "SetsFailed"
@@ -198,6 +330,12 @@ def _check_task(task: FanOutTask, config: Settings) -> None:
         raise InvalidInput(
             f"fan-out task: run.request.policy.retention of {policy.name!r} is not its "
             "deployed retention",
+            policy=policy.name,
+        )
+    if Distribution.of(policy) != config.deployed_copies.get(policy.name, Distribution()):
+        raise InvalidInput(
+            f"fan-out task: run.request.policy's copies and shares of {policy.name!r} are not "
+            "its deployed ones",
             policy=policy.name,
         )
 
@@ -300,13 +438,18 @@ def handler(event: Any, context: LambdaContext) -> Any:
     fan-out state machine's tasks."""
     config = settings()
     if isinstance(event, dict) and event.get("detail-type") in COMPLETION_DETAIL_TYPES:
-        return _completion(event, config)
+        return _completion(event, config, context)
+    if isinstance(event, dict) and COPY_SWEEP_KEY in event:
+        return _copy_sweep(config, context)
     if isinstance(event, dict) and "snapset_task" in event:
         return _fan_out_task(event, config, context)
     try:
-        request = with_deployed_retention(
-            parse_request(event, default_request_id=context.aws_request_id),
-            config.deployed_policies,
+        request = with_deployed_copies(
+            with_deployed_retention(
+                parse_request(event, default_request_id=context.aws_request_id),
+                config.deployed_policies,
+            ),
+            config.deployed_copies,
         )
     except InvalidInput as exc:
         return _reject(exc, config)

@@ -7,11 +7,13 @@ A policy says which instances to snapshot and how. The same model validates the 
 
 from __future__ import annotations
 
+import functools
 import string
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
+import botocore.session
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -29,7 +31,38 @@ TAG_TRIGGER_ID = "snapset:trigger-id"
 TAG_INSTANCE_ID = "snapset:instance-id"
 # The consistency a set achieved: `application` when its pre script succeeded, else `crash`.
 TAG_CONSISTENCY = "snapset:consistency"
-MANAGED_TAG_KEYS = (TAG_POLICY, TAG_TRIGGER_ID, TAG_INSTANCE_ID, TAG_CONSISTENCY)
+# On a set of a policy with `copies`: `pending` until every copy of the set has completed or
+# failed in its destination and the copy report is out, then `done` (`none` for a failed set).
+TAG_COPIES = "snapset:copies"
+COPIES_PENDING = "pending"
+COPIES_DONE = "done"
+COPIES_NONE = "none"
+# The copies CopySnapshot refused for good, `<region>=<code>` entries joined by `;`.
+TAG_COPY_ERRORS = "snapset:copy-errors"
+MANAGED_TAG_KEYS = (
+    TAG_POLICY,
+    TAG_TRIGGER_ID,
+    TAG_INSTANCE_ID,
+    TAG_CONSISTENCY,
+    TAG_COPIES,
+    TAG_COPY_ERRORS,
+)
+# A copy in a destination region carries its source's identity under its own keys, so that
+# nothing in that region (a Snapset deployed there, its retention, its existing-set look-up)
+# takes a copy for a set it made itself.
+TAG_COPY_POLICY = "snapset:copy-policy"
+TAG_COPY_TRIGGER_ID = "snapset:copy-trigger-id"
+TAG_COPY_INSTANCE_ID = "snapset:copy-instance-id"
+TAG_COPY_OF = "snapset:copy-of"
+TAG_COPY_SOURCE_REGION = "snapset:copy-source-region"
+COPY_TAG_KEYS = (
+    TAG_COPY_POLICY,
+    TAG_COPY_TRIGGER_ID,
+    TAG_COPY_INSTANCE_ID,
+    TAG_COPY_OF,
+    TAG_COPY_SOURCE_REGION,
+    TAG_CONSISTENCY,
+)
 
 MAX_TAGS_PER_RESOURCE = 50
 MAX_USER_TAGS = MAX_TAGS_PER_RESOURCE - len(MANAGED_TAG_KEYS)
@@ -42,6 +75,9 @@ MAX_INSTANCE_IDS = 1000
 # call with the attachment filter.
 MAX_TARGET_TAG_VALUES = 200
 MAX_EXCLUDE_TAG_VALUES = 199
+# AWS Data Lifecycle Manager's limits: copies to at most 3 regions, shares with 20 accounts.
+MAX_COPY_REGIONS = 3
+MAX_SHARE_ACCOUNTS = 20
 
 PLACEHOLDERS = ("instance_id", "policy", "trigger", "timestamp")
 # Longest value each placeholder can take, so a template is checked once, before any instance runs.
@@ -150,6 +186,39 @@ def _worst_case_length(template: str, policy: str) -> int:
     return len(expand_template(template, {k: "x" * n for k, n in longest.items()}))
 
 
+def _known_region(region: str) -> str:
+    if region not in aws_regions():
+        raise ValueError(f"{region!r} is not an AWS region botocore knows")
+    return region
+
+
+@functools.cache
+def aws_regions() -> frozenset[str]:
+    """Every region of the commercial, China and GovCloud partitions in botocore's data."""
+    session = botocore.session.get_session()
+    return frozenset(
+        region
+        for partition in ("aws", "aws-cn", "aws-us-gov")
+        for region in session.get_available_regions("ec2", partition_name=partition)
+    )
+
+
+Region = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$", strict=True),
+    AfterValidator(_known_region),
+]
+KmsKeyArn = Annotated[
+    str,
+    StringConstraints(
+        # A key ARN, not an alias: IAM grants KMS permissions on keys.
+        pattern=r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/(mrk-)?[0-9a-f-]{32,36}$",
+        strict=True,
+    ),
+]
+AccountId = Annotated[str, StringConstraints(pattern=r"^\d{12}$", strict=True)]
+
+
 class Retention(BaseModel):
     """How many snapshot sets of a policy to keep per instance (sets are kept or deleted whole)."""
 
@@ -226,6 +295,29 @@ class Scripts(BaseModel):
         return ScriptStage.POST in self.stages
 
 
+class CopyRule(BaseModel):
+    """A copy of every completed set in another region, with its own retention there."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    region: Region
+    # The destination region's key. Without it, AWS encrypts a copy of an encrypted snapshot
+    # with the destination's default EBS key; a source under a customer key needs one.
+    kms_key_arn: KmsKeyArn | None = None
+    # The copies' retention in the destination; without it the policy's own applies.
+    retention: Retention | None = None
+    copy_tags: StrictBool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> CopyRule:
+        if self.kms_key_arn is not None and self.kms_key_arn.split(":")[3] != self.region:
+            raise ValueError(
+                f"kms_key_arn: a KMS key is regional and {self.kms_key_arn!r} is not in "
+                f"{self.region}; name a key in the destination region"
+            )
+        return self
+
+
 class SnapshotPolicy(BaseModel):
     """Which instances to snapshot and with which CreateSnapshots options.
 
@@ -251,9 +343,16 @@ class SnapshotPolicy(BaseModel):
     dry_run: StrictBool = False
     retention: Retention | None = None
     scripts: Scripts | None = None
+    copies: Annotated[list[CopyRule], Field(max_length=MAX_COPY_REGIONS)] = []
+    share_with_accounts: Annotated[
+        list[AccountId], Field(max_length=MAX_SHARE_ACCOUNTS), AfterValidator(_unique)
+    ] = []
 
     @model_validator(mode="after")
     def _check(self) -> SnapshotPolicy:
+        regions = [c.region for c in self.copies]
+        if duplicates := sorted({r for r in regions if regions.count(r) > 1}):
+            raise ValueError(f"copies: one copy per region (repeated: {', '.join(duplicates)})")
         if not self.instance_ids and not self.target_tags:
             raise ValueError("give instance_ids and/or target_tags: a policy needs targets")
         for name, tags, limit in (
@@ -300,6 +399,29 @@ class SnapshotPolicy(BaseModel):
                     f"(at most {MAX_DESCRIPTION_LEN})"
                 )
         return self
+
+    def copy_retention(self, rule: CopyRule) -> Retention | None:
+        """The retention of a copy rule's copies: its own, else the policy's."""
+        return rule.retention if rule.retention is not None else self.retention
+
+
+class Distribution(BaseModel):
+    """What a deployed policy does with a completed set besides keeping it: copies in other
+    regions and shares with other accounts. Like retention, taken from the stack only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    copies: Annotated[list[CopyRule], Field(max_length=MAX_COPY_REGIONS)] = []
+    share_with_accounts: Annotated[
+        list[AccountId], Field(max_length=MAX_SHARE_ACCOUNTS), AfterValidator(_unique)
+    ] = []
+
+    @classmethod
+    def of(cls, policy: SnapshotPolicy) -> Distribution:
+        return cls(copies=policy.copies, share_with_accounts=policy.share_with_accounts)
+
+    def __bool__(self) -> bool:
+        return bool(self.copies or self.share_with_accounts)
 
 
 class ManualRequest(SnapshotPolicy):

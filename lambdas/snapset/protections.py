@@ -8,7 +8,7 @@ client: DescribeLockedSnapshots, DescribeImages, DescribeSnapshotAttribute.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from snapset.deadline import NEVER, Deadline
@@ -79,12 +79,16 @@ def ami_backed_ids(ec2: EC2Client, ids: Sequence[str]) -> set[str]:
     return backing
 
 
-def is_shared(ec2: EC2Client, snapshot_id: str) -> bool:
-    """Shared with another account or public (any createVolumePermission)."""
+def is_shared(ec2: EC2Client, snapshot_id: str, own_shares: Collection[str] = frozenset()) -> bool:
+    """Shared with another account or public (any createVolumePermission but a share with one
+    of `own_shares`, the accounts the policy itself shares its sets with)."""
     attr = ec2.describe_snapshot_attribute(
         SnapshotId=snapshot_id, Attribute="createVolumePermission"
     )
-    return bool(attr.get("CreateVolumePermissions"))
+    return any(
+        "UserId" not in p or p["UserId"] not in own_shares
+        for p in attr.get("CreateVolumePermissions", [])
+    )
 
 
 def out_of_time_error(what: str) -> RetentionError:
@@ -94,7 +98,10 @@ def out_of_time_error(what: str) -> RetentionError:
 
 
 def protected_ids(
-    ec2: EC2Client, candidates: Sequence[Sequence[str]], deadline: Deadline = NEVER
+    ec2: EC2Client,
+    candidates: Sequence[Sequence[str]],
+    deadline: Deadline = NEVER,
+    own_shares: Collection[str] = frozenset(),
 ) -> tuple[set[str], list[RetentionError]]:
     """Snapshot ids of the candidate sets (each given as its snapshot ids) that must be kept,
     and the checks that failed.
@@ -131,7 +138,7 @@ def protected_ids(
             break
         for sid in s:
             try:
-                if is_shared(ec2, sid):
+                if is_shared(ec2, sid, own_shares):
                     protected.add(sid)
             except Exception as exc:
                 logger.warning("retention check of %s failed: %r", sid, exc)

@@ -32,6 +32,12 @@ from snapset.errors import UNEXPECTED_ERROR
 from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionError, RetentionResult
 from snapset.pacing import Pacer
 from snapset.policy import (
+    COPIES_PENDING,
+    TAG_COPIES,
+    TAG_COPY_INSTANCE_ID,
+    TAG_COPY_POLICY,
+    TAG_COPY_SOURCE_REGION,
+    TAG_COPY_TRIGGER_ID,
     TAG_INSTANCE_ID,
     TAG_POLICY,
     TAG_TRIGGER_ID,
@@ -56,6 +62,31 @@ ERROR = "error"
 DELETABLE_STATES = frozenset({COMPLETED, ERROR})
 # The largest page DescribeSnapshots allows: calls grow with pages, not instances.
 _SNAPSHOTS_PER_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class SetTags:
+    """The tag keys that name a set's policy, trigger and instance, and any other tag a
+    snapshot must carry to be retention's: Snapset's sets at home, or their copies elsewhere."""
+
+    policy: str
+    trigger_id: str
+    instance_id: str
+    required: tuple[tuple[str, str], ...] = ()
+
+
+HOME_SET_TAGS = SetTags(TAG_POLICY, TAG_TRIGGER_ID, TAG_INSTANCE_ID)
+
+
+def copy_set_tags(source_region: str) -> SetTags:
+    """The keys of the copies Snapset made from `source_region`'s sets: a Snapset deployed in
+    the destination never counts them as its own sets, nor these its."""
+    return SetTags(
+        TAG_COPY_POLICY,
+        TAG_COPY_TRIGGER_ID,
+        TAG_COPY_INSTANCE_ID,
+        required=((TAG_COPY_SOURCE_REGION, source_region),),
+    )
 
 
 # --- the pure part ---------------------------------------------------------------------------
@@ -116,19 +147,24 @@ class SnapshotSet:
 
 
 def is_managed(
-    record: SnapshotRecord, policy: str, instance_id: str, account_id: str | None = None
+    record: SnapshotRecord,
+    policy: str,
+    instance_id: str,
+    account_id: str | None = None,
+    keys: SetTags = HOME_SET_TAGS,
 ) -> bool:
     """Whether a snapshot is Snapset's own, of this policy and instance.
 
-    The three identity tags (policy, trigger, instance) must be present and non-empty, with the
-    policy and instance equal to these; with `account_id`, the snapshot must also be owned by
-    that account.
+    The three identity tags (policy, trigger, instance, under `keys`) must be present and
+    non-empty, with the policy and instance equal to these, and `keys.required` tags present
+    with their values; with `account_id`, the snapshot must also be owned by that account.
     """
     tags = record.tags
     return (
-        tags.get(TAG_POLICY) == policy
-        and tags.get(TAG_INSTANCE_ID) == instance_id
-        and bool(tags.get(TAG_TRIGGER_ID))
+        tags.get(keys.policy) == policy
+        and tags.get(keys.instance_id) == instance_id
+        and bool(tags.get(keys.trigger_id))
+        and all(tags.get(k) == v for k, v in keys.required)
         and (account_id is None or record.owner_id == account_id)
     )
 
@@ -138,12 +174,13 @@ def managed_sets(
     policy: str,
     instance_id: str,
     account_id: str | None = None,
+    keys: SetTags = HOME_SET_TAGS,
 ) -> list[SnapshotSet]:
     """Group this policy's and instance's snapshots into sets; every other snapshot is dropped."""
     groups: dict[str, dict[str, SnapshotRecord]] = {}
     for record in records:
-        if is_managed(record, policy, instance_id, account_id):
-            groups.setdefault(record.tags[TAG_TRIGGER_ID], {})[record.snapshot_id] = record
+        if is_managed(record, policy, instance_id, account_id, keys):
+            groups.setdefault(record.tags[keys.trigger_id], {})[record.snapshot_id] = record
     return [
         SnapshotSet(trigger_id, tuple(members.values())) for trigger_id, members in groups.items()
     ]
@@ -214,7 +251,11 @@ def list_snapshots(
 
 
 def list_instances_snapshots(
-    ec2: EC2Client, policy: str, instance_ids: Sequence[str], account_id: str | None = None
+    ec2: EC2Client,
+    policy: str,
+    instance_ids: Sequence[str],
+    account_id: str | None = None,
+    keys: SetTags = HOME_SET_TAGS,
 ) -> list[SnapshotRecord]:
     """Our snapshots tagged with this policy and one of these instances: one paginated
     DescribeSnapshots per 200 instances (EC2's limit of values in a filter), 1,000 a page."""
@@ -222,8 +263,9 @@ def list_instances_snapshots(
     records: list[SnapshotRecord] = []
     for chunk in chunks(instance_ids):
         filters: list[Any] = [
-            {"Name": f"tag:{TAG_POLICY}", "Values": [policy]},
-            {"Name": f"tag:{TAG_INSTANCE_ID}", "Values": chunk},
+            {"Name": f"tag:{keys.policy}", "Values": [policy]},
+            {"Name": f"tag:{keys.instance_id}", "Values": chunk},
+            *({"Name": f"tag:{k}", "Values": [v]} for k, v in keys.required),
         ]
         if account_id is not None:
             filters.append({"Name": "owner-id", "Values": [account_id]})
@@ -277,6 +319,7 @@ def apply_retention(
     account_id: str | None = None,
     deadline: Deadline = NEVER,
     pacer: Pacer | None = None,
+    keys: SetTags = HOME_SET_TAGS,
 ) -> RetentionResult:
     """Delete the policy's older snapshot sets of one instance that its retention lets go
     (`retain_sets` for one instance)."""
@@ -289,6 +332,7 @@ def apply_retention(
         account_id=account_id,
         deadline=deadline,
         pacer=pacer,
+        keys=keys,
     )[instance_id]
 
 
@@ -321,6 +365,8 @@ def retain_sets(
     account_id: str | None = None,
     deadline: Deadline = NEVER,
     pacer: Pacer | None = None,
+    keys: SetTags = HOME_SET_TAGS,
+    retention: Retention | None = None,
 ) -> dict[str, RetentionResult]:
     """Delete the policy's older snapshot sets of these instances that its retention lets go.
 
@@ -334,8 +380,12 @@ def retain_sets(
     returned in each result's `errors`, and a failed lookup deletes nothing. Once `deadline`
     has passed, the sets left are kept, counted in `remaining` and reported (code `Timeout`)
     for the next run, so the report still gets out.
+
+    `keys` names the sets' tags (a region's copies: `copy_set_tags`) and `retention` overrides
+    the policy's (a copy rule's own). A set still tagged `snapset:copies=pending` is kept, and
+    a share with one of `policy.share_with_accounts` (Snapset's own) protects nothing.
     """
-    retention = policy.retention
+    retention = retention if retention is not None else policy.retention
     if retention is None:
         raise ValueError(f"policy {policy.name!r} has no retention")
     if now.tzinfo is None:
@@ -344,13 +394,13 @@ def retain_sets(
     if not instance_ids:
         return {}
     try:
-        records = list_instances_snapshots(ec2, policy.name, instance_ids, account_id)
+        records = list_instances_snapshots(ec2, policy.name, instance_ids, account_id, keys)
         by_instance: dict[str, list[SnapshotRecord]] = {iid: [] for iid in instance_ids}
         for record in records:
-            by_instance.get(record.tags.get(TAG_INSTANCE_ID, ""), []).append(record)
+            by_instance.get(record.tags.get(keys.instance_id, ""), []).append(record)
         plans: dict[str, _InstancePlan] = {}
         for iid in instance_ids:
-            sets = managed_sets(by_instance[iid], policy.name, iid, account_id)
+            sets = managed_sets(by_instance[iid], policy.name, iid, account_id, keys)
             # The rules alone first: protections are checked only for sets they would delete.
             plans[iid] = _InstancePlan(
                 sets=tuple(sets),
@@ -359,10 +409,22 @@ def retain_sets(
             )
         candidates = [c for plan in plans.values() for c in plan.candidates]
         protected, check_errors = (
-            protected_ids(ec2, [c.snapshot_ids for c in candidates], deadline)
+            protected_ids(
+                ec2,
+                [c.snapshot_ids for c in candidates],
+                deadline,
+                own_shares=frozenset(policy.share_with_accounts),
+            )
             if candidates
             else (set(), [])
         )
+        # A set whose copies are still being made: CopySnapshot reads its source.
+        protected |= {
+            r.snapshot_id
+            for c in candidates
+            for r in c.snapshots
+            if r.tags.get(TAG_COPIES) == COPIES_PENDING
+        }
     except (ClientError, BotoCoreError) as exc:
         logger.warning("retention for %s failed: %r", _named(instance_ids), exc)
         return {
@@ -393,6 +455,7 @@ def retain_sets(
             current_trigger_id=current_trigger_id,
             deadline=deadline,
             pacer=pacer,
+            retention=retention,
         )
         for iid, plan in plans.items()
     }
@@ -410,16 +473,14 @@ def _retain_instance(
     current_trigger_id: str,
     deadline: Deadline,
     pacer: Pacer | None,
+    retention: Retention,
 ) -> RetentionResult:
     dry_run = policy.dry_run
     if not plan.candidates:
         return RetentionResult(kept=plan.older, dry_run=dry_run)
-    assert policy.retention is not None
     errors = _errors_for(check_errors, plan)
     try:
-        doomed = select_sets_to_delete(
-            plan.sets, policy.retention, now, current_trigger_id, protected
-        )
+        doomed = select_sets_to_delete(plan.sets, retention, now, current_trigger_id, protected)
         remaining = 0
         if dry_run:
             deleted = [sid for s in doomed for sid in s.snapshot_ids]

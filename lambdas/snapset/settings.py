@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pydantic import TypeAdapter, ValidationError
 
 from snapset.pacing import DEFAULT_EC2_API_SHARE
-from snapset.policy import PolicyName, Retention, describe_validation_error
+from snapset.policy import Distribution, PolicyName, Retention, describe_validation_error
 
 # Powertools reads POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE; the stack sets them to
 # these, and its alarms select the metrics by the same values.
@@ -33,6 +33,9 @@ ENV_STATE_MACHINE_ARN = "SNAPSET_STATE_MACHINE_ARN"
 # The deployed policies and their retention, `{"name": {"count": 7} | null, ...}`: retention is
 # taken from here only, never from a payload.
 ENV_DEPLOYED_POLICIES = "SNAPSET_DEPLOYED_POLICIES"
+# The deployed policies' copies and shares, `{"name": {"copies": [...], "share_with_accounts":
+# [...]}, ...}` for the policies that have either; like retention, never from a payload.
+ENV_DEPLOYED_COPIES = "SNAPSET_DEPLOYED_COPIES"
 
 # The share of each EC2 token bucket Snapset may spend (CreateSnapshots, DeleteSnapshot), and a
 # factor on EC2's published refill rates: 1 on AWS; the local AWS's time-scaled budget profile
@@ -42,6 +45,8 @@ ENV_EC2_RATE_SCALE = "SNAPSET_EC2_RATE_SCALE"
 
 DeployedPolicies = Mapping[str, Retention | None]
 _DEPLOYED = TypeAdapter(dict[PolicyName, Retention | None])
+DeployedCopies = Mapping[str, Distribution]
+_DEPLOYED_COPIES = TypeAdapter(dict[PolicyName, Distribution])
 
 # S3's bucket naming rules (general purpose buckets): 3-63 characters, lowercase letters,
 # digits, dots and hyphens, starting and ending with a letter or digit.
@@ -72,6 +77,9 @@ class Settings:
     safety_margin_ms: int = DEFAULT_SAFETY_MARGIN_MS
     ec2_api_share: float = DEFAULT_EC2_API_SHARE
     ec2_rate_scale: float = 1.0
+    deployed_copies: DeployedCopies = field(default_factory=dict)
+    # The function's own region: the source of its copies (Lambda sets AWS_REGION).
+    region: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -96,12 +104,16 @@ class Settings:
             raise ConfigError(
                 f"{ENV_STATE_MACHINE_ARN} must be the fan-out state machine's ARN (got {machine!r})"
             )
+        deployed = _deployed_policies(env)
+        region = (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "").strip()
         return cls(
             topic_arn=topic_arn,
             idempotency_table=table,
             report_bucket=bucket,
             state_machine_arn=machine,
-            deployed_policies=_deployed_policies(env),
+            deployed_policies=deployed,
+            deployed_copies=_deployed_copies(env, deployed, region),
+            region=region,
             max_workers=_int(env, ENV_MAX_WORKERS, DEFAULT_MAX_WORKERS, 1, 64),
             safety_margin_ms=_int(env, ENV_SAFETY_MARGIN_MS, DEFAULT_SAFETY_MARGIN_MS, 0, 600_000),
             ec2_api_share=_float(env, ENV_EC2_API_SHARE, DEFAULT_EC2_API_SHARE, 0.01, 1.0),
@@ -149,3 +161,35 @@ def _deployed_policies(env: Mapping[str, str]) -> DeployedPolicies:
     except ValidationError as exc:
         detail = describe_validation_error(exc)
         raise ConfigError(f"{ENV_DEPLOYED_POLICIES}: {detail}") from None
+
+
+def _deployed_copies(
+    env: Mapping[str, str], deployed: DeployedPolicies, region: str
+) -> DeployedCopies:
+    raw = env.get(ENV_DEPLOYED_COPIES)
+    if raw is None:
+        # Without it a policy's copies and shares would silently not happen: refuse to run.
+        raise ConfigError(
+            f"{ENV_DEPLOYED_COPIES} must map each deployed policy with copies or shares to "
+            "them (JSON, {} for none)"
+        )
+    try:
+        copies = _DEPLOYED_COPIES.validate_python(json.loads(raw))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{ENV_DEPLOYED_COPIES} is not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{ENV_DEPLOYED_COPIES}: {describe_validation_error(exc)}") from None
+    for name, distribution in copies.items():
+        if name not in deployed:
+            raise ConfigError(f"{ENV_DEPLOYED_COPIES}: {name!r} is not in {ENV_DEPLOYED_POLICIES}")
+        if distribution.copies and not region:
+            raise ConfigError(
+                f"AWS_REGION must name the function's region: {name!r} copies its sets from it"
+            )
+        for n, rule in enumerate(distribution.copies):
+            if rule.region == region:
+                raise ConfigError(
+                    f"{ENV_DEPLOYED_COPIES}: {name}.copies.{n}.region: {region} is the "
+                    "function's own region; a copy must go to another region"
+                )
+    return copies

@@ -52,8 +52,10 @@ from snapset.errors import (
 from snapset.outcomes import Consistency, ErrorInfo, InstanceOutcome, InstanceStatus, SnapshotInfo
 from snapset.pacing import Pacer
 from snapset.policy import (
+    COPIES_PENDING,
     MAX_EXCLUDED_DATA_VOLUMES,
     TAG_CONSISTENCY,
+    TAG_COPIES,
     TAG_INSTANCE_ID,
     TAG_POLICY,
     TAG_TRIGGER_ID,
@@ -275,6 +277,9 @@ def snapshot_tags(
     tags[TAG_TRIGGER_ID] = request.trigger.id
     tags[TAG_INSTANCE_ID] = instance_id
     tags[TAG_CONSISTENCY] = consistency.value
+    if request.policy.copies:
+        # The copy sweep finds the sets to copy by this tag; it says `done` once reported.
+        tags[TAG_COPIES] = COPIES_PENDING
     return [{"Key": k, "Value": v} for k, v in tags.items()]
 
 

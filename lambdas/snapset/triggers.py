@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from snapset.errors import InvalidInput
 from snapset.policy import (
     POLICY_NAME_PATTERN,
+    Distribution,
     InstanceId,
     ManualRequest,
     Retention,
@@ -255,6 +256,31 @@ def with_deployed_retention(
             trigger=request.trigger,
         )
     return request.model_copy(update={"policy": policy.model_copy(update={"retention": owned})})
+
+
+def with_deployed_copies(
+    request: SnapshotRequest, deployed: Mapping[str, Distribution]
+) -> SnapshotRequest:
+    """The request with its deployed policy's copies and shares, which come from the stack only
+    (as retention does): a manual payload may not set `copies` or `share_with_accounts`, a
+    schedule or rule input must carry the deployed ones unchanged, and a policy that is not
+    deployed with them may not have them. So `lambda:InvokeFunction` alone never decides
+    where sets are copied or who may read them. Raises `InvalidInput` naming the field."""
+    policy = request.policy
+    owned = deployed.get(policy.name, Distribution())
+    manual = request.trigger.type is TriggerType.MANUAL
+    for name in ("copies", "share_with_accounts"):
+        given = name in policy.model_fields_set
+        if given and (manual or getattr(policy, name) != getattr(owned, name)):
+            raise InvalidInput(
+                f"{name}: policy {policy.name!r} runs with the copies and shares the stack "
+                f"deployed ({json.dumps(owned.model_dump(mode='json', exclude_none=True))}); a "
+                "payload may not set them, remove the field",
+                policy=policy.name,
+                trigger=request.trigger,
+            )
+    update = {"copies": owned.copies, "share_with_accounts": owned.share_with_accounts}
+    return request.model_copy(update={"policy": policy.model_copy(update=update)})
 
 
 def _retention_text(retention: Retention | None) -> str:

@@ -15,6 +15,7 @@ from localaws.events import EventSink
 from localaws.topic_queue import drain_notifications, subscribe_queue
 from snapset import handler as handler_module
 from snapset.settings import (
+    ENV_DEPLOYED_COPIES,
     ENV_DEPLOYED_POLICIES,
     ENV_IDEMPOTENCY_TABLE,
     ENV_REPORT_BUCKET,
@@ -118,6 +119,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         monkeypatch.setenv(ENV_STATE_MACHINE_ARN, machine_arn)
         # No deployed policy by default: a test that runs retention deploys its policy.
         monkeypatch.setenv(ENV_DEPLOYED_POLICIES, "{}")
+        monkeypatch.setenv(ENV_DEPLOYED_COPIES, "{}")
         handler_module.settings.cache_clear()
         COMPLETER.reset()
         yield Aws(

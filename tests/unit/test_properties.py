@@ -223,10 +223,12 @@ BASE = {"policy": "p", "instance_ids": ["i-0123456789abcdef0"]}
             },
         ),
         (
-            # Snapset adds its four managed tags to every snapshot
+            # Snapset reserves six managed tag keys on every snapshot: policy, trigger,
+            # instance, consistency, and the copy state and errors of a copying policy (a
+            # copy carries six of its own), so one limit holds whatever the deployed copies
             "tags per snapshot",
-            {"tags": {f"k{n}": "v" for n in range(MAX_TAGS_PER_RESOURCE - 4)}},
-            {"tags": {f"k{n}": "v" for n in range(MAX_TAGS_PER_RESOURCE - 3)}},
+            {"tags": {f"k{n}": "v" for n in range(MAX_TAGS_PER_RESOURCE - 6)}},
+            {"tags": {f"k{n}": "v" for n in range(MAX_TAGS_PER_RESOURCE - 5)}},
         ),
     ],
 )

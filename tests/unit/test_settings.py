@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from snapset.policy import Retention
 from snapset.settings import (
+    ENV_DEPLOYED_COPIES,
     ENV_DEPLOYED_POLICIES,
     ENV_EC2_API_SHARE,
     ENV_EC2_RATE_SCALE,
@@ -23,6 +26,8 @@ BASE = {
     ENV_REPORT_BUCKET: "snapset-reports-0a1b2c3d",
     ENV_DEPLOYED_POLICIES: '{"nightly": {"count": 7}, "on-stop": null}',
     ENV_STATE_MACHINE_ARN: "arn:aws:states:eu-central-1:123456789012:stateMachine:Snapset-FanOut",
+    ENV_DEPLOYED_COPIES: "{}",
+    "AWS_REGION": "eu-central-1",
 }
 
 
@@ -109,3 +114,53 @@ def test_a_bad_share_or_rate_scale_is_named(name: str, raw: str, message: str) -
     with pytest.raises(ConfigError) as info:
         Settings.from_env({**BASE, name: raw})
     assert str(info.value) == f"{name} {message}"
+
+
+def test_deployed_copies_and_the_home_region_are_read() -> None:
+    env = BASE | {
+        ENV_DEPLOYED_COPIES: '{"nightly": {"copies": [{"region": "eu-west-1"}], '
+        '"share_with_accounts": ["111122223333"]}}'
+    }
+    settings = Settings.from_env(env)
+    assert settings.region == "eu-central-1"
+    nightly = settings.deployed_copies["nightly"]
+    assert [c.region for c in nightly.copies] == ["eu-west-1"]
+    assert nightly.share_with_accounts == ["111122223333"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "region", "message"),
+    [
+        (None, "eu-central-1", f"{ENV_DEPLOYED_COPIES} must map each deployed policy"),
+        ("{", "eu-central-1", f"{ENV_DEPLOYED_COPIES} is not valid JSON"),
+        (
+            '{"nightly": {"copies": [{"region": "eu-central-1"}]}}',
+            "eu-central-1",
+            f"{ENV_DEPLOYED_COPIES}: nightly.copies.0.region: eu-central-1 is the function's own",
+        ),
+        (
+            '{"nightly": {"copies": [{"region": "eu-west-1"}]}}',
+            "",
+            "AWS_REGION must name the function's region",
+        ),
+        (
+            '{"weekly": {"share_with_accounts": ["111122223333"]}}',
+            "eu-central-1",
+            f"{ENV_DEPLOYED_COPIES}: 'weekly' is not in {ENV_DEPLOYED_POLICIES}",
+        ),
+        (
+            '{"nightly": {"share_with_accounts": ["12345"]}}',
+            "eu-central-1",
+            f"{ENV_DEPLOYED_COPIES}: nightly.share_with_accounts.0:",
+        ),
+    ],
+)
+def test_a_bad_deployed_copies_variable_is_named(
+    raw: str | None, region: str, message: str
+) -> None:
+    env = {k: v for k, v in BASE.items() if k not in (ENV_DEPLOYED_COPIES, "AWS_REGION")}
+    env["AWS_REGION"] = region
+    if raw is not None:
+        env[ENV_DEPLOYED_COPIES] = raw
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.from_env(env)
