@@ -9,7 +9,7 @@ DescribeSnapshotAttribute. A check that fails keeps what it was about, as retent
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict
 
 from snapset.outcomes import RetentionError
-from snapset.policy import Retention, SnapshotPolicy
+from snapset.policy import COPIES_PENDING, TAG_COPIES, Retention, SnapshotPolicy
 from snapset.protections import ami_backed_ids, is_shared, locked_ids, retention_error
 from snapset.retention import (
     DELETABLE_STATES,
@@ -44,11 +44,18 @@ REASON_LOCKED = "locked"
 REASON_AMI = "ami-backed"
 REASON_SHARED = "shared"
 REASON_UNCHECKED = "unchecked"
+REASON_COPIES_PENDING = "copies-pending"
 REASON_BEYOND_COUNT = "beyond-count"
 REASON_TOO_OLD = "older-than-max-age"
 REASON_BEYOND_COUNT_AND_AGE = "beyond-count-and-max-age"
 # The first protection found on a set's snapshots names it.
-_PROTECTION_ORDER = (REASON_LOCKED, REASON_AMI, REASON_SHARED, REASON_UNCHECKED)
+_PROTECTION_ORDER = (
+    REASON_LOCKED,
+    REASON_AMI,
+    REASON_SHARED,
+    REASON_COPIES_PENDING,
+    REASON_UNCHECKED,
+)
 
 
 class SetDecision(BaseModel):
@@ -179,7 +186,7 @@ def explain_retention(
 
 
 def _protections(
-    ec2: EC2Client, candidates: Sequence[SnapshotSet]
+    ec2: EC2Client, candidates: Sequence[SnapshotSet], own_shares: Collection[str]
 ) -> tuple[dict[str, str], list[RetentionError]]:
     """Why each protected snapshot of the candidate sets is kept, and the checks that failed.
 
@@ -207,7 +214,7 @@ def _protections(
             continue
         for sid in s.snapshot_ids:
             try:
-                if is_shared(ec2, sid):
+                if is_shared(ec2, sid, own_shares):
                     reasons[sid] = REASON_SHARED
             except Exception as exc:
                 errors.append(
@@ -241,7 +248,16 @@ def preview_retention(
         records = list_snapshots(ec2, policy.name, instance_id, account_id)
         sets = managed_sets(records, policy.name, instance_id, account_id)
         candidates = select_sets_to_delete(sets, retention, now, "")
-        protections, errors = _protections(ec2, candidates) if candidates else ({}, [])
+        protections, errors = (
+            _protections(ec2, candidates, policy.share_with_accounts) if candidates else ({}, [])
+        )
+        # As a run does: a set whose copies to other regions are still being made is kept.
+        protections |= {
+            r.snapshot_id: REASON_COPIES_PENDING
+            for c in candidates
+            for r in c.snapshots
+            if r.tags.get(TAG_COPIES) == COPIES_PENDING and r.snapshot_id not in protections
+        }
     except (ClientError, BotoCoreError) as exc:
         error = retention_error(exc, None, f"{instance_id}: listing snapshots")
         return RetentionPreview(instance_id=instance_id, errors=(error,))

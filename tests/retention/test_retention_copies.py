@@ -19,6 +19,7 @@ from snapset.policy import (
     SnapshotPolicy,
 )
 from snapset.retention import apply_retention, copy_set_tags
+from snapset.retention_preview import KEEP, REASON_COPIES_PENDING, preview_retention
 from tests.retention.conftest import NOW, Aws, managed_tags
 
 OWN = "111122223333"
@@ -95,3 +96,14 @@ def test_copies_are_retained_under_their_own_keys_and_source_region(
     )
     assert result.deleted == (old_copy,)
     assert {other_region_copy, home_set} <= aws.existing()
+
+
+def test_the_preview_says_a_set_is_kept_for_its_pending_copies(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    inst = instances[0]
+    [oldest] = _history(aws, inst, {TAG_COPIES: COPIES_PENDING})
+    preview = preview_retention(aws.ec2, _policy(retention={"count": 1}), inst.instance_id, NOW)
+    [decision] = [d for d in preview.sets if d.trigger_id == "d3"]
+    assert (decision.action, decision.reason) == (KEEP, REASON_COPIES_PENDING)
+    assert oldest in decision.snapshot_ids
