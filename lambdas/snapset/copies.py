@@ -491,7 +491,7 @@ class CopyProgress:
     finished: list[tuple[SourceSet, CopyReport]] = field(default_factory=list)
     failed_sets: list[SourceSet] = field(default_factory=list)
     waiting_sets: int = 0
-    unconfigured_sets: int = 0
+    unconfigured_sets: list[SourceSet] = field(default_factory=list)
     not_pending_sets: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -549,7 +549,8 @@ def advance_copies(copier: Copier, sets: Sequence[SourceSet]) -> CopyProgress:
             # Reported already (a redelivered event), or made before the policy copied.
             progress.not_pending_sets += 1
         elif copying is None or not copying.distribution.copies:
-            progress.unconfigured_sets += 1
+            # Its payload asked for copies the stack does not deploy (the CLI runs payloads).
+            progress.unconfigured_sets.append(source)
         elif source.failed:
             progress.failed_sets.append(source)
         elif not source.completed:
@@ -769,15 +770,16 @@ def mark_not_copied(home_ec2: EC2Client, sets: Sequence[SourceSet]) -> None:
 
 
 def sweep_copies(copier: Copier) -> CopyProgress:
-    """The copy sweep: every set still pending at home advanced (`advance_copies`), failed
-    sets tagged so they are listed no more."""
+    """The copy sweep: every set still pending at home advanced (`advance_copies`); failed
+    sets, and sets of a policy the stack deploys without copies, tagged `none`, so they are
+    listed no more and retention may delete them."""
     sets = list_pending_sets(copier.home_ec2)
     progress = advance_copies(copier, sets)
-    if progress.failed_sets:
+    if not_copied := progress.failed_sets + progress.unconfigured_sets:
         try:
-            mark_not_copied(copier.home_ec2, progress.failed_sets)
+            mark_not_copied(copier.home_ec2, not_copied)
         except (ClientError, BotoCoreError) as exc:
-            progress.errors.append(f"tagging failed sets: {error_message(exc)}")
+            progress.errors.append(f"tagging sets that are not copied: {error_message(exc)}")
     return progress
 
 

@@ -241,7 +241,7 @@ def _copy_sweep(config: Settings, context: LambdaContext) -> dict[str, Any]:
         "reported": len(progress.finished),
         "waiting_sets": progress.waiting_sets,
         "failed_sets": len(progress.failed_sets),
-        "unconfigured_sets": progress.unconfigured_sets,
+        "unconfigured_sets": len(progress.unconfigured_sets),
         "errors": progress.errors[:50],
     }
     logger.info("copy sweep finished", extra=summary)

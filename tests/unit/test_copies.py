@@ -418,7 +418,14 @@ def test_a_set_still_in_flight_waits(world: World) -> None:
     assert progress.started == {}
 
 
-def test_the_sweep_tags_failed_sets_so_they_are_listed_no_more(world: World) -> None:
+@pytest.mark.parametrize(
+    ("state", "policy"),
+    [("error", "nightly"), ("completed", "weekly")],
+    ids=["failed-set", "policy-deployed-without-copies"],
+)
+def test_the_sweep_tags_sets_it_will_not_copy_so_they_are_listed_no_more(
+    world: World, state: str, policy: str
+) -> None:
     world.home_stub.add_response(
         "describe_snapshots",
         {
@@ -426,9 +433,11 @@ def test_the_sweep_tags_failed_sets_so_they_are_listed_no_more(world: World) -> 
                 {
                     "SnapshotId": SNAP_A,
                     "VolumeId": "vol-0000000000000000a",
-                    "State": "error",
+                    "State": state,
                     "StartTime": WHEN,
-                    "Tags": [{"Key": k, "Value": v} for k, v in _tags().items()],
+                    "Tags": [
+                        {"Key": k, "Value": v} for k, v in (_tags() | {TAG_POLICY: policy}).items()
+                    ],
                 }
             ]
         },
@@ -444,7 +453,7 @@ def test_the_sweep_tags_failed_sets_so_they_are_listed_no_more(world: World) -> 
         {"Resources": [SNAP_A], "Tags": [{"Key": TAG_COPIES, "Value": COPIES_NONE}]},
     )
     progress = sweep_copies(world.copier())
-    assert len(progress.failed_sets) == 1
+    assert len(progress.failed_sets + progress.unconfigured_sets) == 1
     assert progress.started == {}
 
 
