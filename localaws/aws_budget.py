@@ -26,6 +26,7 @@ _RESOURCE_INTENSIVE = (100, 5.0)
 _CREATE_TAGS = (100, 10.0)
 _FILTERED_DESCRIBE = (100, 20.0)  # a Describe call with filters, ids or pagination
 _UNFILTERED_DESCRIBE = (50, 10.0)
+_UNLISTED_MUTATING = (50, 5.0)  # a mutating action the reference lists under no bucket of its own
 
 # Every EC2 API the function calls (tests/infra/test_iam_mapping.py records them).
 EC2_BUCKETS: dict[str, tuple[int, float]] = {
@@ -40,6 +41,9 @@ EC2_BUCKETS: dict[str, tuple[int, float]] = {
     "DescribeImages": _FILTERED_DESCRIBE,
     "DescribeLockedSnapshots": _FILTERED_DESCRIBE,
     "DescribeSnapshotAttribute": _UNFILTERED_DESCRIBE,
+    # Copies and shares (policies with `copies` / `share_with_accounts`).
+    "CopySnapshot": _UNLISTED_MUTATING,
+    "ModifySnapshotAttribute": _UNLISTED_MUTATING,
 }
 
 

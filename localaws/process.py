@@ -324,6 +324,26 @@ class LocalAws:
         """Delay for snapshots created from now on; None: only on `complete_snapshots`."""
         self._control("POST", "config", {"snapshot_delay_seconds": seconds})
 
+    # --- snapshot copies -----------------------------------------------------------------------
+
+    def set_copies(self, **settings: Any) -> dict[str, Any]:
+        """Change the snapshot-copy emulation (`POST /_localaws/copies`): `delay_seconds` (None:
+        copies stay pending until `complete_copies`; for copies started afterwards),
+        `concurrent_limit` (pending copies per destination region and account, default 20),
+        `fail_sources` (source snapshot ids whose copies end in `error`, or `{id: cause}`;
+        replaces the previous ones). Returns `copies_state()`."""
+        return self._control("POST", "copies", settings)
+
+    def copies_state(self) -> dict[str, Any]:
+        """The copy settings, the `pending` copies and the `done` ones (with `result` and
+        `cause`), oldest first."""
+        return self._control("GET", "copies")
+
+    def complete_copies(self) -> list[str]:
+        """Complete every pending snapshot copy now (emitting their events); their ids."""
+        completed: list[str] = self._control("POST", "copies/complete")["completed"]
+        return completed
+
     def clock(self) -> dict[str, Any]:
         """The server's clock: `frozen`, `offset_seconds`, `now`."""
         return self._control("GET", "clock")
@@ -456,9 +476,9 @@ class LocalAws:
             time.sleep(poll_seconds)
 
     def reset(self) -> None:
-        """moto's ``/moto-api/reset``: every backend, plus faults, events, pending snapshots,
-        the snapshot delay, the clock and the Step Functions wait scale (with IAM enforced: a
-        new administrator user)."""
+        """moto's ``/moto-api/reset``: every backend, plus faults, events, pending snapshots and
+        copies, the snapshot delay and copy settings, the clock and the Step Functions wait
+        scale (with IAM enforced: a new administrator user)."""
         if self.enforce_iam:
             self._set_moto_auth(float("inf"))
         self._control("POST", "moto-api/reset")

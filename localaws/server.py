@@ -30,6 +30,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 
 from localaws import (
+    ec2_copies,
     ec2_images,
     ec2_pagination,
     ec2_snapshots,
@@ -41,6 +42,7 @@ from localaws import (
 )
 from localaws import events as event_patches
 from localaws.clock import CLOCK
+from localaws.ec2_copies import CopyEmulator
 from localaws.ec2_snapshots import SnapshotCompleter
 from localaws.events import EventSink
 from localaws.faults import FaultConfig, FaultInjector, error_response, throttling_error
@@ -61,6 +63,7 @@ class ServerState:
     events: EventSink = field(default_factory=EventSink)
     states: stepfunctions.StatesControl = field(default_factory=stepfunctions.StatesControl)
     completer: SnapshotCompleter = field(init=False)
+    copies: CopyEmulator = field(init=False)
 
     def __post_init__(self) -> None:
         self.completer = SnapshotCompleter(
@@ -69,11 +72,14 @@ class ServerState:
             delay=self.default_delay,
             clock=CLOCK,
         )
+        # Copies complete after the snapshot delay too, so a manual server is manual for both.
+        self.copies = CopyEmulator(self.events, default_delay=self.default_delay, clock=CLOCK)
 
     def reset(self) -> None:
         CLOCK.reset()
         self.completer.reset()
         self.completer.delay = self.default_delay
+        self.copies.reset()
         self.faults.reset()
         self.events.reset()
         self.states.reset()
@@ -149,6 +155,7 @@ class LocalAwsApp:
             return self.moto_app(environ, start_response)
 
         self.state.completer.complete_due()  # lazy completion, in addition to the timer
+        self.state.copies.complete_due()  # (before CopySnapshot counts the pending copies)
         request = identify(environ)
         decision = self.state.faults.decide(request.service, request.action)
         if decision.latency_s > 0:
@@ -280,7 +287,21 @@ class LocalAwsApp:
         if route == "reset" and method == "POST":
             state.reset()
             return 200, {"reset": True}
-        return 404, {"error": f"no control endpoint {method} {CONTROL_PREFIX}{route}"}
+        return self._copies(method, route, body)  # or 404
+
+    def _copies(self, method: str, route: str, body: Any) -> tuple[int, Any]:
+        """`/_localaws/copies` and `/_localaws/copies/complete` (kept out of `_route`, which
+        is long enough); any other route is a 404."""
+        copies = self.state.copies
+        if route == "copies/complete" and method == "POST":
+            return 200, {"completed": copies.complete_all()}
+        if route != "copies":
+            return 404, {"error": f"no control endpoint {method} {CONTROL_PREFIX}{route}"}
+        if method == "POST":
+            copies.configure(body or {})
+        elif method != "GET":
+            return 405, {"error": f"{method} not allowed"}
+        return 200, copies.state()
 
     def _set_clock(self, body: dict[str, Any]) -> None:
         unknown = set(body) - {"freeze", "advance_seconds", "real"}
@@ -293,11 +314,13 @@ class LocalAwsApp:
         if "advance_seconds" in body:
             CLOCK.advance(float(body["advance_seconds"]))
             self.state.completer.complete_due()  # what is due now completes now
+            self.state.copies.complete_due()
 
 
 def build_app(state: ServerState) -> LocalAwsApp:
     """Import moto, install the patches and wrap moto's WSGI app."""
     ec2_snapshots.install(state.completer)
+    ec2_copies.install(state.copies)
     ec2_images.install()
     ec2_tag_index.install()
     ec2_pagination.install()
@@ -324,8 +347,8 @@ def main(argv: list[str] | None = None) -> None:
         "--snapshot-delay",
         type=float,
         default=0.5,
-        help="seconds until CreateSnapshots snapshots complete; negative: only on "
-        "POST /_localaws/complete",
+        help="seconds until CreateSnapshots snapshots (and CopySnapshot copies) complete; "
+        "negative: only on POST /_localaws/complete (/_localaws/copies/complete)",
     )
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when it dies")
     parser.add_argument("--verbose", action="store_true", help="log every request")
@@ -356,11 +379,13 @@ def main(argv: list[str] | None = None) -> None:
         threading.Thread(target=_watch_parent, args=(args.parent_pid, stop), daemon=True).start()
 
     state.completer.start()
+    state.copies.start()
     print(f"localaws listening on http://{args.host}:{port} (pid {os.getpid()})", flush=True)
     try:
         server.serve_forever(poll_interval=0.1)
     finally:
         state.completer.stop()
+        state.copies.stop()
         server.server_close()
         log.info("stopped")
         logging.shutdown()

@@ -25,6 +25,8 @@ CATEGORY = {
     "DescribeImages": "filtered_describe_bucket",
     "DescribeLockedSnapshots": "filtered_describe_bucket",
     "DescribeSnapshotAttribute": "unfiltered_describe_bucket",
+    "CopySnapshot": "unlisted_mutating_bucket",
+    "ModifySnapshotAttribute": "unlisted_mutating_bucket",
 }
 
 
@@ -33,7 +35,7 @@ def test_every_api_the_function_calls_has_its_published_bucket() -> None:
     called = {
         "CreateSnapshots", "CreateTags", "DeleteSnapshot", "DescribeImages",
         "DescribeInstances", "DescribeLockedSnapshots", "DescribeSnapshotAttribute",
-        "DescribeSnapshots", "DescribeVolumes",
+        "DescribeSnapshots", "DescribeVolumes", "CopySnapshot", "ModifySnapshotAttribute",
     }  # fmt: skip
     assert set(EC2_BUCKETS) == called
     for api, category in CATEGORY.items():
