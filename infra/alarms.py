@@ -20,7 +20,8 @@ from snapset.settings import METRICS_NAMESPACE, SERVICE_NAME
 
 def policy_metric(name: str, policy: str, period: Duration) -> cloudwatch.Metric:
     """One policy's EMF metric `name` (`InstancesFailed`; `PostScriptFailures`, the instances
-    whose post script did not succeed), with the exact emitted dimensions."""
+    whose post script did not succeed; `CopyFailures`, the copies into another region that
+    failed or were refused), with the exact emitted dimensions."""
     return cloudwatch.Metric(
         namespace=METRICS_NAMESPACE,
         metric_name=name,
@@ -33,8 +34,8 @@ def policy_metric(name: str, policy: str, period: Duration) -> cloudwatch.Metric
 class Alarms(Construct):
     """Errors and throttles of `function`, depth of each of `dead_letter_queues` (name ->
     queue), failed, timed-out and aborted executions of `state_machine`, and `InstancesFailed`
-    per policy (and `PostScriptFailures` for a policy with scripts); each alarm notifies `topic`.
-    Exposes `alarms`."""
+    per policy (and `PostScriptFailures` for a policy with scripts, `CopyFailures` for a policy
+    with copies); each alarm notifies `topic`. Exposes `alarms`."""
 
     def __init__(
         self,
@@ -106,6 +107,15 @@ class Alarms(Construct):
                     1,
                     f"Snapset policy {policy.name}: a post script did not succeed, so an "
                     "instance may still be frozen",
+                )
+            if policy.copies:
+                # A failed copy leaves that set without its disaster-recovery copy.
+                self._alarm(
+                    f"CopyFailuresAlarm{index}-{policy.name}",
+                    policy_metric("CopyFailures", policy.name, period),
+                    1,
+                    f"Snapset policy {policy.name}: a copy into another region failed, so a set "
+                    "has no disaster-recovery copy there",
                 )
 
     def _alarm(

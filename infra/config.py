@@ -35,7 +35,7 @@ from pydantic import (
 from infra.schedule_times import DstFindings, dst_findings
 from snapset.consistency import seconds_needed
 from snapset.pacing import DEFAULT_EC2_API_SHARE
-from snapset.policy import SnapshotPolicy, describe_validation_error
+from snapset.policy import Distribution, SnapshotPolicy, describe_validation_error
 from snapset.settings import DEFAULT_MAX_WORKERS, DEFAULT_SAFETY_MARGIN_MS
 
 CONTEXT_KEY = "snapset"
@@ -398,6 +398,70 @@ class SnapsetConfig(BaseModel):
     def retaining_policies(self) -> list[str]:
         """Names of the policies with retention: the only ones whose snapshots may be deleted."""
         return [p.name for p in self.policies if p.retention is not None]
+
+    def deployed_copies(self) -> str:
+        """The function's SNAPSET_DEPLOYED_COPIES: each policy with copies or shares and its
+        `Distribution` (`{}` when none has either)."""
+        return json.dumps(
+            {
+                p.name: distribution.model_dump(mode="json", exclude_none=True)
+                for p in self.policies
+                if (distribution := Distribution.of(p))
+            },
+            separators=(",", ":"),
+        )
+
+    def copying_policies(self) -> list[str]:
+        """Names of the policies with copies: the only ones whose sets are copied and re-tagged."""
+        return [p.name for p in self.policies if p.copies]
+
+    def copy_regions(self) -> dict[str, list[str]]:
+        """Each destination region (sorted) and the policies that copy into it."""
+        regions: dict[str, list[str]] = {}
+        for p in self.policies:
+            for rule in p.copies:
+                regions.setdefault(rule.region, []).append(p.name)
+        return dict(sorted(regions.items()))
+
+    def copy_retaining_regions(self) -> dict[str, list[str]]:
+        """Each destination region and the policies whose copies have a retention there (their
+        own, else the policy's): the only copies destination retention may delete."""
+        regions: dict[str, list[str]] = {}
+        for p in self.policies:
+            for rule in p.copies:
+                if p.copy_retention(rule) is not None:
+                    regions.setdefault(rule.region, []).append(p.name)
+        return dict(sorted(regions.items()))
+
+    def copy_keys(self) -> list[str]:
+        """The destination KMS keys the copies name (sorted, each once)."""
+        return sorted({r.kms_key_arn for p in self.policies for r in p.copies if r.kms_key_arn})
+
+    def shares(self) -> list[tuple[list[str], list[str]]]:
+        """(policies, accounts) for each distinct set of accounts policies share with: each
+        policy's sets may be shared with its own accounts only."""
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for p in self.policies:
+            if p.share_with_accounts:
+                groups.setdefault(tuple(sorted(p.share_with_accounts)), []).append(p.name)
+        return [(names, list(accounts)) for accounts, names in groups.items()]
+
+    def check_copy_regions(self, home_region: str) -> None:
+        """Refuse a copy into the stack's own region (`home_region`), naming the field.
+
+        Only a stack whose region is known at synth (CDK_DEFAULT_REGION, an explicit env) can be
+        checked here; an env-agnostic stack learns its region at deploy time, and the Lambda
+        refuses such a copy at run time.
+        """
+        errors = [
+            f'policies[{i}] "{p.name}": copies[{n}].region: {home_region} is the region the '
+            "stack is deployed to, and a copy must go to another region"
+            for i, p in enumerate(self.policies)
+            for n, rule in enumerate(p.copies)
+            if rule.region == home_region
+        ]
+        if errors:
+            raise ConfigError(f"invalid '{CONTEXT_KEY}' configuration:\n" + "\n".join(errors))
 
     @model_validator(mode="after")
     def _check(self) -> SnapsetConfig:

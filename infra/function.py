@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jsii
-from aws_cdk import CfnElement, Duration, RemovalPolicy, Stack, Token
+from aws_cdk import Aws, CfnElement, Duration, RemovalPolicy, Stack, Token
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -22,8 +22,17 @@ from infra import nag
 from infra.config import ConfigError, SnapsetConfig
 from infra.logical_ids import keep_logical_id
 from infra.queues import dead_letter_queue
-from snapset.policy import TAG_POLICY
+from snapset.policy import (
+    COPIES_PENDING,
+    COPY_TAG_KEYS,
+    MANAGED_TAG_KEYS,
+    TAG_COPIES,
+    TAG_COPY_ERRORS,
+    TAG_COPY_POLICY,
+    TAG_POLICY,
+)
 from snapset.settings import (
+    ENV_DEPLOYED_COPIES,
     ENV_DEPLOYED_POLICIES,
     ENV_EC2_API_SHARE,
     ENV_IDEMPOTENCY_TABLE,
@@ -105,6 +114,26 @@ SID_SCRIPTS_FOLLOW = "FollowPolicyScripts"
 AWS_OWNED_PREFIXES = ("AWS", "Amazon")
 SID_SCRIPTS_INSTANCES = "SendPolicyScriptsToInstances"
 SID_SCRIPTS_TAGGED = "SendPolicyScriptsToTagged"
+# Copies and shares (the destination region's name, e.g. `UsWest2`, ends the per-region ones).
+SID_COPY_TAG_SETS = "TagCopiedSets"
+SID_SHARE_SETS = "ShareSets"
+SID_COPY_FROM_HOME = "CopySetsFromHome"
+SID_COPY_INTO = "CopySetsInto"
+SID_COPY_TAG_NEW = "TagCopiesAtCreationIn"
+SID_COPY_DESCRIBE = "DescribeCopies"
+SID_COPY_RETENTION = "CopyRetentionIn"
+SID_COPY_RETENTION_DESCRIBE = "CopyRetentionDescribeUnscopable"
+SID_COPY_KEYS = "UseCopyKeys"
+SID_COPY_KEY_GRANTS = "CopyKeyGrants"
+# What EBS asks of a KMS key to encrypt the snapshots it makes (EBS encryption requirements:
+# CreateGrant, Decrypt, DescribeKey, GenerateDataKeyWithoutPlaintext, ReEncrypt).
+EBS_KEY_ACTIONS = [
+    "kms:Decrypt",
+    "kms:DescribeKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+]
 
 R = logs.RetentionDays
 RETENTION = {
@@ -157,7 +186,9 @@ class SnapshotFunction(Construct):
     `ReportArchive.grant_store` makes). Exposes `function`, `role`,
     `idempotency_table`, `log_group`, `dlq` (failed async invocations), and the role's two
     policies besides its default one: `create_snapshots_policy` (CreateSnapshots, tagging new
-    snapshots, the lookups) and `retention_policy` (deleting expired snapshots and its checks).
+    snapshots, the lookups) and `retention_policy` (deleting expired snapshots and its checks),
+    plus `scripts_policy` (Run Command) and `copies_policy` (copies into other regions, shares
+    with other accounts), each None when no policy needs it.
     """
 
     def __init__(
@@ -229,6 +260,7 @@ class SnapshotFunction(Construct):
                 ENV_SAFETY_MARGIN_MS: str(config.safety_margin_ms),
                 ENV_EC2_API_SHARE: str(config.ec2_api_share),
                 ENV_DEPLOYED_POLICIES: config.deployed_policies(),
+                ENV_DEPLOYED_COPIES: config.deployed_copies(),
                 "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                 "POWERTOOLS_LOG_LEVEL": config.log_level,
@@ -247,6 +279,7 @@ class SnapshotFunction(Construct):
         self.create_snapshots_policy = _create_snapshots_policy(self, self.role, config)
         self.retention_policy = _retention_policy(self, self.role, config)
         self.scripts_policy = _scripts_policy(self, self.role, config)
+        self.copies_policy = _copies_policy(self, self.role, config)
         _grant_reports_and_idempotency(self.role, topic, topic_key, self.idempotency_table)
         default_policy = self.role.node.find_child("DefaultPolicy")
         _acknowledge(default_policy, self.create_snapshots_policy, self.retention_policy)
@@ -257,6 +290,8 @@ class SnapshotFunction(Construct):
         ]
         if self.scripts_policy is not None:
             policies.append(self.scripts_policy)
+        if self.copies_policy is not None:
+            policies.append(self.copies_policy)
         _depend_on(self.function, policies)
 
 
@@ -302,9 +337,16 @@ def _create_snapshots_policy(
                     "ec2:DescribeVolumes",
                 ],
                 resources=["*"],
+                conditions=_in_home_region(scope),
             ),
         ],
     )
+
+
+def _in_home_region(scope: Construct) -> dict[str, dict[str, str]]:
+    """The stack's region only, for actions that support no resource ARN (a copy's look-ups in
+    its destination are granted on their own, see `_copies_policy`)."""
+    return {"StringEquals": {"aws:RequestedRegion": Stack.of(scope).region}}
 
 
 def _retention_policy(scope: Construct, role: iam.IRole, config: SnapsetConfig) -> iam.Policy:
@@ -324,6 +366,7 @@ def _retention_policy(scope: Construct, role: iam.IRole, config: SnapsetConfig) 
                 sid=SID_RETENTION_DESCRIBE,
                 actions=["ec2:DescribeImages", "ec2:DescribeLockedSnapshots"],
                 resources=["*"],
+                conditions=_in_home_region(scope),
             ),
         ],
     )
@@ -458,6 +501,219 @@ def _scripts_policy(scope: Construct, role: iam.IRole, config: SnapsetConfig) ->
         "no resource-level permissions (Resource must be *).",
     )
     return scripts_policy
+
+
+def _region_sid(region: str) -> str:
+    """`us-west-2` -> `UsWest2`: Sids are alphanumeric."""
+    return "".join(part.capitalize() for part in region.split("-"))
+
+
+def _snapshots_in(scope: Construct, region: str) -> str:
+    """Every snapshot ARN of `region` (snapshot ARNs carry no account)."""
+    return Stack.of(scope).format_arn(
+        service="ec2", region=region, account="", resource="snapshot", resource_name="*"
+    )
+
+
+def _copies_policy(scope: Construct, role: iam.IRole, config: SnapsetConfig) -> iam.Policy | None:
+    """Copies into other regions and shares with other accounts, for the deployed policies that
+    have them; None when no policy copies or shares, so a payload can neither copy nor share.
+
+    In the stack's region: re-tagging a copying policy's sets (`snapset:copies`,
+    `snapset:copy-errors` only), sharing a sharing policy's sets with its own accounts only
+    (`createVolumePermission`, never a group such as `all`), and reading them as the source of
+    CopySnapshot from requests to the destination regions. In each destination region:
+    CopySnapshot and tags at creation only with a deployed copying policy's `snapset:copy-policy`
+    request tag, DescribeSnapshots there, and for the policies that retain copies there
+    DeleteSnapshot and its checks on copies tagged with them.
+
+    KMS: only the destination keys the copies name (`kms_key_arn`), through EC2 in their region,
+    and CreateGrant only for a grant EBS makes. The source snapshot's key is not granted: which
+    key encrypts a set is known only at run time (a volume's key, the account's EBS default),
+    and EBS uses it in the stack's region (DescribeKey, Decrypt/ReEncryptFrom, CreateGrant) on
+    the function's behalf. The AWS managed key `aws/ebs` lets every principal of the account
+    use it through EC2; a customer managed source key must allow the function's role in its
+    key policy, or copies of its snapshots fail (and are reported).
+    """
+    regions = config.copy_regions()
+    shares = config.shares()
+    if not regions and not shares:
+        return None
+    home = Stack.of(scope).region
+    home_snapshots = _snapshots_in(scope, home)
+    copy_policy_tag = f"aws:RequestTag/{TAG_COPY_POLICY}"
+    # A copy carries its source's identity under its own keys, never a home set's: no Snapset
+    # in the destination (its retention, its existing-set look-up) takes it for its own set.
+    home_set_keys = {
+        "ForAllValues:StringNotEquals": {
+            "aws:TagKeys": [k for k in MANAGED_TAG_KEYS if k not in COPY_TAG_KEYS]
+        }
+    }
+    statements: list[iam.PolicyStatement] = []
+    if regions:
+        statements += [
+            iam.PolicyStatement(
+                sid=SID_COPY_TAG_SETS,
+                actions=["ec2:CreateTags"],
+                resources=[home_snapshots],
+                # Only sets still waiting for their copies, whatever their policy: the sweep
+                # also closes the sets of a policy deployed without copies (a CLI payload's).
+                conditions={
+                    "StringEquals": {f"aws:ResourceTag/{TAG_COPIES}": COPIES_PENDING},
+                    "ForAllValues:StringEquals": {"aws:TagKeys": [TAG_COPIES, TAG_COPY_ERRORS]},
+                },
+            ),
+            # CopySnapshot is sent to the destination and authorizes the source snapshot too
+            # (EBS's resource-level permissions for the source, 2025): any home snapshot, but
+            # only from a request to a destination region, whose new snapshot must carry a
+            # copying policy's tag (next statements).
+            iam.PolicyStatement(
+                sid=SID_COPY_FROM_HOME,
+                actions=["ec2:CopySnapshot"],
+                resources=[home_snapshots],
+                conditions={"StringEquals": {"aws:RequestedRegion": list(regions)}},
+            ),
+        ]
+    for index, (names, accounts) in enumerate(shares):
+        statements.append(
+            iam.PolicyStatement(
+                sid=f"{SID_SHARE_SETS}{index}",
+                actions=["ec2:ModifySnapshotAttribute"],
+                resources=[home_snapshots],
+                conditions={
+                    "StringEquals": {
+                        f"aws:ResourceTag/{TAG_POLICY}": names,
+                        "ec2:Add/userId": accounts,
+                    },
+                    # The attribute is named by the request's legacy form only; the other form
+                    # (CreateVolumePermission) can modify nothing else.
+                    "StringEqualsIfExists": {"ec2:Attribute": "createVolumePermission"},
+                    # A group (`all`) would make the set public.
+                    "Null": {"ec2:Add/group": "true"},
+                },
+            )
+        )
+    for region, names in regions.items():
+        snapshots = _snapshots_in(scope, region)
+        statements += [
+            iam.PolicyStatement(
+                sid=f"{SID_COPY_INTO}{_region_sid(region)}",
+                actions=["ec2:CopySnapshot"],
+                resources=[snapshots],
+                conditions={"StringEquals": {copy_policy_tag: names}, **home_set_keys},
+            ),
+            iam.PolicyStatement(
+                sid=f"{SID_COPY_TAG_NEW}{_region_sid(region)}",
+                actions=["ec2:CreateTags"],
+                resources=[snapshots],
+                conditions={
+                    "StringEquals": {"ec2:CreateAction": "CopySnapshot", copy_policy_tag: names},
+                    **home_set_keys,
+                },
+            ),
+        ]
+    if regions:
+        statements.append(
+            iam.PolicyStatement(
+                sid=SID_COPY_DESCRIBE,
+                actions=["ec2:DescribeSnapshots"],
+                resources=["*"],
+                conditions={"StringEquals": {"aws:RequestedRegion": list(regions)}},
+            )
+        )
+    retaining = config.copy_retaining_regions()
+    for region, names in retaining.items():
+        statements.append(
+            iam.PolicyStatement(
+                sid=f"{SID_COPY_RETENTION}{_region_sid(region)}",
+                actions=["ec2:DeleteSnapshot", "ec2:DescribeSnapshotAttribute"],
+                resources=[_snapshots_in(scope, region)],
+                conditions={"StringEquals": {f"aws:ResourceTag/{TAG_COPY_POLICY}": names}},
+            )
+        )
+    if retaining:
+        statements.append(
+            iam.PolicyStatement(
+                sid=SID_COPY_RETENTION_DESCRIBE,
+                actions=["ec2:DescribeImages", "ec2:DescribeLockedSnapshots"],
+                resources=["*"],
+                conditions={"StringEquals": {"aws:RequestedRegion": list(retaining)}},
+            )
+        )
+    if keys := config.copy_keys():
+        via_ec2 = sorted({f"ec2.{key.split(':')[3]}.{Aws.URL_SUFFIX}" for key in keys})
+        statements += [
+            iam.PolicyStatement(
+                sid=SID_COPY_KEYS,
+                actions=EBS_KEY_ACTIONS,
+                resources=keys,
+                conditions={"StringEquals": {"kms:ViaService": via_ec2}},
+            ),
+            iam.PolicyStatement(
+                sid=SID_COPY_KEY_GRANTS,
+                actions=["kms:CreateGrant"],
+                resources=keys,
+                conditions={
+                    "Bool": {"kms:GrantIsForAWSResource": "true"},
+                    "StringEquals": {"kms:ViaService": via_ec2},
+                },
+            ),
+        ]
+    copies_policy = iam.Policy(scope, "CopiesPolicy", roles=[role], statements=statements)
+    _acknowledge_copies(copies_policy, list(regions), shares=bool(shares))
+    return copies_policy
+
+
+def _nag_resource(scope: Construct, arn: str) -> str:
+    """How cdk-nag names an ARN in its findings: references as `<Name>`, literals as they are
+    (a stack with a known region and account has them in its ARNs)."""
+    resolved = Stack.of(scope).resolve(arn)
+    if isinstance(resolved, str):
+        return resolved
+    parts = resolved["Fn::Join"][1]
+    return "".join(p if isinstance(p, str) else f"<{p['Ref']}>" for p in parts)
+
+
+def _acknowledge_copies(copies_policy: iam.Policy, regions: list[str], *, shares: bool) -> None:
+    home = _nag_resource(
+        copies_policy, _snapshots_in(copies_policy, Stack.of(copies_policy).region)
+    )
+    uses = []
+    if regions:
+        uses.append(
+            "re-tagging only the sets of the deployed policies that copy (aws:ResourceTag/"
+            "snapset:policy) and only with the snapset:copies and snapset:copy-errors keys, and "
+            "reading them as CopySnapshot's source only from requests to the destination regions"
+        )
+    if shares:
+        uses.append(
+            "sharing only the sets of the deployed policies that share (aws:ResourceTag/"
+            "snapset:policy) and only with their deployed accounts, never with a group"
+        )
+    nag.acknowledge(
+        copies_policy,
+        f"AwsSolutions-IAM5[Resource::{home}]",
+        "snapshot sets are made at run time, so their IDs are unknown here; the grant allows "
+        + "; ".join(uses),
+    )
+    for region in regions:
+        copies = _nag_resource(copies_policy, _snapshots_in(copies_policy, region))
+        nag.acknowledge(
+            copies_policy,
+            f"AwsSolutions-IAM5[Resource::{copies}]",
+            f"copies in {region} do not exist before CopySnapshot makes them: making and "
+            "tagging them requires the snapset:copy-policy request tag of a deployed policy "
+            "copying there, and deleting them (destination retention) the snapset:copy-policy "
+            "tag of a deployed policy retaining copies there",
+        )
+    if regions:
+        nag.acknowledge(
+            copies_policy,
+            "AwsSolutions-IAM5[Resource::*]",
+            "ec2:DescribeSnapshots, DescribeImages and DescribeLockedSnapshots support no "
+            "resource-level permissions (Resource must be *); aws:RequestedRegion limits them "
+            "to the destination regions of the copies.",
+        )
 
 
 def _acknowledge(default_policy: IConstruct, create: iam.Policy, retention: iam.Policy) -> None:

@@ -12,6 +12,7 @@ import json
 import shlex
 from typing import Any
 
+from aws_cdk import Stack, Token
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
@@ -44,6 +45,10 @@ class Snapset(Construct):
         code: lambda_.Code | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        region = Stack.of(self).region
+        if not Token.is_unresolved(region):
+            # An env-agnostic stack is checked by the Lambda, which knows its region.
+            config.check_copy_regions(region)
         self.config = config
         self.notifications = Notifications(self, "Notifications", config=config)
         self.topic = self.notifications.topic

@@ -19,6 +19,7 @@ from constructs import Construct
 from infra.config import PolicyConfig, SnapsetConfig
 from infra.queues import dead_letter_queue
 from snapset.completion import MULTI_VOLUME_DETAIL_TYPE, SNAPSHOT_DETAIL_TYPE
+from snapset.copies import COPY_SWEEP_KEY, COPY_SWEEP_SCHEDULE
 from snapset.triggers import (
     STATE_CHANGE_DETAIL_TYPE,
     instance_event_input_template,
@@ -62,7 +63,8 @@ class Triggers(Construct):
     """Every trigger of the configured policies, delivering to `function`.
 
     Exposes `scheduler_role`, `scheduler_dlq`, `rules_dlq`, `schedules` (policy name ->
-    CfnSchedules), `instance_rules` (policy name -> Rule) and `completion_rule` (or None).
+    CfnSchedules), `instance_rules` (policy name -> Rule), `completion_rule` (or None) and
+    `copy_sweep_schedule` (or None: only when a policy has copies).
     """
 
     def __init__(
@@ -93,6 +95,11 @@ class Triggers(Construct):
                 )
         self.completion_rule = (
             self._completion_rule(self.rules_dlq) if config.completion_events else None
+        )
+        self.copy_sweep_schedule = (
+            self._copy_sweep_schedule(self.scheduler_role, self.scheduler_dlq)
+            if config.copying_policies()
+            else None
         )
         for warning in config.schedule_warnings():
             Annotations.of(self).add_warning_v2("snapset:schedule-repeated-hour", warning)
@@ -126,32 +133,66 @@ class Triggers(Construct):
     def _schedules(
         self, index: int, policy: PolicyConfig, role: iam.IRole, dlq: sqs.IQueue
     ) -> list[scheduler.CfnSchedule]:
-        config = self._config
         payload = json.dumps(schedule_input(policy.snapshot_policy()), separators=(",", ":"))
         return [
-            scheduler.CfnSchedule(
-                self,
+            self._schedule(
                 f"Schedule{index}x{n}-{policy.name}",
                 description=f"Snapset policy {policy.name}: {sched.expression} {sched.timezone}",
-                schedule_expression=sched.expression,
-                schedule_expression_timezone=sched.timezone,
-                flexible_time_window=scheduler.CfnSchedule.FlexibleTimeWindowProperty(mode="OFF"),
-                state="ENABLED",
-                target=scheduler.CfnSchedule.TargetProperty(
-                    arn=self._function.function_arn,
-                    role_arn=role.role_arn,
-                    input=payload,
-                    retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(
-                        maximum_retry_attempts=config.trigger_retry_attempts,
-                        maximum_event_age_in_seconds=config.max_event_age_minutes * 60,
-                    ),
-                    dead_letter_config=scheduler.CfnSchedule.DeadLetterConfigProperty(
-                        arn=dlq.queue_arn
-                    ),
-                ),
+                expression=sched.expression,
+                timezone=sched.timezone,
+                payload=payload,
+                role=role,
+                dlq=dlq,
             )
             for n, sched in enumerate(policy.schedules)
         ]
+
+    def _copy_sweep_schedule(self, role: iam.IRole, dlq: sqs.IQueue) -> scheduler.CfnSchedule:
+        """The copy sweep: starts queued copies as slots free, runs the destination retention
+        and reports each set whose copies all ended (the policies with copies drive it)."""
+        return self._schedule(
+            "CopySweepSchedule",
+            description=f"Snapset copy sweep: {COPY_SWEEP_SCHEDULE} UTC",
+            expression=COPY_SWEEP_SCHEDULE,
+            timezone="UTC",
+            payload=json.dumps({COPY_SWEEP_KEY: {}}, separators=(",", ":")),
+            role=role,
+            dlq=dlq,
+        )
+
+    def _schedule(
+        self,
+        construct_id: str,
+        *,
+        description: str,
+        expression: str,
+        timezone: str,
+        payload: str,
+        role: iam.IRole,
+        dlq: sqs.IQueue,
+    ) -> scheduler.CfnSchedule:
+        config = self._config
+        return scheduler.CfnSchedule(
+            self,
+            construct_id,
+            description=description,
+            schedule_expression=expression,
+            schedule_expression_timezone=timezone,
+            flexible_time_window=scheduler.CfnSchedule.FlexibleTimeWindowProperty(mode="OFF"),
+            state="ENABLED",
+            target=scheduler.CfnSchedule.TargetProperty(
+                arn=self._function.function_arn,
+                role_arn=role.role_arn,
+                input=payload,
+                retry_policy=scheduler.CfnSchedule.RetryPolicyProperty(
+                    maximum_retry_attempts=config.trigger_retry_attempts,
+                    maximum_event_age_in_seconds=config.max_event_age_minutes * 60,
+                ),
+                dead_letter_config=scheduler.CfnSchedule.DeadLetterConfigProperty(
+                    arn=dlq.queue_arn
+                ),
+            ),
+        )
 
     def _lambda_target(
         self, event: events.RuleTargetInput | None, dlq: sqs.IQueue

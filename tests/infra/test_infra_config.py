@@ -35,7 +35,7 @@ def error_of(raw: Any) -> str:
 
 def test_shipped_example_is_valid_and_realistic() -> None:
     config = load_config(example_config())
-    nightly, on_stop, consistent = config.policies
+    nightly, on_stop, consistent, dr = config.policies
     assert nightly.schedules[0].timezone not in ("UTC", "Etc/UTC")
     assert nightly.exclude_boot_volume is True
     assert nightly.target_tags
@@ -46,6 +46,9 @@ def test_shipped_example_is_valid_and_realistic() -> None:
     assert consistent.scripts.document == "snapset-fsfreeze"
     assert (consistent.scripts.timeout_seconds, consistent.scripts.max_retries) == (10, 0)
     assert consistent.target_tags
+    # a disaster-recovery copy in another region than the demo's, shared with one account
+    assert [c.region for c in dr.copies] == ["us-west-2", "eu-west-1"]
+    assert dr.share_with_accounts == ["111122223333"]
 
 
 def test_defaults_for_every_stack_setting() -> None:

@@ -88,8 +88,10 @@ def test_triggers_for_every_policy_and_no_completion_rule(s: Synth) -> None:
     assert schedules == [
         ("cron(30 3 * * ? *)", "Europe/Berlin"),
         ("cron(15 1 * * ? *)", "Europe/Berlin"),
+        ("cron(0 1 * * ? *)", "Europe/Berlin"),
         ("rate(1 hour)", "UTC"),
         ("cron(0 12 ? * MON-FRI *)", "UTC"),
+        ("rate(5 minutes)", "UTC"),  # the copy sweep
     ]
     patterns = [v["Properties"]["EventPattern"] for v in s.resources("AWS::Events::Rule").values()]
     assert [p["detail"]["state"] for p in patterns] == [["stopped"], ["stopping", "shutting-down"]]
@@ -102,7 +104,7 @@ def test_alarm_settings(s: Synth) -> None:
         for a in s.resources("AWS::CloudWatch::Alarm").values()
         if a["Properties"].get("MetricName") == "InstancesFailed"
     ]
-    assert len(failed) == 4
+    assert len(failed) == 5
     assert {(a["Threshold"], a["Period"]) for a in failed} == {(3, 900)}
 
 
@@ -110,6 +112,8 @@ def test_no_policy_with_retention_means_no_delete_grant() -> None:
     config: dict[str, Any] = example_config()
     for policy in config["policies"]:
         policy.pop("retention", None)
+        for copy_rule in policy.get("copies", []):  # the copies' own retention deletes too
+            copy_rule.pop("retention", None)
     actions = {
         action
         for res in synth(config, nag=False).resources("AWS::IAM::Policy").values()

@@ -24,6 +24,7 @@ from app import build_app
 from infra.config import ConfigError, load_config
 from infra.function import HANDLER
 from snapset.settings import (
+    ENV_DEPLOYED_COPIES,
     ENV_DEPLOYED_POLICIES,
     ENV_EC2_API_SHARE,
     ENV_IDEMPOTENCY_TABLE,
@@ -117,7 +118,10 @@ def test_function_environment_is_the_lambda_contract(s: Synth) -> None:
         ENV_SAFETY_MARGIN_MS: "10000",
         ENV_EC2_API_SHARE: "0.5",
         ENV_DEPLOYED_POLICIES: '{"nightly-app":{"count":7},"on-stop":{"max_age_days":30},'
-        '"db-consistent":{"count":7}}',
+        '"db-consistent":{"count":7},"dr-nightly":{"count":7}}',
+        ENV_DEPLOYED_COPIES: '{"dr-nightly":{"copies":[{"region":"us-west-2",'
+        '"retention":{"count":3},"copy_tags":true},{"region":"eu-west-1","copy_tags":true}],'
+        '"share_with_accounts":["111122223333"]}}',
         # by the state machine's name, not a reference (which would make a cycle)
         ENV_STATE_MACHINE_ARN: {
             "Fn::Join": [
@@ -148,6 +152,7 @@ def test_function_environment_is_the_lambda_contract(s: Synth) -> None:
     resolved[ENV_STATE_MACHINE_ARN] = (
         "arn:aws:states:eu-central-1:123456789012:stateMachine:Snapset-FanOut-F402FADA"
     )
+    resolved["AWS_REGION"] = "eu-central-1"  # set by Lambda
     settings = Settings.from_env(resolved)
     assert (settings.max_workers, settings.safety_margin_ms) == (8, 10_000)
     assert (settings.ec2_api_share, settings.ec2_rate_scale) == (0.5, 1.0)
@@ -223,7 +228,8 @@ def test_one_schedule_per_policy_schedule_with_time_zone(s: Synth, config: Any) 
     expected = [(sc.expression, sc.timezone) for p in config.policies for sc in p.schedules]
     got = [
         (v["Properties"]["ScheduleExpression"], v["Properties"]["ScheduleExpressionTimezone"])
-        for v in schedules.values()
+        for k, v in schedules.items()
+        if "CopySweep" not in k  # the copy sweep's (tests/infra/test_copy_grants.py)
     ]
     assert (
         got
@@ -231,6 +237,7 @@ def test_one_schedule_per_policy_schedule_with_time_zone(s: Synth, config: Any) 
         == [
             ("cron(30 3 * * ? *)", "Europe/Berlin"),
             ("cron(15 1 * * ? *)", "Europe/Berlin"),
+            ("cron(0 1 * * ? *)", "Europe/Berlin"),
         ]
     )
     for sched in schedules.values():
@@ -421,7 +428,12 @@ def test_retention_grants(s: Synth) -> None:
     # only snapshots of the deployed policies that have retention (all shipped ones do)
     assert delete["Condition"] == {
         "StringEquals": {
-            "aws:ResourceTag/snapset:policy": ["nightly-app", "on-stop", "db-consistent"]
+            "aws:ResourceTag/snapset:policy": [
+                "nightly-app",
+                "on-stop",
+                "db-consistent",
+                "dr-nightly",
+            ]
         }
     }
     attr = sids["RetentionDescribeSnapshotAttribute"]
@@ -585,8 +597,8 @@ def test_idempotency_table(s: Synth) -> None:
 def test_alarms_go_to_the_topic_and_ignore_missing_data(s: Synth) -> None:
     alarms = s.resources("AWS::CloudWatch::Alarm")
     # errors, throttles, 3 DLQs, 3 fan-out execution outcomes, failed instances per policy,
-    # script failures of the one policy with scripts
-    assert len(alarms) == 2 + 3 + 3 + 3 + 1
+    # script failures of the one policy with scripts, copy failures of the one with copies
+    assert len(alarms) == 2 + 3 + 3 + 4 + 1 + 1
     for alarm in alarms.values():
         props = alarm["Properties"]
         assert props["AlarmActions"] == [ref(s, "AWS::SNS::Topic")]
@@ -604,6 +616,7 @@ def test_alarms_go_to_the_topic_and_ignore_missing_data(s: Synth) -> None:
         ("AWS/States", "ExecutionsAborted"),
         ("Snapset", "InstancesFailed"),
         ("Snapset", "PostScriptFailures"),
+        ("Snapset", "CopyFailures"),
     }
     machine = {"Ref": next(iter(s.resources("AWS::StepFunctions::StateMachine")))}
     for alarm in alarms.values():
@@ -668,6 +681,8 @@ def test_outputs(s: Synth, config: Any) -> None:
             ENV_REPORT_BUCKET: "snapset-reports-0a1b2c3d",
             ENV_STATE_MACHINE_ARN: "arn:aws:states:eu-central-1:123456789012:stateMachine:x",
             ENV_DEPLOYED_POLICIES: env[ENV_DEPLOYED_POLICIES],
+            ENV_DEPLOYED_COPIES: env[ENV_DEPLOYED_COPIES],
+            "AWS_REGION": "eu-central-1",
         }
     ).deployed_policies
     request = with_deployed_retention(request, deployed)
@@ -718,6 +733,12 @@ EXPECTED_ACKS = {
     "Function/ScriptsPolicy": {
         "AwsSolutions-IAM5[Resource::*]",
         f"AwsSolutions-IAM5[Resource::{PARTITION_REGION}:<AWS::AccountId>:instance/*]",
+    },
+    "Function/CopiesPolicy": {
+        "AwsSolutions-IAM5[Resource::*]",
+        f"AwsSolutions-IAM5[Resource::{PARTITION_REGION}::snapshot/*]",
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:us-west-2::snapshot/*]",
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:eu-west-1::snapshot/*]",
     },
 }
 

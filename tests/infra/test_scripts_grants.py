@@ -75,18 +75,18 @@ def test_send_command_reaches_only_the_instances_a_policy_with_scripts_targets(s
         "arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/*"
     )
     assert tagged["Condition"] == {"StringLike": {"ssm:resourceTag/Backup": ["db"]}}
-    # sap and shared (policies 3 and 4) name their instances
-    assert joined(sends["SendPolicyScriptsToInstances3"]["Resource"]) == (
+    # sap and shared (policies 4 and 5) name their instances
+    assert joined(sends["SendPolicyScriptsToInstances4"]["Resource"]) == (
         "arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/i-0123456789abcdef0"
     )
-    assert joined(sends["SendPolicyScriptsToInstances4"]["Resource"]) == (
+    assert joined(sends["SendPolicyScriptsToInstances5"]["Resource"]) == (
         "arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/i-0123456789abcdef1"
     )
     # the policies without scripts reach no instance
     assert sorted(sends) == [
         "SendPolicyScripts",
-        "SendPolicyScriptsToInstances3",
         "SendPolicyScriptsToInstances4",
+        "SendPolicyScriptsToInstances5",
         "SendPolicyScriptsToTagged2",
     ]
 
