@@ -3,10 +3,11 @@
 No guessing from the code's variable names: the calls are recorded. The deployed handler
 (`snapset.handler.handler`, with the synthesized function's environment) runs in-process under
 moto through a tour of its paths: a schedule run whose retention deletes sets beyond the
-policy's count, an instance event, a completion event, a manual invoke, a fan-out and a policy's
-pre and post scripts. A hook on every botocore client call (`BaseClient._make_api_call`, the
-path every operation and paginator page of every client takes, whatever the client is named or
-whoever built it, Powertools included) records `service:Operation` while the handler runs.
+policy's count, an instance event, a completion event, a manual invoke, a fan-out, a policy's
+pre and post scripts, and a policy's shares, copies and copy sweep. A hook on every botocore
+client call (`BaseClient._make_api_call`, the path every operation and paginator page of every
+client takes, whatever the client is named or whoever built it, Powertools included) records
+`service:Operation` while the handler runs.
 The role's actions are read from the synthesized template: every `AWS::IAM::Policy` attached to
 the role that the function's `Role` names.
 
@@ -43,6 +44,8 @@ IMPLIED = {
     # TagSpecifications on CreateSnapshots tag the new snapshots: ec2:CreateTags is authorized
     # with ec2:CreateAction=CreateSnapshots.
     "ec2:CreateSnapshots": {"ec2:CreateTags"},
+    # The same for a copy's TagSpecifications (ec2:CreateAction=CopySnapshot).
+    "ec2:CopySnapshot": {"ec2:CreateTags"},
     # Publishing to an SSE-KMS topic uses the topic's key on the publisher's behalf.
     "sns:Publish": {"kms:Decrypt", "kms:GenerateDataKey*"},
     # A PutObject to an SSE-KMS bucket makes S3 ask the bucket's key for a data key.
@@ -269,6 +272,50 @@ def _scripts(s: Synth, ec2: Any, recorder: Recorder) -> None:
     assert outcome["consistency"] == "application", outcome
 
 
+def sweep_input(s: Synth) -> dict[str, Any]:
+    """The deployed copy sweep schedule's input."""
+    [payload] = [
+        json.loads(schedule["Properties"]["Target"]["Input"])
+        for schedule in s.resources("AWS::Scheduler::Schedule").values()
+        if "copy_sweep" in json.loads(schedule["Properties"]["Target"]["Input"])
+    ]
+    return payload
+
+
+def _copies(s: Synth, ec2: Any, recorder: Recorder) -> None:
+    """The policy with copies and a share: its set's completion event shares the set and starts
+    its copies, and the copy sweep reports them once completed and runs each destination's
+    retention, then tags the set done."""
+    dr = launch_instance(ec2, tags={"Backup": "dr"})
+    with recorder.recording():
+        handler_module.handler(schedule_input(s, "dr-nightly"), Context())
+    mine = [{"Name": "tag:snapset:instance-id", "Values": [dr.instance_id]}]
+    snaps = ec2.describe_snapshots(Filters=mine)["Snapshots"]
+    event = _event("ebs-multi-volume-completion-succeeded")
+    event["resources"] = [f"arn:aws:ec2::{REGION}:snapshot/{x['SnapshotId']}" for x in snaps]
+    event["detail"]["snapshots"] = [
+        {
+            "snapshot_id": f"arn:aws:ec2::{REGION}:snapshot/{x['SnapshotId']}",
+            "source": f"arn:aws:ec2::{REGION}:volume/{x['VolumeId']}",
+            "status": "completed",
+        }
+        for x in snaps
+    ]
+    with recorder.recording():
+        completed = handler_module.handler(rule_input(s, event), Context())
+        swept = handler_module.handler(sweep_input(s), Context())
+    [report] = completed["reports"]
+    assert report["shares"]["shared"], report
+    assert swept["reported"] == 1, swept
+    done = {
+        t["Value"]
+        for x in ec2.describe_snapshots(Filters=mine)["Snapshots"]
+        for t in x["Tags"]
+        if t["Key"] == "snapset:copies"
+    }
+    assert done == {"done"}
+
+
 def rule_input(s: Synth, event: dict[str, Any]) -> Any:
     """What the deployed rule that matches `event` delivers to the function."""
     [payload] = [
@@ -337,6 +384,7 @@ def tour(s: Synth, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, extra: P
                     exec(compile(extra.read_text(), str(extra), "exec"), {"__name__": "snapset.x"})
             _fan_out(ec2, sfn, machine, nightly.instance_id, monkeypatch, recorder)
             _scripts(s, ec2, recorder)
+            _copies(s, ec2, recorder)
         finally:
             handler_module.settings.cache_clear()
             handler_module.session.cache_clear()
@@ -377,6 +425,9 @@ def test_the_tour_records_the_runs_calls(toured: set[str]) -> None:
         "ssm:DescribeInstanceInformation",
         "ssm:SendCommand",
         "ssm:ListCommandInvocations",
+        "ec2:CopySnapshot",
+        "ec2:ModifySnapshotAttribute",
+        "ec2:CreateTags",
     } <= toured
 
 
