@@ -218,7 +218,9 @@ def deploy(
         bucket = f"cdk-{BOOTSTRAP_QUALIFIER}-assets-{account}-{aws.region}"
         key = f"{synth.artifact_id}-template-{int(time.time())}.json"
         aws.client("s3").put_object(Bucket=bucket, Key=key, Body=body.encode())
-        kwargs["TemplateURL"] = f"{aws.endpoint_url}/{bucket}/{key}"
+        # The S3 URL AWS itself takes (path style): moto reads the object by the URL's parts
+        # and takes the host of any URL that is neither AWS's nor localhost's for the bucket.
+        kwargs["TemplateURL"] = f"https://s3.{aws.region}.amazonaws.com/{bucket}/{key}"
     stack_id = cfn.create_stack(**kwargs)["StackId"]
     stack = _wait(cfn, name, timeout)
     stack_resources = _stack_resources(cfn, name)  # what the local CloudFormation created

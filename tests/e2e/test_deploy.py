@@ -28,6 +28,7 @@ _FUNCTION = "AWS::Lambda::Function"
 _BUCKET = "AWS::S3::Bucket"
 EXPECTED_SUBSTITUTIONS = [
     ("CDKMetadata", "AWS::CDK::Metadata", NOT_CREATED, "-"),
+    ("SnapsetAlarmsCopyFailuresAlarm3drnightly6879BB8D", *_ALARM),
     ("SnapsetAlarmsFanOutAbortedAlarmA5A52D6E", *_ALARM),
     ("SnapsetAlarmsFanOutFailedAlarm2A0009BE", *_ALARM),
     ("SnapsetAlarmsFanOutTimedOutAlarm092C0A70", *_ALARM),
@@ -37,6 +38,7 @@ EXPECTED_SUBSTITUTIONS = [
     ("SnapsetAlarmsInstancesFailedAlarm0nightlyappE41ACB65", *_ALARM),
     ("SnapsetAlarmsInstancesFailedAlarm1onstopC11D54E9", *_ALARM),
     ("SnapsetAlarmsInstancesFailedAlarm2dbconsistent775F5FCE", *_ALARM),
+    ("SnapsetAlarmsInstancesFailedAlarm3drnightly35074C70", *_ALARM),
     ("SnapsetAlarmsPostScriptFailuresAlarm2dbconsistent02DB195F", *_ALARM),
     ("SnapsetAlarmsRulesDlqAlarmB2D2C28E", *_ALARM),
     ("SnapsetAlarmsSchedulerDlqAlarm6C6558CD", *_ALARM),
@@ -57,6 +59,12 @@ EXPECTED_SUBSTITUTIONS = [
         "sns:SetTopicAttributes(Policy)",
     ),
     (
+        "SnapsetTriggersCopySweepSchedule0D9ACBFC",
+        "AWS::Scheduler::Schedule",
+        SUBSTITUTED,
+        "scheduler:CreateSchedule",
+    ),
+    (
         "SnapsetTriggersSchedule0x0nightlyappA39D8889",
         "AWS::Scheduler::Schedule",
         SUBSTITUTED,
@@ -64,6 +72,12 @@ EXPECTED_SUBSTITUTIONS = [
     ),
     (
         "SnapsetTriggersSchedule2x0dbconsistent76D733E7",
+        "AWS::Scheduler::Schedule",
+        SUBSTITUTED,
+        "scheduler:CreateSchedule",
+    ),
+    (
+        "SnapsetTriggersSchedule3x0drnightlyB1624983",
         "AWS::Scheduler::Schedule",
         SUBSTITUTED,
         "scheduler:CreateSchedule",
