@@ -38,6 +38,7 @@ MODULES = (
     "pacing",
     "fanout",
     "consistency",
+    "copies",
 )
 # The fast tests (no e2e): tests/unit, tests/retention, and the plan preview's own tests in
 # tests/cli, the only ones that reach retention's explain_retention and preview_retention.

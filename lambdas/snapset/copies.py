@@ -139,6 +139,10 @@ class SourceSet:
         return max(s.start_time for s in self.snapshots)
 
     @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.policy, self.trigger_id, self.instance_id)
+
+    @property
     def snapshot_ids(self) -> list[str]:
         return [s.snapshot_id for s in self.snapshots]
 
@@ -575,6 +579,7 @@ def advance_copies(copier: Copier, sets: Sequence[SourceSet]) -> CopyProgress:
             region.blocked = f"DescribeSnapshots in {name} failed: {error_code(exc)}"
             progress.errors.append(f"{region.blocked}: {error_message(exc)}")
         regions[name] = region
+    finished: list[tuple[SourceSet, CopyingPolicy, list[tuple[CopyRule, RegionCopies]]]] = []
     for source, copying in wanted:
         refused = source.refused()
         newly_refused: dict[str, str] = {}
@@ -606,8 +611,11 @@ def advance_copies(copier: Copier, sets: Sequence[SourceSet]) -> CopyProgress:
             _record_refusals(copier.home_ec2, source, refused | newly_refused, progress)
         if any(c.state in ("pending", "queued") for _, r in results for c in r.copies):
             continue
+        finished.append((source, copying, results))
+    retained = _retain_copies(copier, finished, regions)
+    for source, _, results in finished:
         reported = [
-            _with_retention(copier, r, _Attempt(source, None, rule, regions[rule.region]), copying)
+            r.model_copy(update={"retention": retained.get((source.key, rule.region))})
             for rule, r in results
         ]
         progress.finished.append((source, _report(source, home_region, reported)))
@@ -730,27 +738,40 @@ def _record_refusals(
         progress.errors.append(f"tagging {source.instance_id}'s set: {error_message(exc)}")
 
 
-def _with_retention(
-    copier: Copier, copies: RegionCopies, attempt: _Attempt, copying: CopyingPolicy
-) -> RegionCopies:
-    """The region's retention of this instance's copies, once this set's copies completed
-    there (as at home: it runs for the instances whose new set is in)."""
-    rule, source = attempt.rule, attempt.source
-    retention = rule.retention if rule.retention is not None else copying.retention
-    if retention is None or copies.status != "completed":
-        return copies
-    result = retain_sets(
-        attempt.region.ec2,
-        copying.as_policy(),
-        [source.instance_id],
-        source.trigger_id,
-        copier.now,
-        deadline=copier.deadline,
-        pacer=copier.delete_pacer_for(rule.region),
-        keys=copy_set_tags(copier.home_region),
-        retention=retention,
-    )[source.instance_id]
-    return copies.model_copy(update={"retention": result})
+def _retain_copies(
+    copier: Copier,
+    finished: Sequence[tuple[SourceSet, CopyingPolicy, list[tuple[CopyRule, RegionCopies]]]],
+    regions: Mapping[str, _Region],
+) -> dict[tuple[tuple[str, str, str], str], RetentionResult]:
+    """Each destination's retention for the instances whose new set's copies all completed
+    there (as at home: it runs for the instances whose new set is in), keyed by set and region.
+    One `retain_sets` per policy, region and trigger, so its listing is one call per 200
+    instances, not one per set."""
+    groups: dict[tuple[str, str, str], tuple[CopyingPolicy, Retention, list[SourceSet]]] = {}
+    for source, copying, results in finished:
+        for rule, copies in results:
+            retention = rule.retention if rule.retention is not None else copying.retention
+            if retention is None or copies.status != "completed":
+                continue
+            key = (copying.name, rule.region, source.trigger_id)
+            _, _, members = groups.setdefault(key, (copying, retention, []))
+            members.append(source)
+    retained: dict[tuple[tuple[str, str, str], str], RetentionResult] = {}
+    for (_, region, trigger_id), (copying, retention, sources) in sorted(groups.items()):
+        by_instance = retain_sets(
+            regions[region].ec2,
+            copying.as_policy(),
+            [s.instance_id for s in sources],
+            trigger_id,
+            copier.now,
+            deadline=copier.deadline,
+            pacer=copier.delete_pacer_for(region),
+            keys=copy_set_tags(copier.home_region),
+            retention=retention,
+        )
+        for source in sources:
+            retained[(source.key, region)] = by_instance[source.instance_id]
+    return retained
 
 
 def mark_reported(home_ec2: EC2Client, source: SourceSet) -> None:

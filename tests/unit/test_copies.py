@@ -457,10 +457,23 @@ def test_the_sweep_tags_sets_it_will_not_copy_so_they_are_listed_no_more(
     assert progress.started == {}
 
 
-def test_destination_retention_lists_only_this_regions_copies_of_the_instance(
+def test_destination_retention_lists_this_regions_copies_once_for_all_finished_sets(
     world: World,
 ) -> None:
-    world.finds((SNAP_A, "snap-copy-a", "completed"), (SNAP_B, "snap-copy-b", "completed"))
+    other_iid = "i-0fedcba9876543210"
+    snap_c = "snap-0000000000000000c"
+    other = SourceSet(
+        "nightly",
+        TRIGGER,
+        other_iid,
+        (_snap(snap_c, "vol-0000000000000000c", **{TAG_INSTANCE_ID: other_iid}),),
+    )
+    world.finds(
+        (SNAP_A, "snap-copy-a", "completed"),
+        (SNAP_B, "snap-copy-b", "completed"),
+        (snap_c, "snap-copy-c", "completed"),
+    )
+    # one listing for both instances (calls grow with pages, not sets)
     world.dest_stub.add_response(
         "describe_snapshots",
         {"Snapshots": []},
@@ -468,7 +481,7 @@ def test_destination_retention_lists_only_this_regions_copies_of_the_instance(
             "OwnerIds": ["self"],
             "Filters": [
                 {"Name": f"tag:{TAG_COPY_POLICY}", "Values": ["nightly"]},
-                {"Name": f"tag:{TAG_COPY_INSTANCE_ID}", "Values": [IID]},
+                {"Name": f"tag:{TAG_COPY_INSTANCE_ID}", "Values": [IID, other_iid]},
                 {"Name": f"tag:{TAG_COPY_SOURCE_REGION}", "Values": [HOME]},
             ],
             "MaxResults": 1000,
@@ -477,8 +490,9 @@ def test_destination_retention_lists_only_this_regions_copies_of_the_instance(
     copier = world.copier(
         _policy(CopyRule(region=DEST, retention=Retention(count=3)), retention=Retention(count=7))
     )
-    [(_, report)] = advance_copies(copier, [TWO]).finished
-    assert report.regions[0].retention is not None
+    finished = advance_copies(copier, [TWO, other]).finished
+    assert [s.instance_id for s, _ in finished] == [IID, other_iid]
+    assert all(r.regions[0].retention is not None for _, r in finished)
 
 
 # --- shares ----------------------------------------------------------------------------------
