@@ -218,8 +218,14 @@ def _share_and_copy(
         if accounts:
             shared[key] = share_set(clients.ec2, source, accounts)
     if any(config.deployed_copies[s.policy].copies for s in sets.values()):
-        progress = advance_copies(_copier(config, clients, context), list(sets.values()))
-        _publish_copies(progress, clients, config)
+        try:
+            progress = advance_copies(_copier(config, clients, context), list(sets.values()))
+            _publish_copies(progress, clients, config)
+        except Exception:
+            # The sets stay pending, so the copy sweep starts and reports their copies; a
+            # failure here must not cost the completion reports.
+            logger.exception("starting the copies of a completed set failed")
+            metrics.add_metric(name="CopyStartsFailed", unit=MetricUnit.Count, value=1)
     return [
         r.model_copy(update={"shares": shared[key]})
         if (key := (r.policy, r.trigger["id"], r.instance_id)) in shared
