@@ -132,8 +132,8 @@ def measure(aws: LocalAws, n: int) -> None:
         )
         begin = time.monotonic()
         progress = sweep_copies(copier)
-        for source, _ in progress.finished:
-            mark_reported(copier.home_ec2, source)
+        if progress.finished:
+            mark_reported(copier.home_ec2, [source for source, _ in progress.finished])
         wall += time.monotonic() - begin
         reported += len(progress.finished)
         started.update(progress.started)

@@ -774,20 +774,23 @@ def _retain_copies(
     return retained
 
 
-def mark_reported(home_ec2: EC2Client, source: SourceSet) -> None:
-    """Tag a set `snapset:copies=done` once its copy report is out (raises on failure: the
-    next sweep then reports it again, which is at least once, as SNS is)."""
-    home_ec2.create_tags(
-        Resources=source.snapshot_ids, Tags=[{"Key": TAG_COPIES, "Value": COPIES_DONE}]
-    )
+def _tag_sets(home_ec2: EC2Client, sets: Sequence[SourceSet], value: str) -> None:
+    ids = [sid for s in sets for sid in s.snapshot_ids]
+    for chunk in chunks(ids):
+        home_ec2.create_tags(Resources=chunk, Tags=[{"Key": TAG_COPIES, "Value": value}])
+
+
+def mark_reported(home_ec2: EC2Client, sets: Sequence[SourceSet]) -> None:
+    """Tag sets `snapset:copies=done` once their copy reports are out, one CreateTags per 200
+    snapshots (raises on failure: the next sweep then reports them again, which is at least
+    once, as SNS is)."""
+    _tag_sets(home_ec2, sets, COPIES_DONE)
 
 
 def mark_not_copied(home_ec2: EC2Client, sets: Sequence[SourceSet]) -> None:
     """Tag failed sets `snapset:copies=none`: a failed set is not copied (its completion report
     already said it failed), and the sweep stops listing it."""
-    ids = [sid for s in sets for sid in s.snapshot_ids]
-    for chunk in chunks(ids):
-        home_ec2.create_tags(Resources=chunk, Tags=[{"Key": TAG_COPIES, "Value": COPIES_NONE}])
+    _tag_sets(home_ec2, sets, COPIES_NONE)
 
 
 def sweep_copies(copier: Copier) -> CopyProgress:

@@ -177,10 +177,17 @@ def _copier(config: Settings, clients: Clients, context: LambdaContext) -> Copie
 
 
 def _publish_copies(progress: CopyProgress, clients: Clients, config: Settings) -> None:
-    """Publish each finished set's copy report, then mark the set reported; metrics."""
-    for source, report in progress.finished:
-        publish_copy_report(clients.sns, config.topic_arn, report)
-        mark_reported(clients.ec2, source)
+    """Publish each finished set's copy report, then mark the sets reported (those published,
+    even when a later publish fails); metrics."""
+    published = []
+    try:
+        for source, report in progress.finished:
+            publish_copy_report(clients.sns, config.topic_arn, report)
+            published.append(source)
+    finally:
+        if published:
+            mark_reported(clients.ec2, published)
+    for _, report in progress.finished:
         if report.status != "succeeded":
             with single_metric(
                 name="CopyFailures",
