@@ -23,7 +23,7 @@ from infra.config import ConfigError, SnapsetConfig
 from infra.logical_ids import keep_logical_id
 from infra.queues import dead_letter_queue
 from snapset.policy import (
-    COPIES_PENDING,
+    COPIES_IN_FLIGHT,
     COPY_TAG_KEYS,
     MANAGED_TAG_KEYS,
     TAG_COPIES,
@@ -559,7 +559,7 @@ def _copies_policy(scope: Construct, role: iam.IRole, config: SnapsetConfig) -> 
                 # Only sets still waiting for their copies, whatever their policy: the sweep
                 # also closes the sets of a policy deployed without copies (a CLI payload's).
                 conditions={
-                    "StringEquals": {f"aws:ResourceTag/{TAG_COPIES}": COPIES_PENDING},
+                    "StringEquals": {f"aws:ResourceTag/{TAG_COPIES}": sorted(COPIES_IN_FLIGHT)},
                     "ForAllValues:StringEquals": {"aws:TagKeys": [TAG_COPIES, TAG_COPY_ERRORS]},
                 },
             ),

@@ -44,7 +44,9 @@ from snapset.notify import publish
 from snapset.outcomes import ErrorInfo, RetentionResult
 from snapset.pacing import BucketLimit, Pacer
 from snapset.policy import (
+    COPIES_COPYING,
     COPIES_DONE,
+    COPIES_IN_FLIGHT,
     COPIES_NONE,
     COPIES_PENDING,
     MANAGED_TAG_PREFIX,
@@ -139,6 +141,12 @@ class SourceSet:
         return max(s.start_time for s in self.snapshots)
 
     @property
+    def state(self) -> str:
+        """The set's `snapset:copies` (its snapshots are tagged together; any pending wins)."""
+        states = {s.tags.get(TAG_COPIES, "") for s in self.snapshots}
+        return COPIES_PENDING if COPIES_PENDING in states else min(states, default="")
+
+    @property
     def key(self) -> tuple[str, str, str]:
         return (self.policy, self.trigger_id, self.instance_id)
 
@@ -198,11 +206,12 @@ def sets_of(raw_snapshots: Iterable[Any]) -> list[SourceSet]:
 
 
 def list_pending_sets(ec2: EC2Client) -> list[SourceSet]:
-    """Every set at home still tagged `snapset:copies=pending`: one paginated DescribeSnapshots,
+    """Every set at home whose copies are not all made and reported (`snapset:copies` pending
+    or copying): one paginated DescribeSnapshots,
     1,000 a page, whatever the fleet (calls grow with the sets in flight, not the instances)."""
     pages = ec2.get_paginator("describe_snapshots").paginate(
         OwnerIds=["self"],
-        Filters=[{"Name": f"tag:{TAG_COPIES}", "Values": [COPIES_PENDING]}],
+        Filters=[{"Name": f"tag:{TAG_COPIES}", "Values": sorted(COPIES_IN_FLIGHT)}],
         PaginationConfig={"PageSize": _SNAPSHOTS_PER_PAGE},
     )
     return sets_of(raw for page in pages for raw in page.get("Snapshots", []))
@@ -545,11 +554,44 @@ def advance_copies(copier: Copier, sets: Sequence[SourceSet]) -> CopyProgress:
     anything that may have started a copy leaves it to the claim and the next look-up.
     """
     progress = CopyProgress()
-    home_region = copier.home_region
+    wanted = _classify(copier, sets, progress)
+    regions = _destinations(copier, wanted, progress)
+    finished: list[tuple[SourceSet, CopyingPolicy, list[tuple[CopyRule, RegionCopies]]]] = []
+    started: list[SourceSet] = []
+    candidates = _candidates(wanted, regions, copier.concurrent_limit, progress)
+    _look_up(copier, candidates, regions, progress)
+    for source, copying in candidates:
+        before = sum(progress.started.values())
+        results = _advance_set(copier, source, copying, regions, progress)
+        if any(c.state in ("pending", "queued") for _, r in results for c in r.copies):
+            if sum(progress.started.values()) > before and source.state == COPIES_PENDING:
+                started.append(source)
+            continue
+        finished.append((source, copying, results))
+    if started:
+        try:
+            _tag_sets(copier.home_ec2, started, COPIES_COPYING)
+        except (ClientError, BotoCoreError) as exc:
+            # Only a hint lost: such a set is looked at again once the destinations have room.
+            progress.errors.append(f"tagging sets whose copies started: {error_message(exc)}")
+    retained = _retain_copies(copier, finished, regions)
+    for source, _, results in finished:
+        reported = [
+            r.model_copy(update={"retention": retained.get((source.key, rule.region))})
+            for rule, r in results
+        ]
+        progress.finished.append((source, _report(source, copier.home_region, reported)))
+    return progress
+
+
+def _classify(
+    copier: Copier, sets: Sequence[SourceSet], progress: CopyProgress
+) -> list[tuple[SourceSet, CopyingPolicy]]:
+    """The completed sets still to copy, oldest first; the others counted in `progress`."""
     wanted: list[tuple[SourceSet, CopyingPolicy]] = []
     for source in sorted(sets, key=lambda s: (s.start_time, s.trigger_id, s.instance_id)):
         copying = copier.policies.get(source.policy)
-        if any(s.tags.get(TAG_COPIES) != COPIES_PENDING for s in source.snapshots):
+        if any(s.tags.get(TAG_COPIES) not in COPIES_IN_FLIGHT for s in source.snapshots):
             # Reported already (a redelivered event), or made before the policy copied.
             progress.not_pending_sets += 1
         elif copying is None or not copying.distribution.copies:
@@ -561,65 +603,109 @@ def advance_copies(copier: Copier, sets: Sequence[SourceSet]) -> CopyProgress:
             progress.waiting_sets += 1
         else:
             wanted.append((source, copying))
-    region_names = sorted({r.region for _, c in wanted for r in c.distribution.copies})
+    return wanted
+
+
+def _destinations(
+    copier: Copier, wanted: Sequence[tuple[SourceSet, CopyingPolicy]], progress: CopyProgress
+) -> dict[str, _Region]:
+    """Each destination of the wanted sets, with Snapset's copies in flight there (one
+    paginated call each); a destination that cannot be read takes no copy this time."""
     regions: dict[str, _Region] = {}
-    for name in region_names:
-        ec2 = copier.ec2_in(name)
-        region = _Region(name, ec2, in_flight=0, pacer=copier.pacer_for(name))
-        sources = [
-            s.snapshot_id
-            for source, c in wanted
-            if any(r.region == name for r in c.distribution.copies)
-            for s in source.snapshots
-        ]
+    for name in sorted({r.region for _, c in wanted for r in c.distribution.copies}):
+        region = _Region(name, copier.ec2_in(name), in_flight=0, pacer=copier.pacer_for(name))
         try:
-            region.found = find_copies(ec2, home_region, sources)
-            region.in_flight = count_copies_in_flight(ec2, home_region)
+            region.in_flight = count_copies_in_flight(region.ec2, copier.home_region)
         except (ClientError, BotoCoreError) as exc:
             region.blocked = f"DescribeSnapshots in {name} failed: {error_code(exc)}"
             progress.errors.append(f"{region.blocked}: {error_message(exc)}")
         regions[name] = region
-    finished: list[tuple[SourceSet, CopyingPolicy, list[tuple[CopyRule, RegionCopies]]]] = []
-    for source, copying in wanted:
-        refused = source.refused()
-        newly_refused: dict[str, str] = {}
-        results: list[tuple[CopyRule, RegionCopies]] = []
-        for rule in copying.distribution.copies:
-            region = regions[rule.region]
-            copies = tuple(
-                _advance_one(
-                    copier,
-                    _Attempt(source, snap, rule, region),
-                    refused=refused | newly_refused,
-                    newly_refused=newly_refused,
-                    progress=progress,
-                )
-                for snap in source.snapshots
-            )
-            done = all(c.state == "completed" for c in copies)
-            results.append(
-                (
-                    rule,
-                    RegionCopies(
-                        region=rule.region,
-                        status="completed" if done else "failed",
-                        copies=copies,
-                    ),
-                )
-            )
-        if newly_refused:
-            _record_refusals(copier.home_ec2, source, refused | newly_refused, progress)
-        if any(c.state in ("pending", "queued") for _, r in results for c in r.copies):
-            continue
-        finished.append((source, copying, results))
-    retained = _retain_copies(copier, finished, regions)
-    for source, _, results in finished:
-        reported = [
-            r.model_copy(update={"retention": retained.get((source.key, rule.region))})
-            for rule, r in results
+    return regions
+
+
+def _look_up(
+    copier: Copier,
+    candidates: Sequence[tuple[SourceSet, CopyingPolicy]],
+    regions: Mapping[str, _Region],
+    progress: CopyProgress,
+) -> None:
+    """The copies the candidates already have in each destination (per 200 sources)."""
+    for name, region in regions.items():
+        sources = [
+            s.snapshot_id
+            for source, c in candidates
+            if any(r.region == name for r in c.distribution.copies)
+            for s in source.snapshots
         ]
-        progress.finished.append((source, _report(source, home_region, reported)))
-    return progress
+        if region.blocked is not None or not sources:
+            continue
+        try:
+            region.found = find_copies(region.ec2, copier.home_region, sources)
+        except (ClientError, BotoCoreError) as exc:
+            region.blocked = f"DescribeSnapshots in {name} failed: {error_code(exc)}"
+            progress.errors.append(f"{region.blocked}: {error_message(exc)}")
+
+
+def _advance_set(
+    copier: Copier,
+    source: SourceSet,
+    copying: CopyingPolicy,
+    regions: Mapping[str, _Region],
+    progress: CopyProgress,
+) -> list[tuple[CopyRule, RegionCopies]]:
+    """One set's copies in each of its destinations, a refusal recorded on the set."""
+    refused = source.refused()
+    newly_refused: dict[str, str] = {}
+    results: list[tuple[CopyRule, RegionCopies]] = []
+    for rule in copying.distribution.copies:
+        region = regions[rule.region]
+        copies = tuple(
+            _advance_one(
+                copier,
+                _Attempt(source, snap, rule, region),
+                refused=refused | newly_refused,
+                newly_refused=newly_refused,
+                progress=progress,
+            )
+            for snap in source.snapshots
+        )
+        done = all(c.state == "completed" for c in copies)
+        status: Literal["completed", "failed"] = "completed" if done else "failed"
+        results.append((rule, RegionCopies(region=rule.region, status=status, copies=copies)))
+    if newly_refused:
+        _record_refusals(copier.home_ec2, source, refused | newly_refused, progress)
+    return results
+
+
+def _candidates(
+    wanted: Sequence[tuple[SourceSet, CopyingPolicy]],
+    regions: Mapping[str, _Region],
+    concurrent_limit: int,
+    progress: CopyProgress,
+) -> list[tuple[SourceSet, CopyingPolicy]]:
+    """The sets worth a look in their destinations now: every set with copies started (or a
+    refusal to report), and, oldest first, the sets none of whose copies started as long as
+    some destination of theirs has a free slot for them. The others wait without a call, so a
+    backlog of thousands of sets costs each sweep one listing at home, not a look-up per set.
+    """
+    free = {name: concurrent_limit - r.in_flight for name, r in regions.items()}
+    chosen: list[tuple[SourceSet, CopyingPolicy]] = []
+    for source, copying in wanted:
+        rules = copying.distribution.copies
+        if source.state != COPIES_PENDING or source.refused():
+            chosen.append((source, copying))
+            continue
+        room = [r.region for r in rules if free[r.region] > 0]
+        if room:
+            for name in room:
+                free[name] -= len(source.snapshots)
+            chosen.append((source, copying))
+        else:
+            for rule in rules:
+                progress.queued[rule.region] = progress.queued.get(rule.region, 0) + len(
+                    source.snapshots
+                )
+    return chosen
 
 
 @dataclass(frozen=True)

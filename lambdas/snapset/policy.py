@@ -35,6 +35,11 @@ TAG_CONSISTENCY = "snapset:consistency"
 # failed in its destination and the copy report is out, then `done` (`none` for a failed set).
 TAG_COPIES = "snapset:copies"
 COPIES_PENDING = "pending"
+# Some of its copies were started (the copy sweep looks in the destinations for these sets,
+# and for as many pending ones as the destinations have room for).
+COPIES_COPYING = "copying"
+# Either: the set's copies are not all made and reported yet, so retention keeps it.
+COPIES_IN_FLIGHT = frozenset({COPIES_PENDING, COPIES_COPYING})
 COPIES_DONE = "done"
 COPIES_NONE = "none"
 # The copies CopySnapshot refused for good, `<region>=<code>` entries joined by `;`.

@@ -32,7 +32,7 @@ from snapset.errors import UNEXPECTED_ERROR
 from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionError, RetentionResult
 from snapset.pacing import Pacer
 from snapset.policy import (
-    COPIES_PENDING,
+    COPIES_IN_FLIGHT,
     TAG_COPIES,
     TAG_COPY_INSTANCE_ID,
     TAG_COPY_POLICY,
@@ -423,7 +423,7 @@ def retain_sets(
             r.snapshot_id
             for c in candidates
             for r in c.snapshots
-            if r.tags.get(TAG_COPIES) == COPIES_PENDING
+            if r.tags.get(TAG_COPIES) in COPIES_IN_FLIGHT
         }
     except (ClientError, BotoCoreError) as exc:
         logger.warning("retention for %s failed: %r", _named(instance_ids), exc)

@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict
 
 from snapset.outcomes import RetentionError
-from snapset.policy import COPIES_PENDING, TAG_COPIES, Retention, SnapshotPolicy
+from snapset.policy import COPIES_IN_FLIGHT, TAG_COPIES, Retention, SnapshotPolicy
 from snapset.protections import ami_backed_ids, is_shared, locked_ids, retention_error
 from snapset.retention import (
     DELETABLE_STATES,
@@ -256,7 +256,7 @@ def preview_retention(
             r.snapshot_id: REASON_COPIES_PENDING
             for c in candidates
             for r in c.snapshots
-            if r.tags.get(TAG_COPIES) == COPIES_PENDING and r.snapshot_id not in protections
+            if r.tags.get(TAG_COPIES) in COPIES_IN_FLIGHT and r.snapshot_id not in protections
         }
     except (ClientError, BotoCoreError) as exc:
         error = retention_error(exc, None, f"{instance_id}: listing snapshots")

@@ -182,7 +182,7 @@ def test_shipped_copy_and_share_grants(shipped: Synth) -> None:
             "Action": "ec2:CreateTags",
             "Resource": HOME_SNAPSHOTS,
             "Condition": {
-                "StringEquals": {"aws:ResourceTag/snapset:copies": "pending"},
+                "StringEquals": {"aws:ResourceTag/snapset:copies": ["copying", "pending"]},
                 "ForAllValues:StringEquals": {
                     "aws:TagKeys": ["snapset:copies", "snapset:copy-errors"]
                 },
@@ -315,7 +315,7 @@ def test_each_destination_region_admits_only_the_policies_copying_there(custom: 
     assert sids["DescribeCopies"]["Condition"] == sids["CopySetsFromHome"]["Condition"]
     # any set still waiting for its copies, whichever policy (the sweep closes them all)
     assert sids["TagCopiedSets"]["Condition"]["StringEquals"] == {
-        "aws:ResourceTag/snapset:copies": "pending"
+        "aws:ResourceTag/snapset:copies": ["copying", "pending"]
     }
 
 

@@ -137,9 +137,32 @@ class World:
             **kw,
         )
 
-    def finds(self, *copies: tuple[str, str, str], in_flight: int | None = None) -> None:
-        """The destination's look-ups: copies by source (`(source, copy, state)`), then the
-        count of Snapset's pending copies there."""
+    def finds(
+        self, *copies: tuple[str, str, str], in_flight: int | None = None, looks: bool = True
+    ) -> None:
+        """The destination's look-ups: the count of Snapset's copies in flight there, then
+        (`looks`: some set has room or copies started) the copies by source, given as
+        `(source, copy, state)`."""
+        pending = sum(1 for _, _, state in copies if state == "pending")
+        self.dest_stub.add_response(
+            "describe_snapshots",
+            {
+                "Snapshots": [
+                    {"SnapshotId": f"snap-{n:017x}", "State": "pending", "StartTime": WHEN}
+                    for n in range(pending if in_flight is None else in_flight)
+                ]
+            },
+            {
+                "OwnerIds": ["self"],
+                "Filters": [
+                    {"Name": "status", "Values": ["pending"]},
+                    {"Name": f"tag:{TAG_COPY_SOURCE_REGION}", "Values": [HOME]},
+                ],
+                "MaxResults": 1000,
+            },
+        )
+        if not looks:
+            return
         self.dest_stub.add_response(
             "describe_snapshots",
             {
@@ -157,24 +180,6 @@ class World:
                 "OwnerIds": ["self"],
                 "Filters": [
                     {"Name": f"tag:{TAG_COPY_OF}", "Values": ANY},
-                    {"Name": f"tag:{TAG_COPY_SOURCE_REGION}", "Values": [HOME]},
-                ],
-                "MaxResults": 1000,
-            },
-        )
-        pending = sum(1 for _, _, state in copies if state == "pending")
-        self.dest_stub.add_response(
-            "describe_snapshots",
-            {
-                "Snapshots": [
-                    {"SnapshotId": f"snap-{n:017x}", "State": "pending", "StartTime": WHEN}
-                    for n in range(pending if in_flight is None else in_flight)
-                ]
-            },
-            {
-                "OwnerIds": ["self"],
-                "Filters": [
-                    {"Name": "status", "Values": ["pending"]},
                     {"Name": f"tag:{TAG_COPY_SOURCE_REGION}", "Values": [HOME]},
                 ],
                 "MaxResults": 1000,
@@ -283,8 +288,14 @@ def test_copy_errors_round_trip_and_fit_one_tag_for_three_regions() -> None:
 def test_only_the_missing_copy_is_claimed_and_started(world: World) -> None:
     world.finds((SNAP_A, "snap-copy-a", "completed"))
     world.copies(SNAP_B, "snap-copy-b")
+    world.home_stub.add_response(
+        "create_tags",
+        {},
+        {"Resources": [SNAP_A, SNAP_B], "Tags": [{"Key": TAG_COPIES, "Value": "copying"}]},
+    )
     progress = advance_copies(world.copier(), [TWO])
     assert progress.started == {DEST: 1}
+    assert progress.errors == []
     assert progress.finished == []  # the new copy is pending
     assert not world.claims.claim(DEST, SNAP_B)  # held by the advance that started it
     assert world.claims.claim(DEST, SNAP_A)  # never claimed: it existed
@@ -319,13 +330,45 @@ def test_a_failed_copy_fails_its_region_and_names_both_snapshots(world: World) -
 
 
 def test_copies_wait_while_the_destination_has_its_quota_in_flight(world: World) -> None:
-    world.finds(in_flight=20)
+    # a backlog of sets none of whose copies started costs no look-up in the destination
+    world.finds(in_flight=20, looks=False)
     progress = advance_copies(world.copier(), [TWO])
     assert progress.started == {}
     assert progress.queued == {DEST: 2}
     assert progress.backlog == 2
     assert progress.finished == []
     assert world.claims.claim(DEST, SNAP_A)  # nothing was claimed
+
+
+def test_a_set_whose_copies_started_is_looked_at_even_with_the_quota_in_flight(
+    world: World,
+) -> None:
+    copying = _set(
+        _snap(SNAP_A, "vol-0000000000000000a", **{TAG_COPIES: "copying"}),
+        _snap(SNAP_B, "vol-0000000000000000b", **{TAG_COPIES: "copying"}),
+    )
+    world.finds(
+        (SNAP_A, "snap-copy-a", "completed"), (SNAP_B, "snap-copy-b", "completed"), in_flight=20
+    )
+    [(source, report)] = advance_copies(world.copier(), [copying]).finished
+    assert source == copying
+    assert report.status == "succeeded"
+
+
+def test_only_as_many_waiting_sets_as_the_destination_has_room_for_are_looked_at(
+    world: World,
+) -> None:
+    sets = [
+        SourceSet("nightly", f"t{n}", IID, (_snap(f"snap-{n:017x}", f"vol-{n:017x}"),))
+        for n in range(1, 5)
+    ]
+    world.finds(in_flight=18)  # room for 2: the two oldest sets' copies are looked up
+    for n in (1, 2):
+        world.copies(f"snap-{n:017x}", f"snap-copy-{n}")
+    world.home_stub.add_response("create_tags", {}, {"Resources": ANY, "Tags": ANY})
+    progress = advance_copies(world.copier(), sets)
+    assert progress.started == {DEST: 2}
+    assert progress.queued == {DEST: 2}
 
 
 def test_a_quota_refusal_queues_the_rest_and_frees_the_claim(world: World) -> None:
@@ -443,7 +486,7 @@ def test_the_sweep_tags_sets_it_will_not_copy_so_they_are_listed_no_more(
         },
         {
             "OwnerIds": ["self"],
-            "Filters": [{"Name": f"tag:{TAG_COPIES}", "Values": [COPIES_PENDING]}],
+            "Filters": [{"Name": f"tag:{TAG_COPIES}", "Values": ["copying", "pending"]}],
             "MaxResults": 1000,
         },
     )

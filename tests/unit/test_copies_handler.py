@@ -81,7 +81,7 @@ def test_the_completion_event_shares_and_copies_and_the_sweep_reports_once(
     # moto's copies complete at once, but the advance that started them saw them start
     kinds = [json.loads(n["Message"])["kind"] for n in dr.messages()]
     assert kinds == ["completion"]
-    assert _copies_state(dr, ids) == {"pending"}
+    assert _copies_state(dr, ids) == {"copying"}
 
     swept = handler({COPY_SWEEP_KEY: {}}, context)
     assert swept["reported"] == 1
