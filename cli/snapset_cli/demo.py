@@ -3,9 +3,11 @@
 Synthesizes the stack (app.py with cdk.json's context), deploys it into a fresh local AWS, builds a
 small fleet from the configured policies' target tags, fires every policy's schedule, stops an
 instance and routes its state-change event through the deployed rules, invokes the function by
-hand, completes the snapshots and routes the completion events. Then it prints the snapshot sets
-and the SNS reports and checks them against what the policies say should have happened;
-the exit status is non-zero when anything diverges.
+hand, completes the snapshots and routes the completion events (which share the sets of a policy
+with `share_with_accounts` and start the copies of one with `copies`), then fires the deployed
+copy sweep, completes the copies and fires it again. Then it prints the snapshot sets, the
+copies and shares and the SNS reports and checks them against what the policies say should have
+happened; the exit status is non-zero when anything diverges.
 """
 
 from __future__ import annotations
@@ -30,10 +32,26 @@ from localaws.process import LocalAws, LocalAwsError
 from localaws.report_inbox import Report, ReportInbox
 from localaws.router import Router, instance_state_change_event
 from localaws.synth import PROJECT_ROOT, DeployError, synthesize
-from snapset_cli.demo_checks import Checks, Expected, group_sets, our_snapshots, tag_map, verify
+from snapset_cli.demo_checks import (
+    Checks,
+    Distributed,
+    Expected,
+    copy_regions,
+    distributed_sources,
+    group_sets,
+    our_snapshots,
+    read_distributed,
+    tag_map,
+    verify,
+    verify_distributed,
+)
 from snapset_cli.demo_fleet import (
+    COPY_SWEEP_KEY,
     EXCLUDE_TAG,
     TAG_CONSISTENCY,
+    TAG_COPIES,
+    TAG_COPY_OF,
+    TAG_INSTANCE_ID,
     DemoInstance,
     DemoVolume,
     Scenario,
@@ -151,6 +169,86 @@ def stored_reports(s3: Any, bucket: str) -> dict[str, Any]:
     return found
 
 
+def _copy_cell(made: Sequence[Mapping[str, Any]]) -> str:
+    if not made:
+        return "-"
+    return ", ".join(f"{c['SnapshotId']} {c['State']}" for c in made)
+
+
+def _copy_report_line(report: Report, names: Mapping[str, str]) -> str:
+    message = report.message if isinstance(report.message, dict) else {}
+    regions = []
+    for entry in message.get("regions", []):
+        retention = entry.get("retention") or {}
+        kept = (
+            f", retention kept {retention.get('kept', 0)} deleted "
+            f"{len(retention.get('deleted', []))}"
+            if retention
+            else ""
+        )
+        regions.append(
+            f"{entry.get('region')} {entry.get('status')} "
+            f"({len(entry.get('copies', []))} copies{kept})"
+        )
+    instance = names.get(message.get("instance_id", ""), message.get("instance_id", "?"))
+    return (
+        f"  copy report {message.get('policy', '?')} {instance}: {report.status or '?'}: "
+        f"{'; '.join(regions) or 'no regions'}"
+    )
+
+
+def print_distributed(
+    out: Out,
+    *,
+    expected: Sequence[Expected],
+    snapshots: Sequence[dict[str, Any]],
+    distributed: Distributed,
+    reports: Sequence[Report],
+    fleet: Sequence[DemoInstance],
+) -> None:
+    """The sets of policies with copies or shares: each source snapshot, who it is shared
+    with, its copies-tag and its copy in each destination region; then each copy report."""
+    sources = distributed_sources(expected, snapshots)
+    if not sources:
+        return
+    names = {i.instance_id: i.name for i in fleet}
+    volumes = {v.volume_id: v.name for i in fleet for v in i.volumes}
+    regions = copy_regions(expected)
+    out.heading(f"Copies and shares ({len(sources)} source snapshots)")
+    rows = []
+    for snap in sorted(sources, key=lambda s: volumes.get(s["VolumeId"], s["VolumeId"])):
+        tags = tag_map(snap.get("Tags"))
+        shared = [
+            p.get("UserId") or f"group {p.get('Group')}"
+            for p in distributed.permissions.get(snap["SnapshotId"], [])
+        ]
+        copies = [
+            _copy_cell(
+                [
+                    c
+                    for c in distributed.copies.get(region, [])
+                    if tag_map(c.get("Tags")).get(TAG_COPY_OF) == snap["SnapshotId"]
+                ]
+            )
+            for region in regions
+        ]
+        rows.append(
+            [
+                names.get(tags.get(TAG_INSTANCE_ID, ""), "?"),
+                snap["SnapshotId"],
+                volumes.get(snap["VolumeId"], snap["VolumeId"]),
+                ", ".join(shared) or "-",
+                tags.get(TAG_COPIES, "-"),
+                *copies,
+            ]
+        )
+    header = ["INSTANCE", "SNAPSHOT", "VOLUME", "SHARED WITH", TAG_COPIES.upper()]
+    out.table([*header, *(f"COPY IN {r}" for r in regions)], rows)
+    for report in reports:
+        if report.kind == "copy":
+            out.line(_copy_report_line(report, names))
+
+
 def print_reports(out: Out, reports: Sequence[Report]) -> None:
     out.heading(f"SNS reports ({len(reports)}, read through an SQS subscription)")
     out.table(
@@ -185,6 +283,7 @@ class Demo:
     router: Router
     ec2: Any
     expected: list[Expected] = field(default_factory=list)
+    copy_sweep: dict[str, Any] | None = None  # the deployed copy sweep schedule
 
     def targets(self, policy: Mapping[str, Any]) -> list[DemoInstance]:
         """The fleet's instances a policy targets, by its instance ids or its target tags."""
@@ -211,6 +310,10 @@ class Demo:
     def fire_schedules(self) -> None:
         for schedule in self.router.schedules():
             payload = json.loads(schedule["Target"]["Input"])
+            if COPY_SWEEP_KEY in payload:
+                # No policy's run: it has work only once sets complete (`copy`).
+                self.copy_sweep = schedule
+                continue
             policy = {k: v for k, v in payload.items() if k != "schedule"}
             timezone = schedule.get("ScheduleExpressionTimezone", "UTC")
             self.out.line(
@@ -276,6 +379,53 @@ class Demo:
             f"    -> {len(invocations)} event(s) to the completion rule, "
             f"{reports} completion report(s)"
         )
+        names = {i.instance_id: i.name for i in self.scenario.fleet}
+        for inv in invocations:
+            result = inv.result if isinstance(inv.result, dict) else {}
+            for report in result.get("reports", []):
+                if shares := report.get("shares"):
+                    self.out.line(
+                        f"    {report.get('policy')}: set of "
+                        f"{names.get(report.get('instance_id'), report.get('instance_id'))} "
+                        f"shared with {', '.join(shares.get('accounts', []))} "
+                        f"({len(shares.get('shared', []))} snapshots, "
+                        f"{len(shares.get('errors', []))} errors)"
+                    )
+
+    def _in_flight(self) -> str:
+        pending: dict[str, int] = defaultdict(int)
+        for copy in self.aws.copies_state()["pending"]:
+            pending[copy["region"]] += 1
+        return ", ".join(f"{n} in {region}" for region, n in pending.items()) or "none"
+
+    def _sweep(self, schedule: Mapping[str, Any], when: str) -> None:
+        timezone = schedule.get("ScheduleExpressionTimezone", "UTC")
+        self.out.line(f"  copy sweep ({schedule['ScheduleExpression']} {timezone}) fires {when}")
+        inv = self.router.fire_schedule(
+            schedule["Name"], group=schedule.get("GroupName", "default")
+        )
+        result = inv.result if isinstance(inv.result, dict) else {}
+        state = self.out.good("ok") if inv.ok else self.out.bad(f"raised {inv.error!r}")
+        started = sum((result.get("started") or {}).values())
+        queued = sum((result.get("queued") or {}).values())
+        self.out.line(
+            f"    -> {state}: {started} copies started, {queued} queued, "
+            f"{result.get('reported', 0)} copy report(s); in flight: {self._in_flight()} "
+            f"({inv.seconds:.2f} s)"
+        )
+
+    def copy(self) -> None:
+        """The deployed copy sweep while the copies started by the completion events are in
+        flight (nothing to report), then once they completed (each set reported)."""
+        schedule = self.copy_sweep
+        if schedule is None:
+            self.out.line("  (no configured policy copies its sets: no copy sweep)")
+            return
+        self.out.line(f"  copies the completion events started, in flight: {self._in_flight()}")
+        self._sweep(schedule, "now")
+        completed = self.aws.complete_copies()
+        self.out.line(f"  EBS completes {len(completed)} copies in their regions")
+        self._sweep(schedule, "again")
 
 
 @contextlib.contextmanager
@@ -298,7 +448,7 @@ def _server_environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
-def print_checks(out: Out, checks: Checks) -> None:
+def print_checks(out: Out, checks: Checks, *, copies: bool) -> None:
     out.heading("4. Checks")
     for failure in checks.failed:
         out.line(f"  {out.bad('FAIL')} {failure}")
@@ -309,8 +459,14 @@ def print_checks(out: Out, checks: Checks) -> None:
         f"all {len(checks.passed)} checks passed: one set per instance per trigger with "
         "exactly the planned volumes, excluded volumes absent, the volume's, the policy's "
         "and the managed tags on every snapshot, pre script -> CreateSnapshots -> post script "
-        "on the application-consistent instance, nothing outside the policies, every report "
-        "on the topic"
+        "on the application-consistent instance, "
+        + (
+            "the copying policy's set shared with its accounts and copied once per snapshot "
+            "to each of its regions, reported once and tagged done, "
+            if copies
+            else ""
+        )
+        + "nothing outside the policies, every report on the topic"
     )
     lines = textwrap.wrap(text, 96)
     out.line(f"  {out.good('ok')} {lines[0]}")
@@ -355,13 +511,25 @@ def run(out: Out, verbose: bool, project_root: Path) -> int:
             demo.stop_instance()
             demo.invoke_by_hand()
             demo.complete()
+            demo.copy()
         finally:
             router.close()
         snapshots = our_snapshots(ec2)
+        distributed = read_distributed(
+            ec2, lambda region: aws.client("ec2", region_name=region), demo.expected, snapshots
+        )
         ssm_log = aws.ssm_log()
         reports = inbox.drain()
         full_reports = stored_reports(aws.client("s3"), deployment.outputs["ReportBucket"])
     print_sets(out, demo.expected, snapshots, scenario.fleet)
+    print_distributed(
+        out,
+        expected=demo.expected,
+        snapshots=snapshots,
+        distributed=distributed,
+        reports=reports,
+        fleet=scenario.fleet,
+    )
     print_reports(out, reports)
     checks = Checks(out)
     verify(
@@ -374,7 +542,14 @@ def run(out: Out, verbose: bool, project_root: Path) -> int:
         invocations=router.invocations,
         ssm_log=ssm_log,
     )
-    print_checks(out, checks)
+    verify_distributed(
+        checks,
+        expected=demo.expected,
+        snapshots=snapshots,
+        distributed=distributed,
+        reports=reports,
+    )
+    print_checks(out, checks, copies=bool(copy_regions(demo.expected)))
     out.line()
     out.line(out.dim(f"Done in {time.monotonic() - started:.1f} s; the local AWS is stopped."))
     return 1 if checks.failed else 0

@@ -7,7 +7,7 @@ product fails the demo instead of passing it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,11 +15,14 @@ from localaws.lambda_runtime import Invocation
 from localaws.report_inbox import Report
 from snapset_cli.demo_fleet import (
     TAG_CONSISTENCY,
+    TAG_COPIES,
+    TAG_COPY_OF,
     TAG_INSTANCE_ID,
     TAG_POLICY,
     TAG_TRIGGER_ID,
     DemoInstance,
     DemoVolume,
+    distributes,
 )
 from snapset_cli.render import Out
 
@@ -291,3 +294,219 @@ def verify(
     states = {s["State"] for s in snapshots}
     checks.check(states <= {"completed"}, "every snapshot completed", f"states {states}")
     _check_reports(checks, expected, len(wanted), reports, full_reports)
+
+
+# --- copies to other regions and shares with other accounts ---------------------------------
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """What the local AWS holds of the sets of policies with copies or shares: each source
+    snapshot's `createVolumePermission` entries (DescribeSnapshotAttribute) and, per
+    destination region, every snapshot there tagged `snapset:copy-of`."""
+
+    permissions: Mapping[str, Sequence[Mapping[str, str]]]
+    copies: Mapping[str, Sequence[Mapping[str, Any]]]
+
+
+def copy_regions(expected: Sequence[Expected]) -> list[str]:
+    """The destination regions of the expected runs' policies, in the policies' order."""
+    regions: list[str] = []
+    for exp in expected:
+        for rule in exp.policy.get("copies") or []:
+            if rule["region"] not in regions:
+                regions.append(rule["region"])
+    return regions
+
+
+def distributed_sources(
+    expected: Sequence[Expected], snapshots: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The snapshots of the expected runs' policies that copy or share their sets."""
+    names = {exp.policy["policy"] for exp in expected if distributes(exp.policy)}
+    return [s for s in snapshots if tag_map(s.get("Tags")).get(TAG_POLICY) in names]
+
+
+def read_distributed(
+    ec2: Any,
+    ec2_in: Callable[[str], Any],
+    expected: Sequence[Expected],
+    snapshots: Sequence[dict[str, Any]],
+) -> Distributed:
+    """Read the shares of the copying and sharing policies' snapshots at home (`ec2`) and the
+    copies in each destination region (`ec2_in(region)` is that region's client)."""
+    permissions = {
+        s["SnapshotId"]: ec2.describe_snapshot_attribute(
+            SnapshotId=s["SnapshotId"], Attribute="createVolumePermission"
+        )["CreateVolumePermissions"]
+        for s in distributed_sources(expected, snapshots)
+    }
+    copies: dict[str, list[dict[str, Any]]] = {}
+    for region in copy_regions(expected):
+        pages = (
+            ec2_in(region)
+            .get_paginator("describe_snapshots")
+            .paginate(OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [TAG_COPY_OF]}])
+        )
+        copies[region] = [snap for page in pages for snap in page["Snapshots"]]
+    return Distributed(permissions, copies)
+
+
+def _reports_of(
+    reports: Sequence[Report], kind: str, exp: Expected, inst: DemoInstance
+) -> list[Report]:
+    return [
+        r
+        for r in reports
+        if r.kind == kind
+        and isinstance(r.message, dict)
+        and r.message.get("policy") == exp.policy["policy"]
+        and r.message.get("instance_id") == inst.instance_id
+        and (r.message.get("trigger") or {}).get("id") == exp.trigger_id
+    ]
+
+
+def _check_shares(
+    checks: Checks,
+    exp: Expected,
+    inst: DemoInstance,
+    *,
+    ids: Sequence[str],
+    permissions: Mapping[str, Sequence[Mapping[str, str]]],
+    reports: Sequence[Report],
+) -> None:
+    """Every snapshot of the set readable by exactly the policy's accounts (no one else, not
+    public), and the set's completion report naming those shares without an error."""
+    label, accounts = exp.label, sorted(exp.policy["share_with_accounts"])
+    want = [("UserId", a) for a in accounts]
+    wrong = {
+        sid: got
+        for sid in ids
+        if (got := sorted(kv for p in permissions.get(sid, []) for kv in p.items())) != want
+    }
+    checks.check(
+        not wrong,
+        f"{label}: {inst.name}'s set is shared with {', '.join(accounts)} (every snapshot)",
+        f"createVolumePermission {wrong}",
+    )
+    completions = _reports_of(reports, "completion", exp, inst)
+    reported = [r.message.get("shares") for r in completions]
+    want_shares = {"accounts": accounts, "shared": sorted(ids), "errors": []}
+    got_shares = [
+        {
+            "accounts": sorted(r.get("accounts", [])),
+            "shared": sorted(r.get("shared", [])),
+            "errors": list(r.get("errors", [])),
+        }
+        if isinstance(r, dict)
+        else r
+        for r in reported
+    ]
+    checks.check(
+        got_shares == [want_shares],
+        f"{label}: {inst.name}'s completion report names its shares",
+        f"got {reported}",
+    )
+
+
+def _check_copies(
+    checks: Checks,
+    exp: Expected,
+    inst: DemoInstance,
+    *,
+    got: Sequence[dict[str, Any]],
+    copies: Mapping[str, Sequence[Mapping[str, Any]]],
+    reports: Sequence[Report],
+) -> None:
+    """One completed copy of each snapshot in each of the policy's regions, one copy report
+    of the set (succeeded, every region completed), and the set tagged `snapset:copies=done`."""
+    label = exp.label
+    ids = sorted(s["SnapshotId"] for s in got)
+    regions = [rule["region"] for rule in exp.policy["copies"]]
+    for region in regions:
+        found: dict[str, list[tuple[str, str]]] = {sid: [] for sid in ids}
+        for copy in copies.get(region, []):
+            source = tag_map(copy.get("Tags")).get(TAG_COPY_OF, "")
+            if source in found:
+                found[source].append((copy["SnapshotId"], copy["State"]))
+        wrong = {sid: made for sid, made in found.items() if [s for _, s in made] != ["completed"]}
+        checks.check(
+            not wrong,
+            f"{label}: {inst.name}: one completed copy of each of its {len(ids)} snapshots "
+            f"in {region}",
+            f"(copy, state) by source {wrong}",
+        )
+    sent = _reports_of(reports, "copy", exp, inst)
+    checks.check(len(sent) == 1, f"{label}: {inst.name}: one copy report", f"got {len(sent)}")
+    outcome = [
+        (r.status, {g.get("region"): g.get("status") for g in r.message.get("regions", [])})
+        for r in sent
+    ]
+    want = ("succeeded", dict.fromkeys(regions, "completed"))
+    checks.check(
+        all(o == want for o in outcome),
+        f"{label}: {inst.name}: its copy report succeeded, every region completed",
+        f"got {outcome}",
+    )
+    pending = {
+        s["SnapshotId"]: tags.get(TAG_COPIES)
+        for s in got
+        if (tags := tag_map(s.get("Tags"))).get(TAG_COPIES) != "done"
+    }
+    checks.check(
+        not pending, f"{label}: {inst.name}'s set is tagged {TAG_COPIES}=done", f"{pending}"
+    )
+
+
+def verify_distributed(
+    checks: Checks,
+    *,
+    expected: Sequence[Expected],
+    snapshots: Sequence[dict[str, Any]],
+    distributed: Distributed,
+    reports: Sequence[Report],
+) -> None:
+    """Check the sets of policies with `share_with_accounts` or `copies` against those
+    policies, once their completion events were routed and the copy sweep reported them:
+    shared with exactly the policy's accounts, one completed copy of each snapshot per
+    destination region, one succeeded copy report per set, the set tagged done; and no
+    other copy or copy report exists."""
+    groups = group_sets(snapshots)
+    copied: set[str] = set()
+    copied_sets = 0
+    for exp in expected:
+        if not distributes(exp.policy) or exp.trigger_id is None:
+            continue
+        for inst in exp.instances:
+            if not planned_volumes(exp.policy, inst)[0]:
+                continue
+            got = groups.get((exp.policy["policy"], exp.trigger_id, inst.instance_id), [])
+            if not checks.check(bool(got), f"{exp.label}: {inst.name} has a set to distribute"):
+                continue
+            ids = [s["SnapshotId"] for s in got]
+            if exp.policy.get("share_with_accounts"):
+                _check_shares(
+                    checks,
+                    exp,
+                    inst,
+                    ids=ids,
+                    permissions=distributed.permissions,
+                    reports=reports,
+                )
+            if exp.policy.get("copies"):
+                copied_sets += 1
+                copied.update(ids)
+                _check_copies(
+                    checks, exp, inst, got=got, copies=distributed.copies, reports=reports
+                )
+    copy_reports = [r for r in reports if r.kind == "copy"]
+    checks.check(
+        len(copy_reports) == copied_sets,
+        f"{copied_sets} copy report(s) on the topic (one per copied set)",
+        f"got {len(copy_reports)}",
+    )
+    for region, made in distributed.copies.items():
+        stray = sorted(
+            c["SnapshotId"] for c in made if tag_map(c.get("Tags")).get(TAG_COPY_OF) not in copied
+        )
+        checks.check(not stray, f"no other copies in {region}", f"{stray}")

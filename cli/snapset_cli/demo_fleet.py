@@ -13,6 +13,10 @@ TAG_POLICY = "snapset:policy"
 TAG_TRIGGER_ID = "snapset:trigger-id"
 TAG_INSTANCE_ID = "snapset:instance-id"
 TAG_CONSISTENCY = "snapset:consistency"
+TAG_COPIES = "snapset:copies"
+TAG_COPY_OF = "snapset:copy-of"
+# The deployed copy sweep schedule's input (`{"copy_sweep": {}}`).
+COPY_SWEEP_KEY = "copy_sweep"
 EXCLUDE_TAG = ("Snapset", "exclude")
 MANUAL_POLICY = "manual-db"
 
@@ -95,19 +99,32 @@ class Scenario:
     manual_target: DemoInstance
 
 
+def distributes(policy: Mapping[str, Any]) -> bool:
+    """Whether a policy copies its sets to other regions or shares them with other accounts."""
+    return bool(policy.get("copies") or policy.get("share_with_accounts"))
+
+
 def build_fleet(ec2: Any, policies: Sequence[Mapping[str, Any]]) -> Scenario:
-    """Six instances, and a seventh for a policy with scripts, tagged from the configured
-    policies' target tags.
+    """Six instances, a seventh for a policy with scripts and an eighth for a policy with
+    copies or shares, tagged from the configured policies' target tags.
 
     web-1, web-2, batch-1 (stopped) and api-1 (root volume only) carry the scheduled policy's
     target tags, web-2 also the stop policy's; db-1 is snapshotted by hand with a data volume
     excluded by tag; dev-1 looks like a target but matches no policy; pg-1 carries the target
-    tags of the first policy with pre and post scripts (an application-consistent set).
+    tags of the first policy with pre and post scripts (an application-consistent set); dr-1
+    those of the first scheduled policy with copies or shares (a set copied to other regions
+    and shared with other accounts).
     """
     scheduled = next(
-        (dict(p) for p in policies if p.get("schedules") and not p.get("scripts")), None
+        (
+            dict(p)
+            for p in policies
+            if p.get("schedules") and not p.get("scripts") and not distributes(p)
+        ),
+        None,
     )
     consistent = next((dict(p) for p in policies if p.get("scripts")), None)
+    distributed = next((dict(p) for p in policies if p.get("schedules") and distributes(p)), None)
     on_stop = next(
         (dict(p) for p in policies if "stopped" in p.get("on_instance_states", ())), None
     )
@@ -160,6 +177,19 @@ def build_fleet(ec2: Any, policies: Sequence[Mapping[str, Any]]) -> Scenario:
                 data=[("pgdata", {"App": "postgres", "Disk": "data"})],
                 role=f"application-consistent: {consistent['scripts']['document']} pre/post "
                 "scripts through SSM",
+            )
+        )
+    if distributed is not None and distributed.get("target_tags"):
+        regions = [c["region"] for c in distributed.get("copies", [])]
+        accounts = distributed.get("share_with_accounts", [])
+        shows = [f"copied to {', '.join(regions)}"] if regions else []
+        shows += [f"shared with {', '.join(accounts)}"] if accounts else []
+        fleet.append(
+            launch(
+                name="dr-1",
+                tags=_target_tags(distributed),
+                data=[("data", {"App": "orders", "Disk": "data"})],
+                role=f"{distributed['policy']}: {', '.join(shows)}",
             )
         )
     by_name = {i.name: i for i in fleet}
