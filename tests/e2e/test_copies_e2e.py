@@ -130,39 +130,42 @@ def test_a_completed_set_is_shared_copied_to_each_region_and_reported_once(
     assert copy_reports(inbox) == []
 
 
-def test_copies_beyond_the_concurrent_quota_wait_instead_of_failing(
+def test_the_21st_concurrent_copy_waits_instead_of_failing(
     copies: LocalAws, router: Router, fleet: Fleet, inbox: ReportInbox, ec2: Any
 ) -> None:
-    copies.set_copies(concurrent_limit=3)
-    apps = [fleet.launch(DR_TAGS, data=[]) for _ in range(4)]  # one root volume each
-    # someone else's copy holds one of the destination's slots
+    sets = 20  # EBS's quota: 20 copies in flight per destination region
+    apps = [fleet.launch(DR_TAGS, data=[]) for _ in range(sets)]  # one root volume each
+    # someone else's copy holds one of us-west-2's slots
     foreign = ec2.create_snapshot(VolumeId=apps[0].root_volume_id)["SnapshotId"]
     copies.complete_snapshots()
     west = in_region(copies, WEST)
     west.copy_snapshot(SourceRegion=HOME, SourceSnapshotId=foreign)
 
     _, sources, events = night(copies, router, [a.instance_id for a in apps])
-    assert len(events) == len(apps)  # one completion event per set
+    assert len(events) == sets  # one completion event per set
     for event in events:
         event.unwrap()
 
-    # the function counts only its own copies in flight: it starts 2, then the quota (3, one
-    # taken by the foreign copy) refuses the third, and the rest wait
-    assert len(copies_of(west, sources)) == 2
+    # us-west-2 took 19 of Snapset's copies beside the foreign one: EBS refused the 21st
+    # (ResourceLimitExceeded), and it waits; eu-west-1 took all 20
+    assert len(copies_of(west, sources)) == sets - 1
+    assert len(copies_of(in_region(copies, IRELAND), sources)) == sets
     summary = sweep(router)
-    assert summary["queued"][WEST] == 2
-    assert summary["started"].get(WEST, 0) == 0
+    assert summary["queued"] == {WEST: 1}
+    assert summary["started"] == {}
     assert copy_reports(inbox) == []
 
-    copies.complete_copies()  # the slots free; the queued copies start, oldest set first
+    copies.complete_copies()  # the slots free; the waiting copy starts
     summary = sweep(router)
-    assert summary["started"][WEST] == 2
-    assert len(copies_of(west, sources)) == 4
+    assert summary["started"] == {WEST: 1}
+    assert summary["reported"] == sets - 1
+    assert len(copies_of(west, sources)) == sets
     copies.complete_copies()
-    sweep(router)
+    assert sweep(router)["reported"] == 1
     reports = copy_reports(inbox)
-    assert len(reports) == 4
+    assert len(reports) == sets
     assert {r.status for r in reports} == {"succeeded"}
+    assert sorted(r.message["instance_id"] for r in reports) == sorted(a.instance_id for a in apps)
 
 
 def test_destination_retention_deletes_an_expired_copy_set_and_nothing_else(
