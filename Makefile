@@ -68,6 +68,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/nightly_budget.py
 	$(PY) benchmarks/c7n_compare.py
 	$(PY) benchmarks/app_consistent.py
+	$(PY) benchmarks/copy_calls.py
 
 # Mutation testing (mutmut) of retention (its preview and protection checks), idempotency, snapshots, report and pacing against the fast
 # tests; survivors are explained in mutation/survivors.txt. Slow, so not part of `make test`.
