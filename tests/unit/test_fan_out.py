@@ -450,6 +450,39 @@ def test_a_task_may_not_bring_its_own_retention(
     assert [c for c in calls if c.startswith("ec2:")] == []
 
 
+@pytest.mark.parametrize(
+    "forged_fields",
+    [
+        {"copies": [{"region": "ap-south-1"}]},
+        {"share_with_accounts": ["444455556666"]},
+    ],
+    ids=["copies", "shares"],
+)
+def test_a_task_may_not_bring_its_own_copies_or_shares(
+    aws: Aws,
+    context: LambdaContext,
+    monkeypatch: pytest.MonkeyPatch,
+    forged_fields: dict[str, Any],
+) -> None:
+    """Copies and shares come from the stack only, as retention does: a forged batch task that
+    would copy to another region or share with another account makes no EC2 call."""
+    ids = _fleet(aws, 5)
+    _tight(monkeypatch, context)
+    handler({"policy": "p", "target_tags": TAGS, "request_id": "r1"}, context)
+    run = _run(aws)
+    forged = {
+        **run,
+        "request": {**run["request"], "policy": {**run["request"]["policy"], **forged_fields}},
+    }
+    calls = _count_calls(monkeypatch)
+    with pytest.raises(InvalidInput, match="copies and shares of 'p' are not its deployed ones"):
+        handler(
+            {"snapset_task": "batch", "run": forged, "batch": {"index": 0, "instance_ids": ids}},
+            context,
+        )
+    assert [c for c in calls if c.startswith("ec2:")] == []
+
+
 def test_a_delivery_after_the_execution_closed_reports_it_and_starts_nothing(
     aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
