@@ -519,7 +519,7 @@ def _copies_policy(scope: Construct, role: iam.IRole, config: SnapsetConfig) -> 
     """Copies into other regions and shares with other accounts, for the deployed policies that
     have them; None when no policy copies or shares, so a payload can neither copy nor share.
 
-    In the stack's region: re-tagging a copying policy's sets (`snapset:copies`,
+    In the stack's region: re-tagging the sets still waiting for copies (`snapset:copies`,
     `snapset:copy-errors` only), sharing a sharing policy's sets with its own accounts only
     (`createVolumePermission`, never a group such as `all`), and reading them as the source of
     CopySnapshot from requests to the destination regions. In each destination region:
