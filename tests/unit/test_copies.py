@@ -19,12 +19,17 @@ from snapset.copies import (
     Copier,
     CopyClaims,
     CopyingPolicy,
+    CopyRecord,
+    CopyReport,
     SourceSet,
     SourceSnapshot,
     advance_copies,
     copy_snapshot_request,
+    describe_sets,
+    find_copies,
     format_copy_errors,
     parse_copy_errors,
+    publish_copy_report,
     share_set,
     sweep_copies,
 )
@@ -138,12 +143,16 @@ class World:
         )
 
     def finds(
-        self, *copies: tuple[str, str, str], in_flight: int | None = None, looks: bool = True
+        self,
+        *copies: tuple[str, ...],
+        in_flight: int | None = None,
+        looks: bool = True,
+        sources: list[str] | None = None,
     ) -> None:
         """The destination's look-ups: the count of Snapset's copies in flight there, then
         (`looks`: some set has room or copies started) the copies by source, given as
-        `(source, copy, state)`."""
-        pending = sum(1 for _, _, state in copies if state == "pending")
+        `(source, copy, state[, state message])`, asked for exactly `sources` when given."""
+        pending = sum(1 for found in copies if found[2] == "pending")
         self.dest_stub.add_response(
             "describe_snapshots",
             {
@@ -168,18 +177,19 @@ class World:
             {
                 "Snapshots": [
                     {
-                        "SnapshotId": copy,
-                        "State": state,
+                        "SnapshotId": found[1],
+                        "State": found[2],
                         "StartTime": WHEN,
-                        "Tags": [{"Key": TAG_COPY_OF, "Value": source}],
+                        "Tags": [{"Key": TAG_COPY_OF, "Value": found[0]}],
+                        **({"StateMessage": found[3]} if len(found) > 3 else {}),
                     }
-                    for source, copy, state in copies
+                    for found in copies
                 ]
             },
             {
                 "OwnerIds": ["self"],
                 "Filters": [
-                    {"Name": f"tag:{TAG_COPY_OF}", "Values": ANY},
+                    {"Name": f"tag:{TAG_COPY_OF}", "Values": ANY if sources is None else sources},
                     {"Name": f"tag:{TAG_COPY_SOURCE_REGION}", "Values": [HOME]},
                 ],
                 "MaxResults": 1000,
@@ -320,13 +330,19 @@ def test_a_set_is_reported_once_every_copy_completed(world: World) -> None:
 
 
 def test_a_failed_copy_fails_its_region_and_names_both_snapshots(world: World) -> None:
-    world.finds((SNAP_A, "snap-copy-a", "completed"), (SNAP_B, "snap-copy-b", "error"))
+    world.finds(
+        (SNAP_A, "snap-copy-a", "completed"),
+        (SNAP_B, "snap-copy-b", "error", "Given key ID is not accessible"),
+    )
     [(_, report)] = advance_copies(world.copier(), [TWO]).finished
     assert report.status == "failed"
     error = report.regions[0].copies[1].error
     assert error is not None
+    assert error.code == "CopyFailed"
     assert "snap-copy-b" in error.message
     assert SNAP_B in error.message
+    assert "Given key ID is not accessible" in error.message
+    assert report.regions[0].copies[0].error is None
 
 
 def test_copies_wait_while_the_destination_has_its_quota_in_flight(world: World) -> None:
@@ -362,7 +378,8 @@ def test_only_as_many_waiting_sets_as_the_destination_has_room_for_are_looked_at
         SourceSet("nightly", f"t{n}", IID, (_snap(f"snap-{n:017x}", f"vol-{n:017x}"),))
         for n in range(1, 5)
     ]
-    world.finds(in_flight=18)  # room for 2: the two oldest sets' copies are looked up
+    # room for 2: only the two oldest sets' copies are looked up
+    world.finds(in_flight=18, sources=[f"snap-{n:017x}" for n in (1, 2)])
     for n in (1, 2):
         world.copies(f"snap-{n:017x}", f"snap-copy-{n}")
     world.home_stub.add_response("create_tags", {}, {"Resources": ANY, "Tags": ANY})
@@ -617,3 +634,119 @@ def test_a_schedule_carrying_its_deployed_copies_runs() -> None:
         share_with_accounts=["111122223333"],
     )
     assert with_deployed_copies(request, DEPLOYED).policy.copies == [CopyRule(region=DEST)]
+
+
+def test_of_two_copies_of_one_source_the_best_counts(world: World) -> None:
+    world.finds(
+        (SNAP_A, "snap-copy-failed", "error"),
+        (SNAP_A, "snap-copy-done", "completed"),
+        (SNAP_A, "snap-copy-later", "pending"),
+        (SNAP_B, "snap-copy-b1", "pending"),
+        (SNAP_B, "snap-copy-b2", "completed"),
+        (SNAP_B, "snap-copy-b3", "error"),
+    )
+    progress = advance_copies(world.copier(), [TWO])
+    [(_, report)] = progress.finished
+    assert report.status == "succeeded"
+    assert [c.snapshot_id for c in report.regions[0].copies] == ["snap-copy-done", "snap-copy-b2"]
+    assert progress.started == {}
+
+
+def test_a_destination_that_cannot_be_read_takes_no_copy_and_says_why(world: World) -> None:
+    world.dest_stub.add_client_error("describe_snapshots", "UnauthorizedOperation", "denied")
+    progress = advance_copies(world.copier(), [TWO])
+    assert progress.started == {}
+    assert progress.queued == {DEST: 2}
+    [error] = progress.errors
+    assert f"DescribeSnapshots in {DEST} failed: UnauthorizedOperation" in error
+    assert "denied" in error
+
+
+def test_the_set_and_snapshot_look_ups_ask_exactly_for_them() -> None:
+    ec2 = boto3.client("ec2", region_name=HOME)
+    raw = {
+        "SnapshotId": SNAP_A,
+        "VolumeId": "vol-0000000000000000a",
+        "State": "completed",
+        "StartTime": WHEN,
+        "Tags": [{"Key": k, "Value": v} for k, v in _tags().items()],
+    }
+    with Stubber(ec2) as stub:
+        stub.add_response(
+            "describe_snapshots",
+            {"Snapshots": [raw]},
+            {"OwnerIds": ["self"], "Filters": [{"Name": "snapshot-id", "Values": [SNAP_A]}]},
+        )
+        [source] = describe_sets(ec2, [SNAP_A])
+        stub.add_response(
+            "describe_snapshots",
+            {"Snapshots": [], "NextToken": "t"},
+            {
+                "OwnerIds": ["self"],
+                "Filters": [
+                    {"Name": f"tag:{TAG_COPY_OF}", "Values": [SNAP_A]},
+                    {"Name": f"tag:{TAG_COPY_SOURCE_REGION}", "Values": [HOME]},
+                ],
+                "MaxResults": 1000,
+            },
+        )
+        stub.add_response(
+            "describe_snapshots",
+            {
+                "Snapshots": [
+                    {
+                        "SnapshotId": "snap-copy-a",
+                        "State": "error",
+                        "StartTime": WHEN,
+                        "StateMessage": "why",
+                        "Tags": [{"Key": TAG_COPY_OF, "Value": SNAP_A}],
+                    }
+                ]
+            },
+            {
+                "OwnerIds": ["self"],
+                "Filters": [
+                    {"Name": f"tag:{TAG_COPY_OF}", "Values": [SNAP_A]},
+                    {"Name": f"tag:{TAG_COPY_SOURCE_REGION}", "Values": [HOME]},
+                ],
+                "MaxResults": 1000,
+                "NextToken": "t",
+            },
+        )
+        found = find_copies(ec2, HOME, [SNAP_A])
+        stub.assert_no_pending_responses()
+    assert (source.key, source.state, source.snapshot_ids) == (
+        ("nightly", TRIGGER, IID),
+        COPIES_PENDING,
+        [SNAP_A],
+    )
+    assert source.snapshots[0].volume_id == "vol-0000000000000000a"
+    assert found == {SNAP_A: CopyRecord("snap-copy-a", SNAP_A, "error", "why")}
+
+
+def test_the_copy_report_message_subject_and_attributes() -> None:
+    sns = boto3.client("sns", region_name=HOME)
+    report = CopyReport(
+        policy="nightly",
+        instance_id=IID,
+        trigger={"id": TRIGGER},
+        source_region=HOME,
+        status="partial",
+        regions=(),
+    )
+    with Stubber(sns) as stub:
+        stub.add_response(
+            "publish",
+            {"MessageId": "m"},
+            {
+                "TopicArn": "arn:aws:sns:us-east-1:123456789012:t",
+                "Subject": f"Snapset nightly: copies of {IID}'s set partial (0 copies in )",
+                "Message": ANY,
+                "MessageAttributes": {
+                    "status": {"DataType": "String", "StringValue": "partial"},
+                    "policy": {"DataType": "String", "StringValue": "nightly"},
+                    "kind": {"DataType": "String", "StringValue": "copy"},
+                },
+            },
+        )
+        assert publish_copy_report(sns, "arn:aws:sns:us-east-1:123456789012:t", report) == "m"
