@@ -22,7 +22,6 @@ import heapq
 import itertools
 import logging
 import re
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +36,7 @@ from moto.ec2.utils import random_snapshot_id
 from moto.kms.models import KmsBackend, kms_backends
 
 from localaws.clock import CLOCK, Clock
+from localaws.due_queue import DueQueue
 from localaws.ec2_snapshots import (
     SNAPSHOT_DETAIL_TYPE,
     _parse_tag_specifications,  # CreateSnapshots' tag rules, which CopySnapshot shares
@@ -165,26 +165,22 @@ class _Copy:
         }
 
 
-class CopyEmulator:
+class CopyEmulator(DueQueue["_Copy"]):
     """Pending snapshot copies, their completion on the server clock (after ``delay`` seconds;
     ``None``: only `complete_all`), the concurrent-copy limit and injected failures."""
 
     def __init__(
         self, events: EventSink, default_delay: float | None = 0.5, clock: Clock = CLOCK
     ) -> None:
+        super().__init__(clock, "localaws-copies")
         self.events = events
-        self.clock = clock
         self.default_delay = default_delay
         self.delay = default_delay
         self.concurrent_limit = DEFAULT_CONCURRENT_LIMIT
         self.fail_sources: dict[str, str] = {}  # source snapshot id -> the failed copy's cause
-        self._cond = threading.Condition()
-        self._heap: list[_Copy] = []
         self._done: list[dict[str, Any]] = []
         self._seq = itertools.count()
         self._generation = 0  # bumped by reset(): copies of an older generation are dropped
-        self._stopped = False
-        self._thread: threading.Thread | None = None
 
     # configuration and state
     def configure(self, body: Mapping[str, Any]) -> None:
@@ -285,14 +281,6 @@ class CopyEmulator:
             return snapshot
 
     # completion
-    def _pop(self, *, everything: bool) -> list[_Copy]:
-        now = self.clock.monotonic()
-        with self._cond:
-            taken = []
-            while self._heap and (everything or self._heap[0].due <= now):
-                taken.append(heapq.heappop(self._heap))
-            return taken
-
     def complete_due(self) -> list[str]:
         """Complete the copies due by now on the server clock; their ids."""
         return self._complete(self._pop(everything=False))
@@ -367,36 +355,6 @@ class CopyEmulator:
             when=end,
             detail=detail,
         )
-
-    # background thread
-    def start(self) -> None:
-        """Start the timer thread that completes copies when they are due."""
-        self._thread = threading.Thread(target=self._loop, name="localaws-copies", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                if self._stopped:
-                    return
-                timeout = 1.0
-                if self._heap:
-                    timeout = min(timeout, max(self._heap[0].due - self.clock.monotonic(), 0.0))
-                if timeout > 0:
-                    self._cond.wait(timeout)
-                if self._stopped:
-                    return
-            try:
-                self.complete_due()
-            except Exception:
-                log.exception("completing snapshot copies failed")
 
 
 def _alive(copy: _Copy) -> bool:

@@ -10,11 +10,9 @@ emits the EventBridge events AWS emits.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import re
-import threading
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +26,7 @@ from moto.ec2.models.elastic_block_store import Snapshot
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 
 from localaws.clock import CLOCK, Clock
+from localaws.due_queue import DueQueue
 from localaws.events import EventSink, iso_millis
 
 log = logging.getLogger("localaws.ec2")
@@ -63,7 +62,7 @@ class _Batch:
     generation: int = field(compare=False, default=0)
 
 
-class SnapshotCompleter:
+class SnapshotCompleter(DueQueue[_Batch]):
     """Completes pending ``CreateSnapshots`` batches after ``delay`` seconds (``None``: only
     when asked through `complete_all`), in a background thread and lazily on `complete_due`."""
 
@@ -74,34 +73,19 @@ class SnapshotCompleter:
         delay: float | None = 0.5,
         clock: Clock = CLOCK,
     ) -> None:
+        super().__init__(clock, "localaws-completer")
         self.events = events
-        self.clock = clock
         self._error_volumes = error_volumes
         self.delay = delay
-        self._cond = threading.Condition()
-        self._heap: list[_Batch] = []
         self._seq = itertools.count()
-        self._stopped = False
-        self._thread: threading.Thread | None = None
         self._generation = 0  # bumped by reset(): batches of an older generation are dropped
 
     # scheduling
     def add(self, account: str, region: str, start_time: datetime, snapshots: list[Any]) -> None:
         due = float("inf") if self.delay is None else self.clock.monotonic() + max(self.delay, 0.0)
-        with self._cond:
-            batch = _Batch(
-                due, next(self._seq), account, region, start_time, snapshots, self._generation
-            )
-            heapq.heappush(self._heap, batch)
-            self._cond.notify()
-
-    def _pop(self, *, everything: bool) -> list[_Batch]:
-        now = self.clock.monotonic()
-        with self._cond:
-            taken = []
-            while self._heap and (everything or self._heap[0].due <= now):
-                taken.append(heapq.heappop(self._heap))
-        return taken
+        self._push(
+            _Batch(due, next(self._seq), account, region, start_time, snapshots, self._generation)
+        )
 
     def complete_due(self) -> list[str]:
         return self._complete(self._pop(everything=False))
@@ -117,35 +101,6 @@ class SnapshotCompleter:
         with self._cond:
             self._heap.clear()
             self._generation += 1
-
-    # background thread
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="localaws-completer", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                if self._stopped:
-                    return
-                timeout = 1.0
-                if self._heap:
-                    timeout = min(timeout, max(self._heap[0].due - self.clock.monotonic(), 0.0))
-                if timeout > 0:
-                    self._cond.wait(timeout)
-                if self._stopped:
-                    return
-            try:
-                self.complete_due()
-            except Exception:
-                log.exception("completing snapshots failed")
 
     # completion proper
     def _complete(self, batches: Iterable[_Batch]) -> list[str]:
