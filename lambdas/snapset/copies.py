@@ -711,7 +711,7 @@ def _candidates(
 @dataclass(frozen=True)
 class _Attempt:
     source: SourceSet
-    snap: SourceSnapshot | None
+    snap: SourceSnapshot
     rule: CopyRule
     region: _Region
 
@@ -726,7 +726,6 @@ def _advance_one(
 ) -> CopiedSnapshot:
     """One source snapshot's copy in one region: found, refused before, started or queued."""
     snap, region, claims, deadline = attempt.snap, attempt.region, copier.claims, copier.deadline
-    assert snap is not None
     concurrent_limit = copier.concurrent_limit
     base: dict[str, Any] = {"source_snapshot_id": snap.snapshot_id, "volume_id": snap.volume_id}
     found = region.found.get(snap.snapshot_id)
