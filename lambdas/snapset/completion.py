@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from snapset.copies import ShareResult
+from snapset.copies import ShareResult, SourceSet
 from snapset.errors import InvalidInput
 from snapset.notify import publish
 from snapset.policy import (
@@ -28,7 +29,6 @@ from snapset.policy import (
 )
 
 if TYPE_CHECKING:
-    from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_sns import SNSClient
 
 logger = logging.getLogger(__name__)
@@ -171,41 +171,42 @@ def _is_snapset_set(tags: dict[str, str]) -> bool:
     )
 
 
-def completion_reports(ec2: EC2Client, event: CompletionEvent) -> list[CompletionReport]:
+def completion_reports(event: CompletionEvent, sets: Sequence[SourceSet]) -> list[CompletionReport]:
     """Reports for the Snapset sets among the event's snapshots (none for foreign snapshots).
 
-    One DescribeSnapshots call filtered by ID (a filter, so a deleted snapshot is simply absent)
-    finds the managed tags; snapshots are grouped per policy, trigger and instance.
+    `sets` are the event's snapshots as DescribeSnapshots finds them by ID, grouped per policy,
+    trigger and instance (`copies.describe_sets`: a filter, so a deleted snapshot is simply
+    absent); a set whose managed tags are look-alikes is left out.
     """
     by_id = {s.snapshot_id: s for s in event.snapshots}
-    paginator = ec2.get_paginator("describe_snapshots")
-    groups: dict[tuple[str, str, str], list[CompletedSnapshot]] = {}
-    for page in paginator.paginate(Filters=[{"Name": "snapshot-id", "Values": list(by_id)}]):
-        for snap in page.get("Snapshots", []):
-            tags = {t["Key"]: t["Value"] for t in snap.get("Tags", [])}
-            if not _is_snapset_set(tags):
-                continue
-            member = by_id[snap["SnapshotId"]]
-            if not member.volume_id:
-                member = member.model_copy(update={"volume_id": snap.get("VolumeId", "")})
-            key = (tags[TAG_POLICY], tags[TAG_TRIGGER_ID], tags[TAG_INSTANCE_ID])
-            groups.setdefault(key, []).append(member)
-    if not groups:
+    reports = []
+    for source in sets:
+        if not _is_snapset_set(dict(source.snapshots[0].tags)):
+            continue
+        members = [
+            by_id[snap.snapshot_id]
+            if by_id[snap.snapshot_id].volume_id
+            else by_id[snap.snapshot_id].model_copy(update={"volume_id": snap.volume_id})
+            for snap in source.snapshots
+            if snap.snapshot_id in by_id
+        ]
+        if members:
+            reports.append(
+                CompletionReport(
+                    policy=source.policy,
+                    instance_id=source.instance_id,
+                    trigger={"id": source.trigger_id},
+                    result=event.result,
+                    cause=event.cause,
+                    snapshots=tuple(sorted(members, key=lambda m: m.snapshot_id)),
+                )
+            )
+    if not reports:
         logger.info(
             "completion event ignored: no Snapset snapshots in it",
             extra={"event_id": event.event_id, "snapshots": list(by_id)},
         )
-    return [
-        CompletionReport(
-            policy=policy,
-            instance_id=instance_id,
-            trigger={"id": trigger_id},
-            result=event.result,
-            cause=event.cause,
-            snapshots=tuple(sorted(members, key=lambda m: m.snapshot_id)),
-        )
-        for (policy, trigger_id, instance_id), members in sorted(groups.items())
-    ]
+    return reports
 
 
 def publish_completion(sns: SNSClient, topic_arn: str, report: CompletionReport) -> str:

@@ -30,6 +30,7 @@ from snapset.copies import (
     CopyingPolicy,
     CopyProgress,
     ShareResult,
+    SourceSet,
     advance_copies,
     describe_sets,
     mark_reported,
@@ -206,19 +207,21 @@ def _publish_copies(progress: CopyProgress, clients: Clients, config: Settings) 
 
 def _share_and_copy(
     reports: list[CompletionReport],
+    described: Sequence[SourceSet],
     clients: Clients,
     config: Settings,
     context: LambdaContext,
 ) -> list[CompletionReport]:
     """A completed set of a policy with shares or copies: shared (the result goes into its
     completion report) and its copies started."""
-    wanted = [
-        r for r in reports if r.result == "succeeded" and config.deployed_copies.get(r.policy)
-    ]
+    wanted = {
+        (r.policy, r.trigger["id"], r.instance_id)
+        for r in reports
+        if r.result == "succeeded" and config.deployed_copies.get(r.policy)
+    }
     if not wanted:
         return reports
-    ids = [s.snapshot_id for r in wanted for s in r.snapshots]
-    sets = {(s.policy, s.trigger_id, s.instance_id): s for s in describe_sets(clients.ec2, ids)}
+    sets = {s.key: s for s in described if s.key in wanted}
     shared: dict[tuple[str, str, str], ShareResult] = {}
     for key, source in sets.items():
         accounts = config.deployed_copies[source.policy].share_with_accounts
@@ -270,9 +273,11 @@ def _completion(event: dict[str, Any], config: Settings, context: LambdaContext)
         raise
     logger.set_correlation_id(parsed.event_id)
     clients = make_clients(session=session())
-    reports = completion_reports(clients.ec2, parsed)
+    # One DescribeSnapshots by ID (per 200) serves the reports, the shares and the copies.
+    sets = describe_sets(clients.ec2, [s.snapshot_id for s in parsed.snapshots])
+    reports = completion_reports(parsed, sets)
     metrics.add_metric(name="CompletionEvents", unit=MetricUnit.Count, value=1)
-    reports = _share_and_copy(reports, clients, config, context)
+    reports = _share_and_copy(reports, sets, clients, config, context)
     for report in reports:
         publish_completion(clients.sns, config.topic_arn, report)
         name = "SetsCompleted" if report.result == "succeeded" else "SetsFailed"
