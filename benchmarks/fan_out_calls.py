@@ -91,6 +91,7 @@ def measure(n: int) -> tuple[Counter[str], int, int, float] | None:
         handed = hand_off(
             s3,
             session.client("stepfunctions"),
+            clients.ec2,
             state_machine_arn=machine,
             bucket=BUCKET,
             request=request,

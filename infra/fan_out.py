@@ -2,8 +2,9 @@
 
 The function plans and starts the execution (lambdas/snapset/fanout.py); the execution maps
 its batches (a JSON array in the report bucket, read by a Distributed Map) onto the same
-function, then, for a policy with retention, maps them again for retention, then has the
-function aggregate the batches' results into one run report.
+function and, for a policy with retention, maps them again beside it for retention (each
+retain task waits for its own batch's creation), then has the function aggregate the batches'
+results into one run report.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ LAMBDA_SERVICE_ERRORS = [
 INCOMPLETE_RUN = "IncompleteRun"
 # Raised for a task the function cannot parse: a bug between stack and code, never retried.
 INVALID_INPUT = "InvalidInput"
+# Raised by a retain task whose batch's creation has not settled: retried until it has (the
+# create batch's own retries take up to about 4 minutes; this waits up to about 17).
+CREATION_PENDING = "CreationPending"
 
 
 def _machine_name(scope: Construct) -> str:
@@ -91,14 +95,26 @@ class FanOut(Construct):
             arn_format=ArnFormat.COLON_RESOURCE_NAME,
         )
         self.log_group = logs.LogGroup(self, "Logs", retention=RETENTION[config.log_retention_days])
-        create = self._map(
-            "CreateSets", "batch", function, bucket, result_path="$.created", retries=True
+        create = self._map("CreateSets", "batch", function, bucket, retries=INCOMPLETE_RUN)
+        retain = self._map("RetainSets", "retain", function, bucket, retries=CREATION_PENDING)
+        no_retention = sfn.Pass(self, "NoRetention", result=sfn.Result.from_array([]))
+        # Retention maps the batches beside their creation: each retain task waits for its own
+        # batch, so deletion (another bucket) overlaps the creation of the later batches and
+        # never delays it. The run takes the slower phase, not the two one after the other.
+        phases = sfn.Parallel(
+            self,
+            "Phases",
+            result_selector={
+                "created": sfn.JsonPath.list_at("$[0]"),
+                "retained": sfn.JsonPath.list_at("$[1]"),
+            },
+            result_path="$.phases",
         )
-        retain = self._map(
-            "RetainSets", "retain", function, bucket, result_path="$.retained", retries=False
-        )
-        no_retention = sfn.Pass(
-            self, "NoRetention", result=sfn.Result.from_array([]), result_path="$.retained"
+        phases.branch(create)
+        phases.branch(
+            sfn.Choice(self, "Retention?")
+            .when(sfn.Condition.boolean_equals("$.run.retention", True), retain)
+            .otherwise(no_retention)
         )
         aggregate = tasks.LambdaInvoke(
             self,
@@ -108,8 +124,8 @@ class FanOut(Construct):
                 {
                     "snapset_task": "aggregate",
                     "run": sfn.JsonPath.object_at("$.run"),
-                    "created": sfn.JsonPath.list_at("$.created"),
-                    "retained": sfn.JsonPath.list_at("$.retained"),
+                    "created": sfn.JsonPath.list_at("$.phases.created"),
+                    "retained": sfn.JsonPath.list_at("$.phases.retained"),
                     "execution_arn": sfn.JsonPath.execution_id,
                 }
             ),
@@ -124,11 +140,7 @@ class FanOut(Construct):
             max_attempts=4,
             jitter_strategy=sfn.JitterType.FULL,
         )
-        chain = create.next(
-            sfn.Choice(self, "Retention?")
-            .when(sfn.Condition.boolean_equals("$.run.retention", True), retain.next(aggregate))
-            .otherwise(no_retention.next(aggregate))
-        )
+        chain = phases.next(aggregate)
         self.state_machine = sfn.StateMachine(
             self,
             "StateMachine",
@@ -137,7 +149,8 @@ class FanOut(Construct):
             definition_body=sfn.DefinitionBody.from_chainable(chain),
             comment="Snapset: a run too big for one invocation, batch by batch",
             # A night's fan-out is bounded by EC2's buckets: 10,000 instances at half the
-            # CreateSnapshots refill take about 70 minutes, retention as long again.
+            # CreateSnapshots refill take about 70 minutes, retention of two snapshots each
+            # (beside it, on its own bucket) about 140.
             timeout=Duration.hours(12),
             tracing_enabled=True,
             logs=sfn.LogOptions(
@@ -165,8 +178,7 @@ class FanOut(Construct):
         function: lambda_.IFunction,
         bucket: s3.IBucket,
         *,
-        result_path: str,
-        retries: bool,
+        retries: str,
     ) -> sfn.DistributedMap:
         work = tasks.LambdaInvoke(
             self,
@@ -195,7 +207,7 @@ class FanOut(Construct):
             max_delay=Duration.minutes(1),
             jitter_strategy=sfn.JitterType.FULL,
         )
-        if retries:
+        if retries == INCOMPLETE_RUN:
             # Instances throttled or out of time: wait for the bucket to refill, then redo
             # the batch (its idempotency records make that redo only what did not start).
             work.add_retry(
@@ -205,6 +217,16 @@ class FanOut(Construct):
                 max_attempts=3,
                 max_delay=Duration.minutes(5),
                 jitter_strategy=sfn.JitterType.FULL,
+            )
+        if retries == CREATION_PENDING:
+            # The batch's creation is still running or retrying: look again later. A batch
+            # the create Map gave up on never settles, and its retention is reported failed.
+            work.add_retry(
+                errors=[CREATION_PENDING],
+                interval=Duration.seconds(15),
+                backoff_rate=1.5,
+                max_attempts=12,
+                max_delay=Duration.minutes(2),
             )
         # A worker that died (timed out, out of memory) or any other error.
         work.add_retry(
@@ -246,7 +268,6 @@ class FanOut(Construct):
                 "batch": sfn.JsonPath.object_at("$$.Map.Item.Value"),
             },
             map_execution_type=sfn.StateMachineType.STANDARD,
-            result_path=result_path,
         )
         mapped.item_processor(work)
         return mapped

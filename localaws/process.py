@@ -47,6 +47,10 @@ class LocalAwsError(RuntimeError):
     pass
 
 
+def _iso(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -368,6 +372,24 @@ class LocalAws:
             "snapshot-start-times",
             {"snapshot_ids": snapshot_ids, "start_time": start_time.isoformat()},
         )
+
+    def seed_snapshot_sets(
+        self,
+        sets: Sequence[Mapping[str, Any]],
+        *,
+        exclude_boot_volume: bool = False,
+        account_id: str = "123456789012",
+    ) -> list[str]:
+        """Completed sets written straight into EC2 (fleet-scale retention history); each
+        `{"instance_id", "tags", "start_time"}`; see `ec2_snapshots.seed_sets`. Their ids."""
+        body = {
+            "account_id": account_id,
+            "region": self.region,
+            "exclude_boot_volume": exclude_boot_volume,
+            "sets": [{**s, "start_time": _iso(s["start_time"])} for s in sets],
+        }
+        made: list[str] = self._control("POST", "snapshot-sets", body)["snapshot_ids"]
+        return made
 
     def put_public_parameter(self, name: str, value: str, account_id: str) -> None:
         """Publish an AWS public SSM parameter (`/aws/...`), which PutParameter refuses."""

@@ -233,12 +233,6 @@ class LocalAwsApp:
                 "snapshot_delay_seconds": state.completer.delay,
                 "pending_snapshots": state.completer.pending_count(),
             }
-        if route == "snapshot-start-times" and method == "POST":
-            body = body or {}
-            changed = ec2_snapshots.set_start_times(
-                body["snapshot_ids"], datetime.fromisoformat(body["start_time"])
-            )
-            return 200, {"changed": changed}
         if route == "public-parameters" and method == "POST":
             body = body or {}
             ssm_public.put_public_parameter(
@@ -287,7 +281,27 @@ class LocalAwsApp:
         if route == "reset" and method == "POST":
             state.reset()
             return 200, {"reset": True}
-        return self._copies(method, route, body)  # or 404
+        return self._history(method, route, body)  # or copies, or 404
+
+    def _history(self, method: str, route: str, body: Any) -> tuple[int, Any]:
+        """`/_localaws/snapshot-start-times` and `/_localaws/snapshot-sets` (retention
+        history), then the copies' routes."""
+        if route == "snapshot-start-times" and method == "POST":
+            body = body or {}
+            changed = ec2_snapshots.set_start_times(
+                body["snapshot_ids"], datetime.fromisoformat(body["start_time"])
+            )
+            return 200, {"changed": changed}
+        if route == "snapshot-sets" and method == "POST":
+            body = body or {}
+            made = ec2_snapshots.seed_sets(
+                str(body.get("account_id", "123456789012")),
+                str(body.get("region", "us-east-1")),
+                list(body["sets"]),
+                exclude_boot_volume=bool(body.get("exclude_boot_volume", False)),
+            )
+            return 200, {"snapshot_ids": made}
+        return self._copies(method, route, body)
 
     def _copies(self, method: str, route: str, body: Any) -> tuple[int, Any]:
         """`/_localaws/copies` and `/_localaws/copies/complete` (kept out of `_route`, which

@@ -12,7 +12,8 @@ is started, named from the trigger, so that a duplicate delivery of the trigger 
 The state machine (infra/fan_out.py) maps the batches onto the function: `run_batch` snapshots
 one batch with the inline run's engine (idempotency records, pacing at its part of the share;
 only a retried batch looks for the sets its earlier attempts made),
-`retain_batch` runs retention for one batch once every batch has started, and `aggregate`
+`retain_batch` runs retention for one batch once that batch's creation has settled (beside the
+creation of the later batches: deletion spends another bucket), and `aggregate`
 merges what the batches wrote to S3 into one run report. A batch the Map gave up on (after its
 retries) is reported instance by instance with the error that stopped it.
 """
@@ -29,7 +30,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
 from snapset.clients import Clients
@@ -43,7 +44,12 @@ from snapset.policy import SnapshotPolicy, SnapshotRequest
 from snapset.report import RunReport, build_report, summarize
 from snapset.retention import with_retention_all
 from snapset.run import HandedOff, IdempotencyStore, build_engine
-from snapset.snapshots import snapshot_all
+from snapset.snapshots import (
+    TagExcluded,
+    list_tag_excluded_volumes,
+    needing_volume_tags,
+    snapshot_all,
+)
 from snapset.targets import (
     FILTER_VALUES_PER_CALL,
     UNSNAPSHOTTABLE_STATES,
@@ -52,6 +58,7 @@ from snapset.targets import (
 )
 
 if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_stepfunctions import SFNClient
 
@@ -70,6 +77,10 @@ CALL_SECONDS = 0.5
 MAX_CONCURRENCY = 40
 MAX_BATCH_SIZE = 1000
 MAX_BATCHES = 1000
+# A batch carries at most this many volume ids of the plan's exclusions (about 24 bytes each),
+# so that its Map item stays far inside Step Functions' 256 KB; a batch with more lists its
+# own.
+MAX_PLANNED_EXCLUSIONS = 2000
 # Step Functions' execution names: 1-80 characters of letters, digits, '-' and '_'.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -180,12 +191,21 @@ def fan_out_shape(
 
 
 class Batch(BaseModel):
-    """One Map item: the batch's position in the plan and its instance ids."""
+    """One Map item: the batch's position in the plan and its instance ids, and, when the plan
+    listed them, the volumes `exclude_data_volume_tags` leaves out of each (None: the batch
+    lists them itself)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     index: int = Field(ge=0)
     instance_ids: tuple[str, ...] = Field(min_length=1)
+    tag_excluded: dict[str, tuple[str, ...]] | None = None
+
+    def plan_exclusions(self) -> TagExcluded | None:
+        """The plan's volume-tag exclusions as the engine takes them."""
+        if self.tag_excluded is None:
+            return None
+        return {iid: frozenset(volumes) for iid, volumes in self.tag_excluded.items()}
 
 
 class FanOutRun(BaseModel):
@@ -274,9 +294,38 @@ def _get_json(s3: S3Client, bucket: str, key: str) -> Any | None:
     return json.loads(body)
 
 
+def plan_exclusions(
+    ec2: EC2Client, policy: SnapshotPolicy, instances: Sequence[Instance]
+) -> TagExcluded | None:
+    """The volume-tag exclusions of a handed-off run, listed once for every batch (one
+    paginated DescribeVolumes, `list_tag_excluded_volumes`); None when the policy has none to
+    list, or when the listing failed (then each batch lists its own, and fails its instances
+    with the error if it fails again)."""
+    ids = needing_volume_tags(instances)
+    if not ids or not policy.exclude_data_volume_tags:
+        return None
+    try:
+        return list_tag_excluded_volumes(ec2, policy, ids)
+    except (ClientError, BotoCoreError):
+        logger.exception("listing the volumes to exclude by tag failed; each batch lists its own")
+        return None
+
+
+def _batch_exclusions(
+    excluded: TagExcluded | None, instance_ids: Sequence[str]
+) -> dict[str, tuple[str, ...]] | None:
+    if excluded is None:
+        return None
+    mine = {iid: tuple(sorted(excluded[iid])) for iid in instance_ids if iid in excluded}
+    if sum(len(volumes) for volumes in mine.values()) > MAX_PLANNED_EXCLUSIONS:
+        return None
+    return mine
+
+
 def hand_off(
     s3: S3Client,
     sfn: SFNClient,
+    ec2: EC2Client,
     *,
     state_machine_arn: str,
     bucket: str,
@@ -301,7 +350,12 @@ def hand_off(
     execution of that name is reported as it is (its status), and nothing is started.
 
     `claim` claims the trigger's run marker once the run is handed off: FIRST (and not a
-    manual trigger) lets the batches' first attempts skip looking for sets."""
+    manual trigger) lets the batches' first attempts skip looking for sets.
+
+    The plan lists the volume-tag exclusions once (`plan_exclusions`, through `ec2`) and gives
+    each batch its instances' share, so a batch makes no DescribeVolumes of its own: a volume
+    tagged or untagged after the plan is treated as the plan found it, and a volume detached
+    since is left out of nothing (each batch describes its instances afresh)."""
     policy = request.policy
     price = estimate(policy, instances, share=share, rate_scale=rate_scale, max_workers=max_workers)
     if policy.scripts is not None:
@@ -326,13 +380,18 @@ def hand_off(
         seconds_per_instance=script_seconds(policy),
     )
     ids = [i.instance_id for i in instances]
+    excluded = plan_exclusions(ec2, policy, instances)
     # The Map's results (about 100 bytes a batch) must fit Step Functions' 256 KB state; a
     # batch describes its instances 200 ids a call, so a whole number of calls' worth.
     size = max(shape.batch_size, math.ceil(len(ids) / MAX_BATCHES))
     if size > FILTER_VALUES_PER_CALL:
         size -= size % FILTER_VALUES_PER_CALL
     batches = [
-        Batch(index=n, instance_ids=tuple(ids[start : start + size]))
+        Batch(
+            index=n,
+            instance_ids=tuple(ids[start : start + size]),
+            tag_excluded=_batch_exclusions(excluded, ids[start : start + size]),
+        )
         for n, start in enumerate(range(0, len(ids), size))
     ]
     items = [b.model_dump(mode="json") for b in batches]
@@ -427,7 +486,7 @@ def run_batch(
         if run.first_delivery and task.attempt == 0 and task.redrive == 0
         else Delivery.LATER,
     )
-    snapshot = engine.for_targets(found.instances)
+    snapshot = engine.for_targets(found.instances, tag_excluded=batch.plan_exclusions())
     try:
         outcomes = found.missing + snapshot_all(
             found.instances, snapshot, workers_for(request.policy, max_workers)
@@ -443,6 +502,17 @@ def run_batch(
     return _counts(batch.index, outcomes), outcomes
 
 
+class CreationPending(RuntimeError):
+    """Raised by a retain task whose batch's creation has not settled yet (no results, or
+    instances its Map item will still retry): the retain Map runs beside the create Map, and
+    its Retry on this error waits for the batch."""
+
+
+def retry_ids(outcomes: Sequence[InstanceOutcome]) -> list[str]:
+    """The instances of a batch its Map item retries (throttled, out of time)."""
+    return [o.instance_id for o in outcomes if o.error and o.error.retry_on_redelivery]
+
+
 def retain_batch(
     ec2: Any,
     s3: S3Client,
@@ -452,15 +522,23 @@ def retain_batch(
     rate_scale: float = 1.0,
     now: datetime | None = None,
 ) -> BatchResult:
-    """Retention for one batch once every batch has started: the instances whose set started
+    """Retention for one batch once its creation has settled: the instances whose set started
     (read back from the batch's results) get their older sets deleted, paced at the worker's
     part of the DeleteSnapshot share; the outcomes with retention go to the batch's retain
-    results. A batch with no create results (the Map gave up on it) has nothing to retain."""
+    results. Retention runs beside the creation of later batches (deletion spends another
+    bucket, so it never delays creation), and raises `CreationPending` while this batch has no
+    results or has instances still to retry, before any EC2 call."""
     run, batch = task.run, _batch(task)
     raw = _get_json(s3, run.bucket, run.result_key("create", batch.index))
     if raw is None:
-        return BatchResult(batch=batch.index, error="NoResults", cause="the batch never ran")
+        raise CreationPending(f"batch {batch.index}: no results of its creation yet")
     outcomes = [InstanceOutcome.model_validate(o) for o in raw]
+    pending = retry_ids(outcomes)
+    if pending:
+        raise CreationPending(
+            f"batch {batch.index}: {len(pending)} instance(s) still to retry: "
+            + ", ".join(pending[:20])
+        )
     pacer = Pacer.share_of(
         DELETE_SNAPSHOT_BUCKET,
         run.worker_share,

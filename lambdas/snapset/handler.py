@@ -46,6 +46,7 @@ from snapset.fanout import (
     aggregate,
     hand_off,
     retain_batch,
+    retry_ids,
     run_batch,
 )
 from snapset.idempotency import DDB_CONFIG, Delivery, claim_delivery, release_delivery
@@ -66,6 +67,7 @@ from snapset.targets import Instance
 from snapset.triggers import parse_request, with_deployed_copies, with_deployed_retention
 
 if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_sns import SNSClient
 
 logger = Logger()
@@ -328,10 +330,6 @@ def _publish_run(
     return report
 
 
-def _retry_ids(outcomes: Sequence[InstanceOutcome]) -> list[str]:
-    return [o.instance_id for o in outcomes if o.error and o.error.retry_on_redelivery]
-
-
 def _check_task(task: FanOutTask, config: Settings) -> None:
     """A task is trusted no more than a manual invoke: it must name this stack's bucket and
     run prefix, and carry its policy's deployed retention unchanged (retention comes from the
@@ -398,7 +396,7 @@ def _fan_out_task(event: dict[str, Any], config: Settings, context: LambdaContex
         max_workers=config.max_workers,
         rate_scale=config.ec2_rate_scale,
     )
-    retry = _retry_ids(outcomes)
+    retry = retry_ids(outcomes)
     if retry:
         # The Map's Retry redoes the batch: its idempotency records make that redo only these.
         raise IncompleteRun(
@@ -408,7 +406,11 @@ def _fan_out_task(event: dict[str, Any], config: Settings, context: LambdaContex
 
 
 def _hand_off(
-    request: SnapshotRequest, config: Settings, deadline: Deadline, store: IdempotencyStore
+    ec2: EC2Client,
+    request: SnapshotRequest,
+    config: Settings,
+    deadline: Deadline,
+    store: IdempotencyStore,
 ) -> HandOff:
     def claim() -> Delivery:
         policy, trigger = request.policy.name, request.trigger.id
@@ -432,6 +434,7 @@ def _hand_off(
         return hand_off(
             session().client("s3", config=S3_CONFIG),
             session().client("stepfunctions", config=SFN_CONFIG),
+            ec2,
             state_machine_arn=config.state_machine_arn,
             bucket=config.report_bucket,
             request=request,
@@ -492,7 +495,7 @@ def handler(event: Any, context: LambdaContext) -> Any:
         engine=engine,
         deadline=deadline,
         max_workers=config.max_workers,
-        hand_off=_hand_off(request, config, deadline, store),
+        hand_off=_hand_off(clients.ec2, request, config, deadline, store),
     )
     if isinstance(result, Ignored):
         metrics.add_dimension(name="policy", value=request.policy.name)
@@ -510,7 +513,7 @@ def handler(event: Any, context: LambdaContext) -> Any:
     result = _publish_run(result, clients.sns, config, context)
     if result.error is not None and result.error.retry_on_redelivery:
         raise IncompleteRun(f"finding the targets failed ({result.error.code}); retry the trigger")
-    retry = _retry_ids(result.instances)
+    retry = retry_ids(result.instances)
     if retry:
         raise IncompleteRun(
             f"{len(retry)} instance(s) to retry on the next delivery: {', '.join(retry[:20])}"

@@ -46,6 +46,7 @@ from snapset.retention import with_retention_all
 from snapset.snapshots import (
     RetryBudget,
     SnapshotFn,
+    TagExcluded,
     out_of_time,
     run_lookups,
     snapshot_all,
@@ -177,8 +178,11 @@ class Engine:
             f"{iid}: another delivery of this trigger is running; a redelivery reports its result",
         )
 
-    def for_targets(self, instances: Sequence[Instance]) -> SnapshotFn:
-        """The per-instance snapshot function for these instances, after the run's lookups."""
+    def for_targets(
+        self, instances: Sequence[Instance], *, tag_excluded: TagExcluded | None = None
+    ) -> SnapshotFn:
+        """The per-instance snapshot function for these instances, after the run's lookups
+        (`tag_excluded`: the volume-tag exclusions the run's plan already listed)."""
         request = self.request
         delivery = self._claim(instances)
         if delivery is Delivery.RUNNING:
@@ -197,6 +201,7 @@ class Engine:
             instances,
             first_delivery=first,
             ssm=runner.ssm if runner is not None else None,
+            tag_excluded=tag_excluded,
         )
         engine: SnapshotFn = partial(
             snapshot_instance,

@@ -182,26 +182,27 @@ def list_tag_excluded_volumes(
 ) -> dict[str, frozenset[str]]:
     """The volumes matching `exclude_data_volume_tags`, by the instance each is attached to.
 
-    One paginated DescribeVolumes per 200 instances (EC2's limit on a filter's values), so a
-    run's exclusions cost calls per page, not per instance. Errors are raised.
+    Up to 200 instances (EC2's limit on a filter's values): one DescribeVolumes filtered on
+    their attachments as well as the tags. More: one paginated DescribeVolumes for the run,
+    filtered on the tags only and grouped by attachment, keeping these instances' volumes, so
+    a fleet's exclusions cost pages of tagged volumes, not calls per instance. Errors are
+    raised.
     """
-    found: dict[str, set[str]] = {}
     if not policy.exclude_data_volume_tags:
         return {}
-    paginator = ec2.get_paginator("describe_volumes")
-    for start in range(0, len(instance_ids), FILTER_VALUES_PER_CALL):
-        chunk = list(instance_ids[start : start + FILTER_VALUES_PER_CALL])
-        filters: list[FilterTypeDef] = [
-            {"Name": "attachment.instance-id", "Values": chunk},
-            *tag_filters(policy.exclude_data_volume_tags),
-        ]
-        pages = paginator.paginate(
-            Filters=filters, PaginationConfig={"PageSize": _VOLUMES_PER_PAGE}
-        )
-        for page in pages:
-            for volume in page.get("Volumes", []):
-                # A volume attached to several instances (Multi-Attach) is left out of each.
-                for attachment in volume.get("Attachments", []):
+    filters = tag_filters(policy.exclude_data_volume_tags)
+    if len(instance_ids) <= FILTER_VALUES_PER_CALL:
+        filters = [{"Name": "attachment.instance-id", "Values": list(instance_ids)}, *filters]
+    wanted = set(instance_ids)
+    found: dict[str, set[str]] = {}
+    pages = ec2.get_paginator("describe_volumes").paginate(
+        Filters=filters, PaginationConfig={"PageSize": _VOLUMES_PER_PAGE}
+    )
+    for page in pages:
+        for volume in page.get("Volumes", []):
+            # A volume attached to several instances (Multi-Attach) is left out of each.
+            for attachment in volume.get("Attachments", []):
+                if attachment["InstanceId"] in wanted:
                     found.setdefault(attachment["InstanceId"], set()).add(volume["VolumeId"])
     return {iid: frozenset(volumes) for iid, volumes in found.items()}
 
@@ -414,8 +415,10 @@ class RunLookups:
     ping_statuses: PingStatuses | PingListingFailed | None = None
 
 
-def _needs_volume_tags(instance: Instance) -> bool:
-    return instance.state not in UNSNAPSHOTTABLE_STATES and bool(instance.volumes)
+def needing_volume_tags(instances: Sequence[Instance]) -> list[str]:
+    """The ids of the instances whose plan needs the volume-tag exclusions (those that can be
+    snapshotted)."""
+    return [i.instance_id for i in instances if i.state not in UNSNAPSHOTTABLE_STATES and i.volumes]
 
 
 def run_lookups(
@@ -425,11 +428,13 @@ def run_lookups(
     *,
     first_delivery: bool,
     ssm: SSMClient | None = None,
+    tag_excluded: TagExcluded | None = None,
 ) -> RunLookups:
     """List once for the whole run what its instances need: the volumes to exclude by tag (when
-    the policy has `exclude_data_volume_tags`), with `scripts` which instances SSM manages
-    (through `ssm`), and, unless `first_delivery` says no set of this trigger can exist yet or
-    this is a dry run, the sets earlier deliveries made.
+    the policy has `exclude_data_volume_tags`, unless `tag_excluded` brings them from the run's
+    plan), with `scripts` which instances SSM manages (through `ssm`), and, unless
+    `first_delivery` says no set of this trigger can exist yet or this is a dry run, the sets
+    earlier deliveries made.
 
     A failed volume listing is a `ListingFailed` value naming the call, not an exception; a
     failed sets listing leaves each instance to its own look-up (`recheck`).
@@ -447,9 +452,9 @@ def run_lookups(
                 "listing the sets of trigger %s failed; each instance looks for its own",
                 request.trigger.id,
             )
-    excluded: TagExcluded | ListingFailed = {}
-    ids = [i.instance_id for i in instances if _needs_volume_tags(i)]
-    if ids and policy.exclude_data_volume_tags:
+    excluded: TagExcluded | ListingFailed = tag_excluded or {}
+    ids = needing_volume_tags(instances)
+    if ids and policy.exclude_data_volume_tags and tag_excluded is None:
         try:
             excluded = list_tag_excluded_volumes(ec2, policy, ids)
         except (ClientError, BotoCoreError) as exc:

@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 from localaws_testlib import FIXTURES, Instance
 
-from localaws import LocalAws
+from localaws import LocalAws, LocalAwsError
 
 MaybeInstance = Callable[..., Instance]
 
@@ -399,3 +399,41 @@ def test_reference_copy_documents_the_rules() -> None:
     assert "You can specify up to 40 volume IDs per request." in text
     assert "the error response is DryRunOperation" in text
     assert "CopyTagsFromSource='volume'" in text
+
+
+# --- seeded history (control API) ----------------------------------------------------------------
+
+
+def test_seeded_sets_are_completed_backdated_and_tagged_like_the_calls_sets(
+    aws: LocalAws, ec2: Any, make_instance: MaybeInstance
+) -> None:
+    inst = make_instance()
+    ec2.create_tags(Resources=[inst.data_volume_ids[0]], Tags=[{"Key": "Team", "Value": "db"}])
+    when = datetime(2026, 11, 20, 1, 0, tzinfo=UTC)
+    made = aws.seed_snapshot_sets(
+        [{"instance_id": inst.instance_id, "tags": {"snapset:policy": "p"}, "start_time": when}],
+        exclude_boot_volume=True,
+    )
+    snaps = _my_snapshots(ec2, inst)
+    assert sorted(s["SnapshotId"] for s in snaps) == sorted(made)
+    assert sorted(s["VolumeId"] for s in snaps) == sorted(inst.data_volume_ids)
+    assert {s["State"] for s in snaps} == {"completed"}
+    assert {s["Progress"] for s in snaps} == {"100%"}
+    assert {s["StartTime"] for s in snaps} == {when}
+    by_volume = {s["VolumeId"]: _tags(s) for s in snaps}
+    # the volume's tags are copied (CopyTagsFromSource='volume'), the set's tags win
+    assert by_volume[inst.data_volume_ids[0]] == {"Team": "db", "snapset:policy": "p"}
+    found = ec2.describe_snapshots(Filters=[{"Name": "tag:snapset:policy", "Values": ["p"]}])
+    assert len(found["Snapshots"]) == len(made)  # the tag index knows them
+
+
+def test_a_seeded_set_for_an_unknown_instance_is_a_400_naming_it(
+    aws: LocalAws, make_instance: MaybeInstance
+) -> None:
+    inst = make_instance()
+    sets = [
+        {"instance_id": inst.instance_id, "tags": {}, "start_time": "2026-11-20T01:00:00+00:00"},
+        {"instance_id": "i-0123456789abcdef0", "tags": {}, "start_time": "2026-11-20T01:00:00"},
+    ]
+    with pytest.raises(LocalAwsError, match=r"400.*sets\[1\] \(i-0123456789abcdef0\).*NotFound"):
+        aws.seed_snapshot_sets(sets)

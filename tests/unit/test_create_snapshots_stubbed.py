@@ -437,30 +437,76 @@ def test_the_sets_listing_follows_every_page_and_groups_by_instance(ec2: Any) ->
     assert found == {IID: [f"snap-{1:017x}", f"snap-{3:017x}"], other: [f"snap-{2:017x}"]}
 
 
-def test_the_volume_listing_is_one_call_per_200_instances_grouped_by_attachment(ec2: Any) -> None:
+def test_a_fleet_lists_its_tagged_volumes_once_by_tag_and_groups_them_by_attachment(
+    ec2: Any,
+) -> None:
     ids = [f"i-{n:017x}" for n in range(1, 451)]
     fleet = [instance_of(i) for i in ids] + [instance_of("i-0eeeeeeeeeeeeeee0", "terminated")]
     req = request(exclude_data_volume_tags={"NoBackup": ["true"]})
+    params: dict[str, Any] = {
+        "Filters": [{"Name": "tag:NoBackup", "Values": ["true"]}],
+        "MaxResults": 500,
+    }
+    stranger = "i-0ddddddddddddddd0"  # not a target: its volumes are none of the run's business
+    multi = {
+        "VolumeId": "vol-0multi",
+        "Attachments": [{"InstanceId": ids[0]}, {"InstanceId": ids[449]}],
+    }
     with Stubber(ec2) as stub:
-        for chunk in (ids[:200], ids[200:400], ids[400:]):
-            stub.add_response(
-                "describe_volumes",
-                {"Volumes": [attached(f"vol-{c[2:]}", c) for c in chunk[:2]]},
-                {
-                    "Filters": [
-                        {"Name": "attachment.instance-id", "Values": chunk},
-                        {"Name": "tag:NoBackup", "Values": ["true"]},
-                    ],
-                    "MaxResults": 500,
-                },
-            )
+        stub.add_response(
+            "describe_volumes",
+            {
+                "Volumes": [attached(f"vol-{i[2:]}", i) for i in ids[:3]]
+                + [attached("vol-0stranger", stranger), {"VolumeId": "vol-0free"}],
+                "NextToken": "page-2",
+            },
+            params,
+        )
+        stub.add_response(
+            "describe_volumes",
+            {"Volumes": [attached(f"vol-{ids[300][2:]}", ids[300]), multi]},
+            {**params, "NextToken": "page-2"},
+        )
         # the first delivery of a trigger lists no sets: none can exist yet
         lookups = run_lookups(ec2, req, fleet, first_delivery=True)
         stub.assert_no_pending_responses()
     assert lookups.existing_sets == {}
     assert lookups.tag_excluded == {
-        i: frozenset({f"vol-{i[2:]}"}) for i in [*ids[:2], *ids[200:202], *ids[400:402]]
+        ids[0]: frozenset({f"vol-{ids[0][2:]}", "vol-0multi"}),
+        ids[1]: frozenset({f"vol-{ids[1][2:]}"}),
+        ids[2]: frozenset({f"vol-{ids[2][2:]}"}),
+        ids[300]: frozenset({f"vol-{ids[300][2:]}"}),
+        ids[449]: frozenset({"vol-0multi"}),
     }
+
+
+def test_up_to_200_instances_list_only_their_own_tagged_volumes(ec2: Any) -> None:
+    ids = [f"i-{n:017x}" for n in range(1, 201)]
+    req = request(exclude_data_volume_tags={"NoBackup": ["true"]})
+    with Stubber(ec2) as stub:
+        stub.add_response(
+            "describe_volumes",
+            {"Volumes": [attached("vol-0one", ids[7])]},
+            {
+                "Filters": [
+                    {"Name": "attachment.instance-id", "Values": ids},
+                    {"Name": "tag:NoBackup", "Values": ["true"]},
+                ],
+                "MaxResults": 500,
+            },
+        )
+        lookups = run_lookups(ec2, req, [instance_of(i) for i in ids], first_delivery=True)
+        stub.assert_no_pending_responses()
+    assert lookups.tag_excluded == {ids[7]: frozenset({"vol-0one"})}
+
+
+def test_exclusions_the_plan_brought_are_not_listed_again(ec2: Any) -> None:
+    req = request(exclude_data_volume_tags={"NoBackup": ["true"]})
+    planned = {IID: frozenset({DATA1})}
+    with Stubber(ec2) as stub:  # no DescribeVolumes expected
+        lookups = run_lookups(ec2, req, [instance()], first_delivery=True, tag_excluded=planned)
+        stub.assert_no_pending_responses()
+    assert lookups.tag_excluded == planned
 
 
 def test_a_failed_volume_listing_fails_each_instance_that_needed_it_naming_the_call(

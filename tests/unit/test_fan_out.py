@@ -12,11 +12,13 @@ import pytest
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from localaws.fleet import launch_instance, snapshots_by_volume
+from localaws.fleet import DataVolume, FleetInstance, launch_instance, snapshots_by_volume
+from snapset import fanout
 from snapset import handler as handler_module
 from snapset.errors import InvalidInput
 from snapset.fanout import (
     BATCH_FAILED,
+    CreationPending,
     FanOutRun,
     estimate,
     execution_name,
@@ -24,6 +26,7 @@ from snapset.fanout import (
     script_seconds,
 )
 from snapset.handler import IncompleteRun, handler
+from snapset.outcomes import InstanceOutcome
 from snapset.policy import SnapshotPolicy
 from snapset.settings import ENV_EC2_API_SHARE
 from snapset.targets import AttachedVolume, Instance
@@ -264,6 +267,94 @@ def test_the_batches_make_one_set_each_and_the_aggregator_one_report(
     assert report["execution_arn"].endswith(":execution:m:e")
     assert report["full_report"] == answer["full_report"]
     assert len(snapshots_by_volume(aws.ec2)) == 5
+
+
+EXCLUDING = {"policy": "p", "target_tags": TAGS, "exclude_data_volume_tags": {"NoBackup": ["true"]}}
+
+
+def _fleet_with_excluded(aws: Aws) -> tuple[list[FleetInstance], list[str]]:
+    """Five instances with a data volume each; two of them have a second one tagged
+    NoBackup=true. Returns the instances (by id) and the tagged volumes."""
+    fleet = sorted(
+        (
+            launch_instance(
+                aws.ec2,
+                tags={"Backup": "fan"},
+                data_volumes=[DataVolume()] + ([DataVolume(tags={"NoBackup": "true"})] * (n < 2)),
+            )
+            for n in range(5)
+        ),
+        key=lambda i: i.instance_id,
+    )
+    tagged = [v for i in fleet for v in i.data_volume_ids[1:]]
+    return fleet, tagged
+
+
+def test_the_plan_lists_the_volume_tag_exclusions_once_for_every_batch(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet, tagged = _fleet_with_excluded(aws)
+    _tight(monkeypatch, context)
+    calls = _count_calls(monkeypatch)
+    handler({**EXCLUDING, "request_id": "r1"}, context)
+    assert calls.count("ec2:DescribeVolumes") == 1
+    run = _run(aws)
+    planned = {iid: volumes for b in _items(aws, run) for iid, volumes in b["tag_excluded"].items()}
+    owners = {v: i.instance_id for i in fleet for v in i.volume_ids}
+    assert planned == {owners[v]: [v] for v in tagged}
+    # tagged after the plan: the batches act on the plan's view and snapshot it
+    late = fleet[4].data_volume_ids[0]
+    aws.ec2.create_tags(Resources=[late], Tags=[{"Key": "NoBackup", "Value": "true"}])
+    calls.clear()
+    context.remaining_ms = 300_000
+    answer = _execute(aws, context, run)
+    assert answer["summary"]["started"] == 5
+    assert "ec2:DescribeVolumes" not in calls
+    snapped = snapshots_by_volume(aws.ec2)
+    assert not set(tagged) & snapped.keys()
+    assert late in snapped
+    assert len(snapped) == 2 * 5
+
+
+def test_a_batch_whose_planned_exclusions_would_swell_its_item_lists_its_own(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet, _ = _fleet_with_excluded(aws)
+    _tight(monkeypatch, context)
+    monkeypatch.setattr(fanout, "MAX_PLANNED_EXCLUSIONS", 0)
+    handler({**EXCLUDING, "request_id": "r1"}, context)
+    tagged = {i.instance_id for i in fleet if len(i.data_volume_ids) == 2}
+    for item in _items(aws, _run(aws)):
+        # over the cap (here: any exclusion at all), the batch lists its own
+        expected = None if tagged & set(item["instance_ids"]) else {}
+        assert item["tag_excluded"] == expected
+
+
+def test_a_failed_plan_listing_leaves_each_batch_to_list_its_own(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, tagged = _fleet_with_excluded(aws)
+    _tight(monkeypatch, context)
+    real = BaseClient._make_api_call
+
+    def deny_volumes(self: BaseClient, operation: str, params: Any) -> Any:
+        if operation == "DescribeVolumes":
+            raise ClientError(
+                {"Error": {"Code": "RequestLimitExceeded", "Message": "x"}}, operation
+            )
+        return real(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", deny_volumes)
+    handler({**EXCLUDING, "request_id": "r1"}, context)
+    monkeypatch.setattr(BaseClient, "_make_api_call", real)
+    run = _run(aws)
+    assert [b["tag_excluded"] for b in _items(aws, run)] == [None] * run["batches"]
+    calls = _count_calls(monkeypatch)
+    context.remaining_ms = 300_000
+    answer = _execute(aws, context, run)
+    assert answer["summary"]["started"] == 5
+    assert calls.count("ec2:DescribeVolumes") == run["batches"]
+    assert not set(tagged) & snapshots_by_volume(aws.ec2).keys()
 
 
 def test_a_retried_batch_redoes_only_what_did_not_start(
@@ -615,7 +706,7 @@ def test_a_retain_worker_paces_deletions_at_its_part_of_the_share(
     assert sum(r["remaining"] for r in retention) == 5 - deleted
 
 
-def test_a_retain_task_for_a_batch_that_never_ran_touches_nothing(
+def test_a_retain_task_before_its_batch_ran_waits_without_an_ec2_call(
     aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = _fleet(aws, 5)
@@ -623,16 +714,40 @@ def test_a_retain_task_for_a_batch_that_never_ran_touches_nothing(
     handler({"policy": "p", "target_tags": TAGS, "request_id": "r1"}, context)
     run = _run(aws)
     calls = _count_calls(monkeypatch)
-    result = handler(
-        {"snapset_task": "retain", "run": run, "batch": {"index": 3, "instance_ids": ids}},
-        context,
-    )
-    assert result == {
-        "batch": 3,
-        "instances": 0,
-        "started": 0,
-        "failed": 0,
-        "error": "NoResults",
-        "cause": "the batch never ran",
-    }
+    task = {"snapset_task": "retain", "run": run, "batch": {"index": 3, "instance_ids": ids}}
+    with pytest.raises(CreationPending, match="batch 3: no results of its creation yet"):
+        handler(task, context)
     assert [c for c in calls if c.startswith("ec2:")] == []
+
+
+def test_a_retain_task_waits_while_its_batch_has_instances_to_retry(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _fleet(aws, 3)
+    deploy_policies(monkeypatch, {"p": {"count": 1}})
+    _tight(monkeypatch, context)
+    handler({"policy": "p", "target_tags": TAGS, "request_id": "r1"}, context)
+    run = _run(aws)
+    batch = {"index": 0, "instance_ids": ids}
+    throttled = InstanceOutcome.failed(ids[2], "RequestLimitExceeded", "slow down")
+    assert throttled.error is not None
+    assert throttled.error.retry_on_redelivery
+    outcomes = [InstanceOutcome.skipped(i, "x") for i in ids[:2]] + [throttled]
+    aws.s3.put_object(
+        Bucket=run["bucket"],
+        Key=f"{run['prefix']}create/batch-00000.json",
+        Body=json.dumps([o.model_dump(mode="json") for o in outcomes]).encode(),
+    )
+    calls = _count_calls(monkeypatch)
+    with pytest.raises(CreationPending, match=f"batch 0: 1 instance.*still to retry: {ids[2]}"):
+        handler({"snapset_task": "retain", "run": run, "batch": batch}, context)
+    assert [c for c in calls if c.startswith("ec2:")] == []
+    # settled (no instance left to retry): retention runs
+    outcomes[2] = InstanceOutcome.skipped(ids[2], "x")
+    aws.s3.put_object(
+        Bucket=run["bucket"],
+        Key=f"{run['prefix']}create/batch-00000.json",
+        Body=json.dumps([o.model_dump(mode="json") for o in outcomes]).encode(),
+    )
+    result = handler({"snapset_task": "retain", "run": run, "batch": batch}, context)
+    assert result["instances"] == 3
