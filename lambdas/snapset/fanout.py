@@ -71,7 +71,9 @@ RUN_PREFIX = "runs/"
 INLINE_FRACTION = 0.5
 # A batch is sized to fill this much of a worker invocation at its part of the share.
 BATCH_FILL = 0.6
-# Seconds one CreateSnapshots (or DeleteSnapshot) call takes, for a worker's thread pool.
+# Seconds one CreateSnapshots (or DeleteSnapshot) call takes, for a worker's thread pool. A
+# local time scale (`rate_scale`) divides it like every other duration the plan prices, so
+# the local plan is the one a real night makes (same concurrency, same batches).
 CALL_SECONDS = 0.5
 # Distributed Map's children run at most this many at once here: each gets share / concurrency.
 MAX_CONCURRENCY = 40
@@ -97,7 +99,8 @@ class Estimate(BaseModel):
 
     @property
     def seconds(self) -> float:
-        # Retention is its own phase after every set has started: the phases add up.
+        # Inline, retention is its own phase after every set has started: the phases add up
+        # (a fan-out overlaps them, so for it this is an upper bound).
         return self.create_seconds + self.delete_seconds
 
 
@@ -123,7 +126,7 @@ def estimate(
     create_rate = CREATE_SNAPSHOTS_BUCKET.refill_per_second * share * rate_scale
     delete_rate = DELETE_SNAPSHOT_BUCKET.refill_per_second * share * rate_scale
     threads = workers_for(policy, max_workers)
-    latency = CALL_SECONDS / threads
+    latency = CALL_SECONDS / rate_scale / threads
     return Estimate(
         creates=creates,
         deletes=deletes,
@@ -171,7 +174,7 @@ def fan_out_shape(
     `worker_seconds`, the time a worker invocation has, and no more than its `max_workers`
     threads get through when each instance takes `seconds_per_instance` (its scripts)."""
     create_rate = CREATE_SNAPSHOTS_BUCKET.refill_per_second * share * rate_scale
-    per_worker = max_workers / CALL_SECONDS
+    per_worker = max_workers * rate_scale / CALL_SECONDS
     concurrency = min(MAX_CONCURRENCY, max(2, math.ceil(create_rate / per_worker)))
     worker_rate = create_rate / concurrency
     size = BATCH_FILL * worker_seconds * worker_rate
@@ -521,6 +524,7 @@ def retain_batch(
     deadline: Deadline,
     rate_scale: float = 1.0,
     now: datetime | None = None,
+    max_workers: int = 1,
 ) -> BatchResult:
     """Retention for one batch once its creation has settled: the instances whose set started
     (read back from the batch's results) get their older sets deleted, paced at the worker's
@@ -553,6 +557,7 @@ def retain_batch(
         now or datetime.now(UTC),
         deadline=deadline,
         pacer=pacer,
+        check_workers=max_workers,
     )
     _put_json(
         s3,

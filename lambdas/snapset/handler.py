@@ -384,7 +384,12 @@ def _fan_out_task(event: dict[str, Any], config: Settings, context: LambdaContex
     clients = make_clients(session=session())
     if task.snapset_task == "retain":
         kept = retain_batch(
-            clients.ec2, s3, task, deadline=deadline, rate_scale=config.ec2_rate_scale
+            clients.ec2,
+            s3,
+            task,
+            deadline=deadline,
+            rate_scale=config.ec2_rate_scale,
+            max_workers=config.max_workers,
         )
         return kept.model_dump(mode="json")
     result, outcomes = run_batch(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from snapset.deadline import NEVER, Deadline
@@ -102,14 +103,17 @@ def protected_ids(
     candidates: Sequence[Sequence[str]],
     deadline: Deadline = NEVER,
     own_shares: Collection[str] = frozenset(),
+    workers: int = 1,
 ) -> tuple[set[str], list[RetentionError]]:
     """Snapshot ids of the candidate sets (each given as its snapshot ids) that must be kept,
     and the checks that failed.
 
     Locks and AMIs are asked about in batches of 200 ids across all the candidates; sharing,
-    which EC2 answers per snapshot only, for each snapshot of a set nothing protects yet. A
-    check that fails (denied, throttled past retries, or not supported, as by a local AWS
-    without snapshot locks) protects every snapshot it was about.
+    which EC2 answers per snapshot only, for each snapshot of a set nothing protects yet, on
+    up to `workers` threads (a call's latency, not EC2's bucket, is what bounds it). A check
+    that fails (denied, throttled past retries, or not supported, as by a local AWS without
+    snapshot locks) protects every snapshot it was about, and so does one that had not
+    started when `deadline` passed.
     """
     ids = [sid for s in candidates for sid in s]
     errors: list[RetentionError] = []
@@ -128,22 +132,47 @@ def protected_ids(
                 )
             )
             return set(ids), errors
-    for n, s in enumerate(candidates):
-        if protected.intersection(s):
-            continue  # kept anyway: no need to ask about its other snapshots
+    # Kept anyway: no need to ask about the other snapshots of a set already protected.
+    to_check = [s for s in candidates if not protected.intersection(s)]
+
+    def check_set(snapshot_ids: Sequence[str]) -> list[bool | Exception] | None:
+        """Each snapshot shared or not (or the error asking); None: the set was not checked,
+        the deadline had passed."""
         if deadline.expired():
-            unchecked = [sid for later in candidates[n:] for sid in later]
-            protected.update(unchecked)
-            errors.append(out_of_time_error(f"kept {len(candidates) - n} set(s) unchecked"))
-            break
-        for sid in s:
+            return None
+        answers: list[bool | Exception] = []
+        for sid in snapshot_ids:
             try:
-                if is_shared(ec2, sid, own_shares):
-                    protected.add(sid)
+                answers.append(is_shared(ec2, sid, own_shares))
             except Exception as exc:
                 logger.warning("retention check of %s failed: %r", sid, exc)
+                answers.append(exc)
+        return answers
+
+    checked: list[list[bool | Exception] | None] = []
+    if workers > 1 and len(to_check) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            checked = list(pool.map(check_set, to_check))
+    else:
+        for snapshot_ids in to_check:
+            checked.append(check_set(snapshot_ids))
+            if checked[-1] is None:
+                break  # out of time: the rest stay unchecked
+        checked += [None] * (len(to_check) - len(checked))
+    unchecked = 0
+    for snapshot_ids, answers in zip(to_check, checked, strict=True):
+        if answers is None:
+            unchecked += 1
+            protected.update(snapshot_ids)
+            continue
+        for sid, answer in zip(snapshot_ids, answers, strict=True):
+            if isinstance(answer, Exception):
                 errors.append(
-                    retention_error(exc, sid, "DescribeSnapshotAttribute failed, kept its set")
+                    retention_error(answer, sid, "DescribeSnapshotAttribute failed, kept its set")
                 )
                 protected.add(sid)
+            elif answer:
+                protected.add(sid)
+    if unchecked:
+        errors.append(out_of_time_error(f"kept {unchecked} set(s) unchecked"))
     return protected, errors

@@ -367,6 +367,7 @@ def retain_sets(
     pacer: Pacer | None = None,
     keys: SetTags = HOME_SET_TAGS,
     retention: Retention | None = None,
+    check_workers: int = 1,
 ) -> dict[str, RetentionResult]:
     """Delete the policy's older snapshot sets of these instances that its retention lets go.
 
@@ -382,8 +383,9 @@ def retain_sets(
     for the next run, so the report still gets out.
 
     `keys` names the sets' tags (a region's copies: `copy_set_tags`) and `retention` overrides
-    the policy's (a copy rule's own). A set still tagged `snapset:copies=pending` is kept, and
-    a share with one of `policy.share_with_accounts` (Snapset's own) protects nothing.
+    the policy's (a copy rule's own). `check_workers` threads ask EC2 about sharing. A set
+    still tagged `snapset:copies=pending` is kept, and a share with one of
+    `policy.share_with_accounts` (Snapset's own) protects nothing.
     """
     retention = retention if retention is not None else policy.retention
     if retention is None:
@@ -414,6 +416,7 @@ def retain_sets(
                 [c.snapshot_ids for c in candidates],
                 deadline,
                 own_shares=frozenset(policy.share_with_accounts),
+                workers=check_workers,
             )
             if candidates
             else (set(), [])
@@ -532,9 +535,11 @@ def with_retention_all(
     *,
     deadline: Deadline = NEVER,
     pacer: Pacer | None = None,
+    check_workers: int = 1,
 ) -> list[InstanceOutcome]:
     """The run's retention phase: every outcome retention applies to gets its `retention`
-    result (`retain_sets` over all of them at once), the others are returned as they are."""
+    result (`retain_sets` over all of them at once, sharing asked about on `check_workers`
+    threads), the others are returned as they are."""
     wanted = [o.instance_id for o in outcomes if wants_retention(policy, o)]
     if not wanted:
         return list(outcomes)
@@ -546,6 +551,7 @@ def with_retention_all(
         now,
         deadline=deadline,
         pacer=pacer,
+        check_workers=check_workers,
     )
     return [
         o.model_copy(update={"retention": results[o.instance_id]})

@@ -353,5 +353,6 @@ def run_request(
         datetime.now(UTC),
         deadline=deadline,
         pacer=engine.delete_pacer,
+        check_workers=max_workers,
     )
     return build_report(policy.name, request.trigger, policy.dry_run, outcomes)

@@ -64,9 +64,10 @@ def test_the_estimate_is_the_slowest_phase_sum_of_ec2s_buckets_at_the_share() ->
         {"policy": "p", "target_tags": TAGS, "retention": {"count": 7}}
     )
     with_deletes = estimate(retaining, _instances(1_000), share=0.5, rate_scale=20)
-    # one expired set of two volumes per instance, the refill times the local time scale
+    # one expired set of two volumes per instance, the refill times the local time scale, and
+    # the calls' latency divided by it like every other duration
     assert with_deletes.deletes == 2_000
-    assert with_deletes.delete_seconds == pytest.approx((2_000 - 50) / 50 + 2_000 * 0.5 / 8)
+    assert with_deletes.delete_seconds == pytest.approx((2_000 - 50) / 50 + 2_000 * 0.5 / 8 / 20)
     assert with_deletes.seconds == with_deletes.create_seconds + with_deletes.delete_seconds
 
 
@@ -88,11 +89,16 @@ def test_the_shape_splits_the_share_and_fills_each_worker() -> None:
     # two deletes per instance at the same rate: half the batch
     assert retaining.batch_size == int(0.6 * 290 * 1.25 / 2)
     fast = fan_out_shape(
-        share=0.5, worker_seconds=15, volumes_per_instance=2, retention=False, rate_scale=20
+        share=0.5, worker_seconds=14.5, volumes_per_instance=2, retention=False, rate_scale=20
     )
-    # 50 per second need 4 workers at 16 calls per second each
-    assert fast.max_concurrency == 4
-    assert fast.worker_share == 0.125
+    # a local time scale cuts the same night as a real one: 2 workers, batches as big
+    assert (fast.max_concurrency, fast.worker_share) == (shape.max_concurrency, shape.worker_share)
+    assert fast.batch_size == shape.batch_size
+    single = fan_out_shape(
+        share=1.0, worker_seconds=290, volumes_per_instance=2, retention=False, max_workers=1
+    )
+    # the whole refill (5 per second) over workers of one thread (2 calls per second): 3
+    assert single.max_concurrency == 3
 
 
 def test_scripts_are_priced_at_their_timeouts_over_the_runs_threads() -> None:
