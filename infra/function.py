@@ -35,6 +35,7 @@ from snapset.settings import (
     ENV_DEPLOYED_COPIES,
     ENV_DEPLOYED_POLICIES,
     ENV_EC2_API_SHARE,
+    ENV_FAN_OUT_CONCURRENCY,
     ENV_IDEMPOTENCY_TABLE,
     ENV_MAX_WORKERS,
     ENV_REPORT_BUCKET,
@@ -259,6 +260,13 @@ class SnapshotFunction(Construct):
                 ENV_REPORT_BUCKET: report_bucket.bucket_name,
                 ENV_SAFETY_MARGIN_MS: str(config.safety_margin_ms),
                 ENV_EC2_API_SHARE: str(config.ec2_api_share),
+                # What the fan-out's Maps may use of the reserved concurrency: one
+                # invocation is kept for the triggers (the one that hands off among them).
+                **(
+                    {ENV_FAN_OUT_CONCURRENCY: str(max(1, config.max_concurrency - 1))}
+                    if config.max_concurrency is not None
+                    else {}
+                ),
                 ENV_DEPLOYED_POLICIES: config.deployed_policies(),
                 ENV_DEPLOYED_COPIES: config.deployed_copies(),
                 "POWERTOOLS_SERVICE_NAME": SERVICE_NAME,

@@ -166,16 +166,24 @@ def fan_out_shape(
     rate_scale: float = 1.0,
     max_workers: int = 8,
     seconds_per_instance: float = 0.0,
+    concurrency_limit: int | None = None,
 ) -> FanOutShape:
     """Concurrency: enough workers that their threads can keep up with the share's refill
     (`max_workers` calls every `CALL_SECONDS` each), at least 2 so one worker's start-up or
     end overlaps another's work. Batch size: what one worker paced at its part of the share
     creates (and, with retention, deletes: one expired set per instance) in `BATCH_FILL` of
     `worker_seconds`, the time a worker invocation has, and no more than its `max_workers`
-    threads get through when each instance takes `seconds_per_instance` (its scripts)."""
+    threads get through when each instance takes `seconds_per_instance` (its scripts).
+
+    `concurrency_limit` caps the invocations the Maps run at once, together (with retention
+    two Maps run side by side, each gets half), so the fan-out never takes the function's
+    reserved concurrency from itself: a retain worker refused by Lambda would delay
+    creation."""
     create_rate = CREATE_SNAPSHOTS_BUCKET.refill_per_second * share * rate_scale
     per_worker = max_workers * rate_scale / CALL_SECONDS
     concurrency = min(MAX_CONCURRENCY, max(2, math.ceil(create_rate / per_worker)))
+    if concurrency_limit is not None:
+        concurrency = min(concurrency, max(1, concurrency_limit // (2 if retention else 1)))
     worker_rate = create_rate / concurrency
     size = BATCH_FILL * worker_seconds * worker_rate
     if retention:
@@ -340,6 +348,7 @@ def hand_off(
     share: float,
     rate_scale: float = 1.0,
     max_workers: int = 8,
+    concurrency_limit: int | None = None,
     claim: Callable[[], Delivery] | None = None,
 ) -> HandedOff | None:
     """Hand the run to the state machine when its estimate does not fit `INLINE_FRACTION` of
@@ -381,6 +390,7 @@ def hand_off(
         rate_scale=rate_scale,
         max_workers=workers_for(policy, max_workers),
         seconds_per_instance=script_seconds(policy),
+        concurrency_limit=concurrency_limit,
     )
     ids = [i.instance_id for i in instances]
     excluded = plan_exclusions(ec2, policy, instances)

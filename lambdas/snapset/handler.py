@@ -451,6 +451,7 @@ def _hand_off(
             share=config.ec2_api_share,
             rate_scale=config.ec2_rate_scale,
             max_workers=config.max_workers,
+            concurrency_limit=config.fan_out_concurrency,
             claim=None if request.policy.dry_run else claim,
         )
 

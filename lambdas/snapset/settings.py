@@ -42,6 +42,9 @@ ENV_DEPLOYED_COPIES = "SNAPSET_DEPLOYED_COPIES"
 # sets it to its own factor.
 ENV_EC2_API_SHARE = "SNAPSET_EC2_API_SHARE"
 ENV_EC2_RATE_SCALE = "SNAPSET_EC2_RATE_SCALE"
+# How many invocations of the function a fan-out's Maps may run at once: its reserved
+# concurrency less one for the triggers; unset when the function has none reserved.
+ENV_FAN_OUT_CONCURRENCY = "SNAPSET_FAN_OUT_CONCURRENCY"
 
 DeployedPolicies = Mapping[str, Retention | None]
 _DEPLOYED = TypeAdapter(dict[PolicyName, Retention | None])
@@ -80,6 +83,7 @@ class Settings:
     deployed_copies: DeployedCopies = field(default_factory=dict)
     # The function's own region: the source of its copies (Lambda sets AWS_REGION).
     region: str = ""
+    fan_out_concurrency: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -118,6 +122,11 @@ class Settings:
             safety_margin_ms=_int(env, ENV_SAFETY_MARGIN_MS, DEFAULT_SAFETY_MARGIN_MS, 0, 600_000),
             ec2_api_share=_float(env, ENV_EC2_API_SHARE, DEFAULT_EC2_API_SHARE, 0.01, 1.0),
             ec2_rate_scale=_float(env, ENV_EC2_RATE_SCALE, 1.0, 1.0, 1000.0),
+            fan_out_concurrency=(
+                _int(env, ENV_FAN_OUT_CONCURRENCY, 0, 1, 1000)
+                if env.get(ENV_FAN_OUT_CONCURRENCY)
+                else None
+            ),
         )
 
 

@@ -30,7 +30,7 @@ def s() -> Synth:
                 {"protocol": "sqs", "endpoint": "arn:aws:sqs:eu-central-1:123456789012:ops"},
                 {"protocol": "https", "endpoint": "https://hooks.example.com/snapset"},
             ],
-            "max_concurrency": 5,
+            "max_concurrency": 3,
             "lambda_memory_mb": 512,
             "lambda_timeout_seconds": 600,
             "log_retention_days": 365,
@@ -59,7 +59,8 @@ def test_outpost_arn_is_added_to_create_snapshots(s: Synth) -> None:
 
 def test_function_settings(s: Synth) -> None:
     fn = s.only("AWS::Lambda::Function")["Properties"]
-    assert fn["ReservedConcurrentExecutions"] == 5
+    assert fn["ReservedConcurrentExecutions"] == 3
+    assert fn["Environment"]["Variables"]["SNAPSET_FAN_OUT_CONCURRENCY"] == "2"
     assert (fn["MemorySize"], fn["Timeout"]) == (512, 600)
     assert fn["Layers"] == [LAYER]
     assert fn["Environment"]["Variables"]["POWERTOOLS_LOG_LEVEL"] == "DEBUG"

@@ -27,6 +27,7 @@ from snapset.settings import (
     ENV_DEPLOYED_COPIES,
     ENV_DEPLOYED_POLICIES,
     ENV_EC2_API_SHARE,
+    ENV_FAN_OUT_CONCURRENCY,
     ENV_IDEMPOTENCY_TABLE,
     ENV_MAX_WORKERS,
     ENV_REPORT_BUCKET,
@@ -117,6 +118,8 @@ def test_function_environment_is_the_lambda_contract(s: Synth) -> None:
         ENV_REPORT_BUCKET: ref(s, "AWS::S3::Bucket"),
         ENV_SAFETY_MARGIN_MS: "10000",
         ENV_EC2_API_SHARE: "0.5",
+        # the reserved concurrency (5) less one for the triggers
+        ENV_FAN_OUT_CONCURRENCY: "4",
         ENV_DEPLOYED_POLICIES: '{"nightly-app":{"count":7},"on-stop":{"max_age_days":30},'
         '"db-consistent":{"count":7},"dr-nightly":{"count":7}}',
         ENV_DEPLOYED_COPIES: '{"dr-nightly":{"copies":[{"region":"us-west-2",'

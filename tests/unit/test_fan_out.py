@@ -99,6 +99,20 @@ def test_the_shape_splits_the_share_and_fills_each_worker() -> None:
     )
     # the whole refill (5 per second) over workers of one thread (2 calls per second): 3
     assert single.max_concurrency == 3
+    # with retention two Maps run side by side: each gets half of what the function may run
+    capped = fan_out_shape(
+        share=1.0,
+        worker_seconds=290,
+        volumes_per_instance=2,
+        retention=True,
+        max_workers=1,
+        concurrency_limit=4,
+    )
+    assert (capped.max_concurrency, capped.worker_share) == (2, 0.5)
+    alone = fan_out_shape(
+        share=0.5, worker_seconds=290, volumes_per_instance=2, retention=True, concurrency_limit=1
+    )
+    assert (alone.max_concurrency, alone.worker_share) == (1, 0.5)
 
 
 def test_scripts_are_priced_at_their_timeouts_over_the_runs_threads() -> None:

@@ -12,6 +12,7 @@ from snapset.settings import (
     ENV_DEPLOYED_POLICIES,
     ENV_EC2_API_SHARE,
     ENV_EC2_RATE_SCALE,
+    ENV_FAN_OUT_CONCURRENCY,
     ENV_IDEMPOTENCY_TABLE,
     ENV_REPORT_BUCKET,
     ENV_STATE_MACHINE_ARN,
@@ -100,6 +101,11 @@ def test_the_ec2_share_and_rate_scale_default_to_half_and_one() -> None:
     assert (settings.ec2_api_share, settings.ec2_rate_scale) == (0.2, 20.0)
 
 
+def test_the_fan_out_concurrency_is_unlimited_unless_set() -> None:
+    assert Settings.from_env(BASE).fan_out_concurrency is None
+    assert Settings.from_env({**BASE, ENV_FAN_OUT_CONCURRENCY: "4"}).fan_out_concurrency == 4
+
+
 @pytest.mark.parametrize(
     ("name", "raw", "message"),
     [
@@ -108,6 +114,8 @@ def test_the_ec2_share_and_rate_scale_default_to_half_and_one() -> None:
         (ENV_EC2_API_SHARE, "1.01", "must be between 0.01 and 1.0 (got 1.01)"),
         (ENV_EC2_API_SHARE, "nan", "must be between 0.01 and 1.0 (got nan)"),
         (ENV_EC2_RATE_SCALE, "0.5", "must be between 1.0 and 1000.0 (got 0.5)"),
+        (ENV_FAN_OUT_CONCURRENCY, "0", "must be between 1 and 1000 (got 0)"),
+        (ENV_FAN_OUT_CONCURRENCY, "four", "must be an integer (got 'four')"),
     ],
 )
 def test_a_bad_share_or_rate_scale_is_named(name: str, raw: str, message: str) -> None:
