@@ -625,6 +625,22 @@ def aggregate(s3: S3Client, task: FanOutTask) -> RunReport:
     return report.model_copy(update={"execution_arn": task.execution_arn})
 
 
+def _published_key(run: FanOutRun) -> str:
+    return f"{run.prefix}published.json"
+
+
+def published_answer(s3: S3Client, run: FanOutRun) -> dict[str, Any] | None:
+    """What the aggregator answered once it had published the run's report, or None when it
+    has not (so a retried aggregator publishes nothing twice)."""
+    answer = _get_json(s3, run.bucket, _published_key(run))
+    return answer if isinstance(answer, dict) else None
+
+
+def record_published(s3: S3Client, run: FanOutRun, answer: dict[str, Any]) -> None:
+    """Note beside the run's files that its report went out, with the aggregator's answer."""
+    _put_json(s3, run.bucket, _published_key(run), answer)
+
+
 def _why(failure: BatchResult | None) -> str:
     if failure is None:
         return "no result"

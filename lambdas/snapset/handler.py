@@ -45,6 +45,8 @@ from snapset.fanout import (
     FanOutTask,
     aggregate,
     hand_off,
+    published_answer,
+    record_published,
     retain_batch,
     retry_ids,
     run_batch,
@@ -374,13 +376,21 @@ def _fan_out_task(event: dict[str, Any], config: Settings, context: LambdaContex
         context.get_remaining_time_in_millis(), config.safety_margin_ms
     )
     if task.snapset_task == "aggregate":
+        published = published_answer(s3, task.run)
+        if published is not None:
+            # A retry of an aggregator that had published (and then failed to answer): the
+            # report went out once, it is not sent again.
+            logger.info("run report already published", extra={"answer": published})
+            return published
         sns = session().client("sns", config=SNS_CONFIG)
         report = _publish_run(aggregate(s3, task), sns, config, context)
-        return {
+        answer = {
             "status": report.status.value,
             "summary": report.summary.model_dump(mode="json"),
             "full_report": report.full_report.model_dump() if report.full_report else None,
         }
+        record_published(s3, task.run, answer)
+        return answer
     clients = make_clients(session=session())
     if task.snapset_task == "retain":
         kept = retain_batch(

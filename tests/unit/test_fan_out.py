@@ -276,9 +276,10 @@ def test_the_batches_make_one_set_each_and_the_aggregator_one_report(
     assert calls.count("ec2:CreateSnapshots") == 5
     # a scheduled batch's first attempt looks for no set: no DescribeSnapshots at all
     assert "ec2:DescribeSnapshots" not in calls
-    # without retention the aggregator reads the plan and each batch's results, nothing else
-    # (one more read of the plan is this test's own, to send the batches)
-    assert calls.count("s3:GetObject") == 1 + 1 + _run(aws)["batches"]
+    # without retention the aggregator reads whether it published already, the plan and each
+    # batch's results, nothing else (one more read of the plan is this test's own, to send
+    # the batches)
+    assert calls.count("s3:GetObject") == 1 + 1 + 1 + _run(aws)["batches"]
     assert answer["status"] == "succeeded"
     assert answer["summary"]["started"] == 5
     [report] = [json.loads(m["Message"]) for m in aws.messages()]
@@ -375,6 +376,26 @@ def test_a_failed_plan_listing_leaves_each_batch_to_list_its_own(
     assert answer["summary"]["started"] == 5
     assert calls.count("ec2:DescribeVolumes") == run["batches"]
     assert not set(tagged) & snapshots_by_volume(aws.ec2).keys()
+
+
+def test_a_retried_aggregator_does_not_publish_the_report_twice(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fleet(aws, 3)
+    _tight(monkeypatch, context)
+    handler({"policy": "p", "target_tags": TAGS, "schedule": SCHEDULE}, context)
+    context.remaining_ms = 300_000
+    run = _run(aws)
+    first = _execute(aws, context, run)
+    created = [{"batch": b["index"], "instances": len(b["instance_ids"])} for b in _items(aws, run)]
+    calls = _count_calls(monkeypatch)
+    # the Map retries an aggregator that published, then failed to answer
+    again = handler(
+        {"snapset_task": "aggregate", "run": run, "created": created, "retained": []}, context
+    )
+    assert again == first
+    assert len(aws.messages()) == 1
+    assert "sns:Publish" not in calls
 
 
 def test_a_retried_batch_redoes_only_what_did_not_start(
