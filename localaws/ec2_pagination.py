@@ -19,7 +19,10 @@ with HTTP 500 on a token it does not know. After `install()`:
 * **DescribeInstances**: ``MaxResults`` 5-1000, ``InvalidParameterValue`` outside ("This value
   can be between 5 and 1000. You cannot specify this parameter and the instance IDs parameter
   in the same call."; the combination is moto's own ``InvalidParameterCombination``). Pages
-  count reservations, as moto's do, and without ``MaxResults`` a page holds at most 100
+  count instances, as AWS's ``MaxResults`` ("the maximum number of items") does: a reservation
+  with more instances than the page has room for is split across pages, each carrying a copy
+  of it with its part of the instances (moto paged by reservation, so one RunInstances of
+  1,000 instances was one item). Without ``MaxResults`` and a token a page holds at most 100
   reservations, moto's default.
 * **DescribeImages**: ``MaxResults`` honoured; AWS documents no range, so only values below 1
   are refused (``InvalidParameterValue``; our choice).
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -231,14 +235,54 @@ def describe_instances(self: Any) -> ActionResult:
         )
     else:
         reservations = self.ec2_backend.describe_instances(filters=filter_dict)
-    items, next_token = page(
-        reservations,
-        self.ec2_backend.reservations,
-        INSTANCES.action,
-        token,
-        MOTO_INSTANCES_DEFAULT if limit is None else limit,
-    )
+    if limit is None and token is None:
+        # moto's own page: at most 100 reservations
+        items, next_token = page(
+            reservations,
+            self.ec2_backend.reservations,
+            INSTANCES.action,
+            None,
+            MOTO_INSTANCES_DEFAULT,
+        )
+    else:
+        items, next_token = page_instances(
+            reservations, self.ec2_backend.reservations, token, limit
+        )
     return ActionResult({"Reservations": items, "NextToken": next_token})
+
+
+# An instance-counting cursor: the reservation's sequence number times this, plus how many of
+# its instances earlier pages returned.
+_SPLIT = 1 << 20
+
+
+def page_instances(
+    reservations: Sequence[Any], store: Mapping[str, Any], token: str | None, limit: int | None
+) -> tuple[list[Any], str | None]:
+    """A DescribeInstances page of at most `limit` instances, as AWS counts MaxResults (items,
+    not reservations: a reservation of 1,000 instances is split across pages, each page
+    carrying a copy of it with its part of the instances), and the next token."""
+    numbers = sequence(store, reservations)
+    start, done = divmod(decode_token(INSTANCES.action, token), _SPLIT) if token else (0, 0)
+    out: list[Any] = []
+    taken = 0
+    for n, reservation in zip(numbers, reservations, strict=True):
+        if n < start:
+            continue
+        skip = done if n == start else 0
+        instances = list(reservation.instances)[skip:]
+        if not instances:
+            continue
+        room = len(instances) if limit is None else limit - taken
+        if room <= 0:
+            return out, encode_token(INSTANCES.action, n * _SPLIT + skip)
+        piece = copy.copy(reservation)
+        piece.instances = instances[:room]
+        out.append(piece)
+        taken += len(piece.instances)
+        if len(piece.instances) < len(instances):
+            return out, encode_token(INSTANCES.action, n * _SPLIT + skip + len(piece.instances))
+    return out, None
 
 
 def install() -> None:

@@ -133,7 +133,29 @@ def test_describe_images_pages(ec2: Any, image_id: str) -> None:
         _assert_paged(ec2, IMAGE_LISTING, size, everything)
 
 
-def test_describe_instances_pages(ec2: Any, image_id: str) -> None:
+def _walk_raw(ec2: Any, size: int) -> list[list[tuple[str, str]]]:
+    """Every DescribeInstances page of the nightly listing, as (reservation, instance) ids."""
+    pages: list[list[tuple[str, str]]] = []
+    token: str | None = None
+    kwargs = RESERVATION_LISTING[3]
+    while True:
+        response = ec2.describe_instances(
+            **kwargs, MaxResults=size, **({"NextToken": token} if token else {})
+        )
+        pages.append(
+            [
+                (r["ReservationId"], i["InstanceId"])
+                for r in response["Reservations"]
+                for i in r["Instances"]
+            ]
+        )
+        token = response.get("NextToken")
+        if not token:
+            return pages
+        assert len(pages) < 100, "the pages never end"
+
+
+def test_describe_instances_pages_count_instances(ec2: Any, image_id: str) -> None:
     def launch(count: int, policy: str) -> None:
         ec2.run_instances(
             ImageId=image_id,
@@ -144,24 +166,26 @@ def test_describe_instances_pages(ec2: Any, image_id: str) -> None:
             ],
         )
 
-    for _ in range(11):
+    for _ in range(4):
         launch(1, "nightly")
         launch(1, "weekly")
-    launch(3, "nightly")  # one reservation of three instances: pages count reservations
-    everything = _all(ec2, RESERVATION_LISTING)
-    assert len(everything) == 12
-    for size in (5, 6, 12, 1000):
-        _assert_paged(ec2, RESERVATION_LISTING, size, everything)
-    paginator = ec2.get_paginator("describe_instances")
-    instances = [
-        i["InstanceId"]
-        for page in paginator.paginate(
-            Filters=RESERVATION_LISTING[3]["Filters"], PaginationConfig={"PageSize": 5}
-        )
-        for r in page["Reservations"]
+    launch(7, "nightly")  # one reservation of seven instances: split across pages
+    launch(2, "nightly")
+    unpaged = ec2.describe_instances(**RESERVATION_LISTING[3])
+    assert "NextToken" not in unpaged
+    everything = [
+        (r["ReservationId"], i["InstanceId"])
+        for r in unpaged["Reservations"]
         for i in r["Instances"]
     ]
-    assert len(instances) == len(set(instances)) == 14
+    assert len(everything) == 13
+    for size in (5, 6, 13, 1000):
+        pages = _walk_raw(ec2, size)
+        assert all(len(p) == size for p in pages[:-1])  # full but for the last
+        assert 0 < len(pages[-1]) <= size
+        # every instance once, in order, under its own reservation
+        assert [pair for p in pages for pair in p] == everything
+        assert len(pages) == -(-13 // size)
 
 
 @pytest.mark.parametrize(
