@@ -442,6 +442,8 @@ def _hand_off(
             release_delivery(store.dynamodb, store.table_name, policy, trigger)
         return delivery
 
+    worker_seconds = deadline.remaining()
+
     def decide(
         instances: Sequence[Instance], missing: Sequence[InstanceOutcome]
     ) -> HandedOff | None:
@@ -456,8 +458,9 @@ def _hand_off(
             instances=instances,
             missing=missing,
             remaining_seconds=remaining,
-            # Workers run on the same function, so they have what this invocation had.
-            worker_seconds=remaining,
+            # Workers run on the same function, so each has what this invocation had when it
+            # started, not what its planning left.
+            worker_seconds=worker_seconds,
             share=config.ec2_api_share,
             rate_scale=config.ec2_rate_scale,
             max_workers=config.max_workers,

@@ -8,6 +8,7 @@ import dataclasses
 import json
 from typing import Any
 
+import boto3
 import pytest
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
@@ -15,6 +16,7 @@ from botocore.exceptions import ClientError
 from localaws.fleet import DataVolume, FleetInstance, launch_instance, snapshots_by_volume
 from snapset import fanout
 from snapset import handler as handler_module
+from snapset.deadline import Deadline
 from snapset.errors import InvalidInput
 from snapset.fanout import (
     BATCH_FAILED,
@@ -28,8 +30,10 @@ from snapset.fanout import (
 from snapset.handler import IncompleteRun, handler
 from snapset.outcomes import InstanceOutcome
 from snapset.policy import SnapshotPolicy
+from snapset.run import IdempotencyStore
 from snapset.settings import ENV_EC2_API_SHARE
 from snapset.targets import AttachedVolume, Instance
+from snapset.triggers import parse_request
 from tests.unit.conftest import COMPLETER, Aws, LambdaContext, deploy_policies
 from tests.unit.test_retention_in_run import age_all_snapshots
 
@@ -396,6 +400,30 @@ def test_a_retried_aggregator_does_not_publish_the_report_twice(
     assert again == first
     assert len(aws.messages()) == 1
     assert "sns:Publish" not in calls
+
+
+def test_batches_are_sized_for_a_whole_invocation_not_what_planning_left(
+    aws: Aws, context: LambdaContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: dict[str, Any] = {}
+
+    def record(*args: Any, **kwargs: Any) -> None:
+        asked.update(kwargs)
+
+    monkeypatch.setattr(handler_module, "hand_off", record)
+    now = [0.0]
+    deadline = Deadline(at=290.0, clock=lambda: now[0])
+    decide = handler_module._hand_off(
+        aws.ec2,
+        parse_request({"policy": "p", "target_tags": TAGS, "request_id": "r"}),
+        handler_module.settings(),
+        deadline,
+        IdempotencyStore("t", boto3.client("dynamodb", region_name="us-east-1"), context),
+    )
+    now[0] = 240.0  # discovering 10,000 instances took its time
+    decide([], [])
+    # each worker is an invocation of its own: it has what this one had when it started
+    assert (asked["remaining_seconds"], asked["worker_seconds"]) == (50.0, 290.0)
 
 
 def test_a_retried_batch_redoes_only_what_did_not_start(
