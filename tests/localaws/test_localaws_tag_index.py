@@ -14,6 +14,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.ec2.models import ec2_backends
 
@@ -86,6 +87,21 @@ QUERIES: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("describe_snapshots", {"OwnerIds": ["self"]}),
+    (
+        "describe_snapshots",
+        {"Filters": [{"Name": "tag:snapset:trigger-id", "Values": ["t*", "x"]}]},
+    ),
+    (
+        "describe_snapshots",
+        {
+            "Filters": [
+                {"Name": "tag:snapset:policy", "Values": ["weekly", "monthly"]},
+                {"Name": "tag:snapset:trigger-id", "Values": ["t2"]},
+                {"Name": "tag-key", "Values": ["snapset:instance-id"]},
+            ]
+        },
+    ),
+    ("describe_snapshots", {"Filters": [{"Name": "tag:snapset:policy", "Values": ["[n]ightly"]}]}),
     ("describe_tags", {}),
     ("describe_tags", {"Filters": [{"Name": "resource-type", "Values": ["snapshot"]}]}),
 ]
@@ -278,3 +294,21 @@ def test_install_is_idempotent() -> None:
     finally:
         if was_installed:
             ec2_tag_index.install()
+
+
+def test_snapshots_by_id_and_tag_are_moto_s_answer(ec2: Ec2, fleet: dict[str, Any]) -> None:
+    wanted = fleet["snapshots"][::3]
+    kwargs = {
+        "SnapshotIds": wanted,
+        "Filters": [{"Name": "tag:snapset:trigger-id", "Values": ["t1"]}],
+    }
+    mine = _strip(ec2.client.describe_snapshots(**kwargs))
+    ec2_tag_index.uninstall()
+    try:
+        theirs = _strip(ec2.client.describe_snapshots(**kwargs))
+    finally:
+        ec2_tag_index.install()
+    assert mine == theirs
+    assert 0 < len(mine["Snapshots"]) < len(wanted)  # the tag filter left some out
+    with pytest.raises(ClientError, match=r"InvalidSnapshot\.NotFound"):
+        ec2.client.describe_snapshots(SnapshotIds=[*wanted, "snap-0123456789abcdef0"])
