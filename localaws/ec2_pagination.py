@@ -235,19 +235,14 @@ def describe_instances(self: Any) -> ActionResult:
         )
     else:
         reservations = self.ec2_backend.describe_instances(filters=filter_dict)
-    if limit is None and token is None:
-        # moto's own page: at most 100 reservations
-        items, next_token = page(
-            reservations,
-            self.ec2_backend.reservations,
-            INSTANCES.action,
-            None,
-            MOTO_INSTANCES_DEFAULT,
-        )
-    else:
-        items, next_token = page_instances(
-            reservations, self.ec2_backend.reservations, token, limit
-        )
+    items, next_token = page_instances(
+        reservations,
+        self.ec2_backend.reservations,
+        token,
+        limit,
+        # without either, moto's own page: at most 100 reservations
+        max_reservations=MOTO_INSTANCES_DEFAULT if limit is None and token is None else None,
+    )
     return ActionResult({"Reservations": items, "NextToken": next_token})
 
 
@@ -257,11 +252,16 @@ _SPLIT = 1 << 20
 
 
 def page_instances(
-    reservations: Sequence[Any], store: Mapping[str, Any], token: str | None, limit: int | None
+    reservations: Sequence[Any],
+    store: Mapping[str, Any],
+    token: str | None,
+    limit: int | None,
+    max_reservations: int | None = None,
 ) -> tuple[list[Any], str | None]:
     """A DescribeInstances page of at most `limit` instances, as AWS counts MaxResults (items,
     not reservations: a reservation of 1,000 instances is split across pages, each page
-    carrying a copy of it with its part of the instances), and the next token."""
+    carrying a copy of it with its part of the instances), or of at most `max_reservations`
+    whole reservations, and the next token (one kind for both)."""
     numbers = sequence(store, reservations)
     start, done = divmod(decode_token(INSTANCES.action, token), _SPLIT) if token else (0, 0)
     out: list[Any] = []
@@ -274,7 +274,7 @@ def page_instances(
         if not instances:
             continue
         room = len(instances) if limit is None else limit - taken
-        if room <= 0:
+        if room <= 0 or (max_reservations is not None and len(out) >= max_reservations):
             return out, encode_token(INSTANCES.action, n * _SPLIT + skip)
         piece = copy.copy(reservation)
         piece.instances = instances[:room]

@@ -303,3 +303,21 @@ def test_numbering_follows_moto_store_not_first_sight(ec2: Any) -> None:
         other,
         *newer,
     ]
+
+
+def test_describe_instances_default_pages_follow_their_own_token(ec2: Any, image_id: str) -> None:
+    for _ in range(101):
+        ec2.run_instances(
+            ImageId=image_id,
+            MinCount=1,
+            MaxCount=1,
+            TagSpecifications=[
+                {"ResourceType": "instance", "Tags": [{"Key": "policy", "Value": "nightly"}]}
+            ],
+        )
+    first = ec2.describe_instances(**RESERVATION_LISTING[3])
+    assert len(first["Reservations"]) == 100  # moto's default page, without MaxResults
+    rest = ec2.describe_instances(**RESERVATION_LISTING[3], NextToken=first["NextToken"])
+    assert "NextToken" not in rest
+    ids = [r["ReservationId"] for page in (first, rest) for r in page["Reservations"]]
+    assert len(ids) == len(set(ids)) == 101
