@@ -10,6 +10,8 @@ results into one run report.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 from aws_cdk import ArnFormat, CfnElement, Duration, Names, Stack, Token
 from aws_cdk import aws_iam as iam
@@ -95,8 +97,37 @@ class FanOut(Construct):
             arn_format=ArnFormat.COLON_RESOURCE_NAME,
         )
         self.log_group = logs.LogGroup(self, "Logs", retention=RETENTION[config.log_retention_days])
-        create = self._map("CreateSets", "batch", function, bucket, retries=INCOMPLETE_RUN)
-        retain = self._map("RetainSets", "retain", function, bucket, retries=CREATION_PENDING)
+        create = self._map(
+            "CreateSets",
+            "batch",
+            function,
+            bucket,
+            # Instances throttled or out of time: wait for the bucket to refill, then redo
+            # the batch (its idempotency records make that redo only what did not start).
+            own_retry={
+                "errors": [INCOMPLETE_RUN],
+                "interval": Duration.seconds(30),
+                "backoff_rate": 2,
+                "max_attempts": 3,
+                "max_delay": Duration.minutes(5),
+                "jitter_strategy": sfn.JitterType.FULL,
+            },
+        )
+        retain = self._map(
+            "RetainSets",
+            "retain",
+            function,
+            bucket,
+            # The batch's creation is still running or retrying: look again later. A batch
+            # the create Map gave up on never settles, and its retention is reported failed.
+            own_retry={
+                "errors": [CREATION_PENDING],
+                "interval": Duration.seconds(15),
+                "backoff_rate": 1.5,
+                "max_attempts": 12,
+                "max_delay": Duration.minutes(2),
+            },
+        )
         no_retention = sfn.Pass(self, "NoRetention", result=sfn.Result.from_array([]))
         # Retention maps the batches beside their creation: each retain task waits for its own
         # batch, so deletion (another bucket) overlaps the creation of the later batches and
@@ -178,8 +209,11 @@ class FanOut(Construct):
         function: lambda_.IFunction,
         bucket: s3.IBucket,
         *,
-        retries: str,
+        own_retry: Mapping[str, Any],
     ) -> sfn.DistributedMap:
+        """A Distributed Map of `task` over the batches: Lambda's service errors retried, then
+        the task's `own_retry` (`add_retry` arguments), then anything else; a batch that still
+        fails becomes its result, and one the function refuses fails the execution."""
         work = tasks.LambdaInvoke(
             self,
             f"{construct_id}Batch",
@@ -207,27 +241,7 @@ class FanOut(Construct):
             max_delay=Duration.minutes(1),
             jitter_strategy=sfn.JitterType.FULL,
         )
-        if retries == INCOMPLETE_RUN:
-            # Instances throttled or out of time: wait for the bucket to refill, then redo
-            # the batch (its idempotency records make that redo only what did not start).
-            work.add_retry(
-                errors=[INCOMPLETE_RUN],
-                interval=Duration.seconds(30),
-                backoff_rate=2,
-                max_attempts=3,
-                max_delay=Duration.minutes(5),
-                jitter_strategy=sfn.JitterType.FULL,
-            )
-        if retries == CREATION_PENDING:
-            # The batch's creation is still running or retrying: look again later. A batch
-            # the create Map gave up on never settles, and its retention is reported failed.
-            work.add_retry(
-                errors=[CREATION_PENDING],
-                interval=Duration.seconds(15),
-                backoff_rate=1.5,
-                max_attempts=12,
-                max_delay=Duration.minutes(2),
-            )
+        work.add_retry(**own_retry)
         # A worker that died (timed out, out of memory) or any other error.
         work.add_retry(
             errors=["States.ALL"],
