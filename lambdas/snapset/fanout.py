@@ -212,7 +212,7 @@ class Batch(BaseModel):
     instance_ids: tuple[str, ...] = Field(min_length=1)
     tag_excluded: dict[str, tuple[str, ...]] | None = None
 
-    def plan_exclusions(self) -> TagExcluded | None:
+    def exclusions(self) -> TagExcluded | None:
         """The plan's volume-tag exclusions as the engine takes them."""
         if self.tag_excluded is None:
             return None
@@ -499,7 +499,7 @@ def run_batch(
         if run.first_delivery and task.attempt == 0 and task.redrive == 0
         else Delivery.LATER,
     )
-    snapshot = engine.for_targets(found.instances, tag_excluded=batch.plan_exclusions())
+    snapshot = engine.for_targets(found.instances, tag_excluded=batch.exclusions())
     try:
         outcomes = found.missing + snapshot_all(
             found.instances, snapshot, workers_for(request.policy, max_workers)
