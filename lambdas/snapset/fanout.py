@@ -39,7 +39,12 @@ from snapset.deadline import Deadline
 from snapset.errors import error_code
 from snapset.idempotency import Delivery
 from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionError, RetentionResult
-from snapset.pacing import CREATE_SNAPSHOTS_BUCKET, DELETE_SNAPSHOT_BUCKET, Pacer
+from snapset.pacing import (
+    CREATE_SNAPSHOTS_BUCKET,
+    DELETE_SNAPSHOT_BUCKET,
+    DESCRIBE_SNAPSHOT_ATTRIBUTE_BUCKET,
+    Pacer,
+)
 from snapset.policy import SnapshotPolicy, SnapshotRequest
 from snapset.report import RunReport, build_report, summarize
 from snapset.retention import with_retention_all
@@ -541,7 +546,8 @@ def retain_batch(
     part of the DeleteSnapshot share; the outcomes with retention go to the batch's retain
     results. Retention runs beside the creation of later batches (deletion spends another
     bucket, so it never delays creation), and raises `CreationPending` while this batch has no
-    results or has instances still to retry, before any EC2 call."""
+    results or has instances still to retry, before any EC2 call. Its sharing checks are paced
+    at the worker's part of the DescribeSnapshotAttribute share too."""
     run, batch = task.run, _batch(task)
     raw = _get_json(s3, run.bucket, run.result_key("create", batch.index))
     if raw is None:
@@ -553,11 +559,10 @@ def retain_batch(
             f"batch {batch.index}: {len(pending)} instance(s) still to retry: "
             + ", ".join(pending[:20])
         )
-    pacer = Pacer.share_of(
-        DELETE_SNAPSHOT_BUCKET,
-        run.worker_share,
-        time_scale=rate_scale,
-        start_full=batch.index < run.max_concurrency and task.attempt == 0,
+    start_full = batch.index < run.max_concurrency and task.attempt == 0
+    pacer, check_pacer = (
+        Pacer.share_of(bucket, run.worker_share, time_scale=rate_scale, start_full=start_full)
+        for bucket in (DELETE_SNAPSHOT_BUCKET, DESCRIBE_SNAPSHOT_ATTRIBUTE_BUCKET)
     )
     retained = with_retention_all(
         ec2,
@@ -568,6 +573,7 @@ def retain_batch(
         deadline=deadline,
         pacer=pacer,
         check_workers=max_workers,
+        check_pacer=check_pacer,
     )
     _put_json(
         s3,

@@ -1,7 +1,9 @@
 """Pacing: Snapset spends at most its share of each EC2 token bucket it writes to.
 
 EC2 throttles per account and region with a token bucket per API (EC2 API reference, "Request
-throttling"): CreateSnapshots and DeleteSnapshot hold 100 tokens and refill 5 per second. Every
+throttling"): CreateSnapshots and DeleteSnapshot hold 100 tokens and refill 5 per second;
+DescribeSnapshotAttribute, which retention calls once per snapshot it would delete, draws on the
+unfiltered Describe bucket (50, refilling 10 per second). Every
 other workload of the account draws on the same buckets, so a backup run that takes every token
 starves them. A `Pacer` is a client-side token bucket at `share` of EC2's (burst and refill both
 scaled), which the run asks before each call; AWS's own refusals are still retried (see
@@ -31,6 +33,8 @@ class BucketLimit:
 # EC2 API reference, "Request throttling", resource-intensive and mutating actions.
 CREATE_SNAPSHOTS_BUCKET = BucketLimit(burst=100, refill_per_second=5.0)
 DELETE_SNAPSHOT_BUCKET = BucketLimit(burst=100, refill_per_second=5.0)
+# Retention's sharing check, one call per snapshot: an unfiltered, unpaginated non-mutating action.
+DESCRIBE_SNAPSHOT_ATTRIBUTE_BUCKET = BucketLimit(burst=50, refill_per_second=10.0)
 
 DEFAULT_EC2_API_SHARE = 0.5
 

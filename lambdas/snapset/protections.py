@@ -8,13 +8,14 @@ client: DescribeLockedSnapshots, DescribeImages, DescribeSnapshotAttribute.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from snapset.deadline import NEVER, Deadline
 from snapset.errors import TIMEOUT, error_code, error_message
 from snapset.outcomes import RetentionError
+from snapset.pacing import Pacer
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -98,25 +99,13 @@ def out_of_time_error(what: str) -> RetentionError:
     )
 
 
-def protected_ids(
-    ec2: EC2Client,
-    candidates: Sequence[Sequence[str]],
-    deadline: Deadline = NEVER,
-    own_shares: Collection[str] = frozenset(),
-    workers: int = 1,
-) -> tuple[set[str], list[RetentionError]]:
-    """Snapshot ids of the candidate sets (each given as its snapshot ids) that must be kept,
-    and the checks that failed.
-
-    Locks and AMIs are asked about in batches of 200 ids across all the candidates; sharing,
-    which EC2 answers per snapshot only, for each snapshot of a set nothing protects yet, on
-    up to `workers` threads (a call's latency, not EC2's bucket, is what bounds it). A check
-    that fails (denied, throttled past retries, or not supported, as by a local AWS without
-    snapshot locks) protects every snapshot it was about, and so does one that had not
-    started when `deadline` passed.
-    """
+def batch_protected(
+    ec2: EC2Client, candidates: Sequence[Sequence[str]]
+) -> tuple[set[str], RetentionError | None]:
+    """The candidate sets' snapshots a lock or a registered AMI protects, asked in batches of
+    200 ids across all of them; if a check fails (denied, throttled past retries, or not
+    supported, as by a local AWS without snapshot locks), every snapshot, and the error."""
     ids = [sid for s in candidates for sid in s]
-    errors: list[RetentionError] = []
     protected: set[str] = set()
     for what, check in (
         ("DescribeLockedSnapshots", locked_ids),
@@ -126,22 +115,41 @@ def protected_ids(
             protected |= check(ec2, ids)
         except Exception as exc:  # any failure, even a local AWS's NotImplementedError, keeps
             logger.warning("retention check %s failed: %r", what, exc)
-            errors.append(
-                retention_error(
-                    exc, None, f"{what} failed, kept {len(candidates)} set(s) unchecked"
-                )
+            return set(ids), retention_error(
+                exc, None, f"{what} failed, kept {len(candidates)} set(s) unchecked"
             )
-            return set(ids), errors
-    # Kept anyway: no need to ask about the other snapshots of a set already protected.
-    to_check = [s for s in candidates if not protected.intersection(s)]
+    return protected, None
 
-    def check_set(snapshot_ids: Sequence[str]) -> list[bool | Exception] | None:
-        """Each snapshot shared or not (or the error asking); None: the set was not checked,
-        the deadline had passed."""
+
+# One set's sharing answers, a snapshot each: shared or not, or the error asking; None: the set
+# was not asked about, the deadline had passed.
+SharingAnswers = list[bool | Exception] | None
+
+
+def sharing_answers(
+    ec2: EC2Client,
+    sets: Sequence[Sequence[str]],
+    deadline: Deadline = NEVER,
+    *,
+    own_shares: Collection[str] = frozenset(),
+    workers: int = 1,
+    pacer: Pacer | None = None,
+) -> Generator[SharingAnswers, None, None]:
+    """Each set's sharing answers (EC2 answers per snapshot only), in order, as soon as that
+    set's are known: on `workers` threads the checks run ahead of the caller, so it can delete
+    the first sets while later ones are still being asked about (a call's latency, not EC2's
+    bucket, is what bounds them), each call asked of `pacer` (the run's share of EC2's
+    DescribeSnapshotAttribute bucket). A set not started when `deadline` passed, or whose calls
+    the pacer could grant only after it, gets None. Close the iterator (or exhaust it) to stop
+    the threads."""
+
+    def check_set(snapshot_ids: Sequence[str]) -> SharingAnswers:
         if deadline.expired():
             return None
         answers: list[bool | Exception] = []
         for sid in snapshot_ids:
+            if pacer is not None and not pacer.acquire(deadline):
+                return None
             try:
                 answers.append(is_shared(ec2, sid, own_shares))
             except Exception as exc:
@@ -149,30 +157,36 @@ def protected_ids(
                 answers.append(exc)
         return answers
 
-    checked: list[list[bool | Exception] | None] = []
-    if workers > 1 and len(to_check) > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            checked = list(pool.map(check_set, to_check))
-    else:
-        for snapshot_ids in to_check:
-            checked.append(check_set(snapshot_ids))
-            if checked[-1] is None:
-                break  # out of time: the rest stay unchecked
-        checked += [None] * (len(to_check) - len(checked))
-    unchecked = 0
-    for snapshot_ids, answers in zip(to_check, checked, strict=True):
-        if answers is None:
-            unchecked += 1
-            protected.update(snapshot_ids)
-            continue
-        for sid, answer in zip(snapshot_ids, answers, strict=True):
-            if isinstance(answer, Exception):
-                errors.append(
-                    retention_error(answer, sid, "DescribeSnapshotAttribute failed, kept its set")
-                )
-                protected.add(sid)
-            elif answer:
-                protected.add(sid)
-    if unchecked:
-        errors.append(out_of_time_error(f"kept {unchecked} set(s) unchecked"))
-    return protected, errors
+    if workers <= 1 or len(sets) <= 1:
+        for n, snapshot_ids in enumerate(sets):
+            answers = check_set(snapshot_ids)
+            yield answers
+            if answers is None:
+                yield from [None] * (len(sets) - n - 1)  # out of time: the rest stay unchecked
+                return
+        return
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        yield from pool.map(check_set, sets)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def shared_kept(
+    snapshot_ids: Sequence[str], answers: SharingAnswers
+) -> tuple[set[str], list[RetentionError]]:
+    """The snapshots of one set its sharing answers keep (shared, or not known: the whole set
+    when it was not asked about), and the errors asking."""
+    if answers is None:
+        return set(snapshot_ids), []
+    kept: set[str] = set()
+    errors: list[RetentionError] = []
+    for sid, answer in zip(snapshot_ids, answers, strict=True):
+        if isinstance(answer, Exception):
+            errors.append(
+                retention_error(answer, sid, "DescribeSnapshotAttribute failed, kept its set")
+            )
+            kept.add(sid)
+        elif answer:
+            kept.add(sid)
+    return kept, errors

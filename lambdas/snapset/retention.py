@@ -6,10 +6,12 @@ call). Sets are kept or deleted whole, and counted and aged as sets.
 The decision is pure (`managed_sets`, `select_sets_to_delete`) so it can be property-tested; the
 I/O around it (`retain_sets`, a run's retention phase after all its sets started) lists the
 instances' snapshots with one paginated DescribeSnapshots per 200 instances, checks only the
-sets the rules would delete for protections (registered AMI, shared or public, locked), batched
-across the run, and deletes what is left, paced, whole sets at a time, until the deadline: what
-is left is counted in `remaining` and deleted by the next run. Any check that cannot be made
-keeps the snapshots it was about: retention errs on keeping, never on deleting.
+sets the rules would delete for protections (registered AMI and locked: batched across the run;
+shared or public: per snapshot, on threads that run ahead of the deletions, so an instance's
+sets go as soon as its own checks are answered), and deletes what is left, paced, whole sets at
+a time, until the deadline: what is left is counted in `remaining` and deleted by the next run.
+Any check that cannot be made keeps the snapshots it was about: retention errs on keeping, never
+on deleting.
 
 AWS calls used, all on the `ec2` client: DescribeSnapshots and DeleteSnapshot here, and the
 protection checks of `protections` (DescribeLockedSnapshots, DescribeImages,
@@ -21,8 +23,10 @@ from __future__ import annotations
 import bisect
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -45,10 +49,12 @@ from snapset.policy import (
     SnapshotPolicy,
 )
 from snapset.protections import (
+    batch_protected,
     chunks,
     out_of_time_error,
-    protected_ids,
     retention_error,
+    shared_kept,
+    sharing_answers,
 )
 
 if TYPE_CHECKING:
@@ -343,12 +349,6 @@ class _InstancePlan:
     candidates: tuple[SnapshotSet, ...]
 
 
-def _errors_for(errors: Sequence[RetentionError], plan: _InstancePlan) -> list[RetentionError]:
-    """The protection errors that concern one instance: its own snapshots' and the batch ones."""
-    mine = {sid for c in plan.candidates for sid in c.snapshot_ids}
-    return [e for e in errors if e.snapshot_id is None or e.snapshot_id in mine]
-
-
 def _named(instance_ids: Sequence[str]) -> str:
     """The instances for a log line: up to three, then how many more."""
     more = len(instance_ids) - 3
@@ -368,6 +368,7 @@ def retain_sets(
     keys: SetTags = HOME_SET_TAGS,
     retention: Retention | None = None,
     check_workers: int = 1,
+    check_pacer: Pacer | None = None,
 ) -> dict[str, RetentionResult]:
     """Delete the policy's older snapshot sets of these instances that its retention lets go.
 
@@ -375,15 +376,17 @@ def retain_sets(
     aware `now`. With `policy.dry_run` nothing is deleted and `deleted` lists what would be.
     `account_id`, when known, restricts candidates to snapshots owned by that account (AWS
     already does with `OwnerIds=['self']`; a local AWS may not). Calls grow with pages: one
-    listing per 200 instances, protection checks batched across all their candidates, then the
-    deletions in instance order, whole sets at a time, each set's calls asked of `pacer` (the
-    run's share of EC2's DeleteSnapshot bucket). Never raises: lookup and deletion failures are
+    listing per 200 instances, lock and AMI checks batched across all their candidates, then
+    instance by instance, as soon as its sets' sharing is answered, its deletions, whole sets
+    at a time, each set's calls asked of `pacer` (the run's share of EC2's DeleteSnapshot
+    bucket). Never raises: lookup and deletion failures are
     returned in each result's `errors`, and a failed lookup deletes nothing. Once `deadline`
     has passed, the sets left are kept, counted in `remaining` and reported (code `Timeout`)
     for the next run, so the report still gets out.
 
     `keys` names the sets' tags (a region's copies: `copy_set_tags`) and `retention` overrides
-    the policy's (a copy rule's own). `check_workers` threads ask EC2 about sharing. A set
+    the policy's (a copy rule's own). `check_workers` threads ask EC2 about sharing, each call
+    asked of `check_pacer` (the run's share of the DescribeSnapshotAttribute bucket). A set
     still tagged `snapset:copies=pending` is kept, and a share with one of
     `policy.share_with_accounts` (Snapset's own) protects nothing.
     """
@@ -410,16 +413,10 @@ def retain_sets(
                 candidates=select_sets_to_delete(sets, retention, now, current_trigger_id),
             )
         candidates = [c for plan in plans.values() for c in plan.candidates]
-        protected, check_errors = (
-            protected_ids(
-                ec2,
-                [c.snapshot_ids for c in candidates],
-                deadline,
-                own_shares=frozenset(policy.share_with_accounts),
-                workers=check_workers,
-            )
+        protected, failed = (
+            batch_protected(ec2, [c.snapshot_ids for c in candidates])
             if candidates
-            else (set(), [])
+            else (set(), None)
         )
         # A set whose copies are still being made: CopySnapshot reads its source.
         protected |= {
@@ -439,28 +436,69 @@ def retain_sets(
     except Exception as exc:
         # A bug must not cost the report of the snapshots just started; nothing is deleted.
         logger.exception("unexpected error in retention for %s", _named(instance_ids))
-        return {
-            iid: RetentionResult(
-                errors=(RetentionError(code=UNEXPECTED_ERROR, message=f"{iid}: {exc!r}"),),
-                dry_run=dry_run,
-            )
-            for iid in instance_ids
-        }
-    return {
-        iid: _retain_instance(
-            ec2,
-            policy,
-            iid,
-            plan,
-            check_errors=check_errors,
-            protected=protected,
-            now=now,
-            current_trigger_id=current_trigger_id,
-            deadline=deadline,
-            pacer=pacer,
-            retention=retention,
-        )
+        return _unexpected(instance_ids, exc, dry_run)
+    # Sharing is asked per snapshot, of the sets nothing protects yet, on threads that run
+    # ahead of the deletions: an instance's sets are deleted as soon as its own are answered,
+    # so the DeleteSnapshot share is spent while later instances are still being checked.
+    to_check = {
+        iid: []
+        if failed
+        else [c for c in plan.candidates if not protected.intersection(c.snapshot_ids)]
         for iid, plan in plans.items()
+    }
+    answers = sharing_answers(
+        ec2,
+        [c.snapshot_ids for sets in to_check.values() for c in sets],
+        deadline,
+        own_shares=frozenset(policy.share_with_accounts),
+        workers=check_workers,
+        pacer=check_pacer,
+    )
+    results: dict[str, RetentionResult] = {}
+    with closing(answers):
+        for iid, plan in plans.items():
+            try:
+                errors = [failed] if failed is not None and plan.candidates else []
+                unchecked = 0
+                for c, set_answers in zip(
+                    to_check[iid], islice(answers, len(to_check[iid])), strict=True
+                ):
+                    unchecked += set_answers is None
+                    kept, set_errors = shared_kept(c.snapshot_ids, set_answers)
+                    protected |= kept
+                    errors += set_errors
+                if unchecked:
+                    errors.append(out_of_time_error(f"kept {unchecked} set(s) unchecked"))
+            except Exception as exc:
+                logger.exception("unexpected error in retention's checks of %s", iid)
+                results[iid] = _unexpected([iid], exc, dry_run)[iid]
+                continue
+            results[iid] = _retain_instance(
+                ec2,
+                policy,
+                iid,
+                plan,
+                errors=errors,
+                protected=protected,
+                unchecked=unchecked,
+                now=now,
+                current_trigger_id=current_trigger_id,
+                deadline=deadline,
+                pacer=pacer,
+                retention=retention,
+            )
+    return results
+
+
+def _unexpected(
+    instance_ids: Sequence[str], exc: Exception, dry_run: bool
+) -> dict[str, RetentionResult]:
+    return {
+        iid: RetentionResult(
+            errors=(RetentionError(code=UNEXPECTED_ERROR, message=f"{iid}: {exc!r}"),),
+            dry_run=dry_run,
+        )
+        for iid in instance_ids
     }
 
 
@@ -470,8 +508,9 @@ def _retain_instance(
     instance_id: str,
     plan: _InstancePlan,
     *,
-    check_errors: Sequence[RetentionError],
+    errors: list[RetentionError],
     protected: set[str],
+    unchecked: int,
     now: datetime,
     current_trigger_id: str,
     deadline: Deadline,
@@ -481,7 +520,6 @@ def _retain_instance(
     dry_run = policy.dry_run
     if not plan.candidates:
         return RetentionResult(kept=plan.older, dry_run=dry_run)
-    errors = _errors_for(check_errors, plan)
     try:
         doomed = select_sets_to_delete(plan.sets, retention, now, current_trigger_id, protected)
         remaining = 0
@@ -490,6 +528,8 @@ def _retain_instance(
         else:
             deleted, delete_errors, remaining = _delete(ec2, doomed, deadline, pacer)
             errors += delete_errors
+        # Sets left unchecked for lack of time are the backlog too: the next run checks them.
+        remaining += unchecked
     except Exception as exc:
         # A bug must not cost the report of the snapshots just started; nothing more is deleted.
         logger.exception("unexpected error in retention for %s", instance_id)
@@ -504,13 +544,13 @@ def _retain_instance(
         "would delete" if dry_run else "deleted",
         len(deleted),
         len(doomed),
-        plan.older - len(doomed),
+        plan.older - len(doomed) - unchecked,
         remaining,
         len(errors),
     )
     return RetentionResult(
         deleted=tuple(deleted),
-        kept=plan.older - len(doomed),
+        kept=plan.older - len(doomed) - unchecked,
         remaining=remaining,
         errors=tuple(errors),
         dry_run=dry_run,
@@ -536,10 +576,11 @@ def with_retention_all(
     deadline: Deadline = NEVER,
     pacer: Pacer | None = None,
     check_workers: int = 1,
+    check_pacer: Pacer | None = None,
 ) -> list[InstanceOutcome]:
     """The run's retention phase: every outcome retention applies to gets its `retention`
     result (`retain_sets` over all of them at once, sharing asked about on `check_workers`
-    threads), the others are returned as they are."""
+    threads paced by `check_pacer`), the others are returned as they are."""
     wanted = [o.instance_id for o in outcomes if wants_retention(policy, o)]
     if not wanted:
         return list(outcomes)
@@ -552,6 +593,7 @@ def with_retention_all(
         deadline=deadline,
         pacer=pacer,
         check_workers=check_workers,
+        check_pacer=check_pacer,
     )
     return [
         o.model_copy(update={"retention": results[o.instance_id]})

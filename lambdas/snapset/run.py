@@ -38,6 +38,7 @@ from snapset.pacing import (
     CREATE_SNAPSHOTS_BUCKET,
     DEFAULT_EC2_API_SHARE,
     DELETE_SNAPSHOT_BUCKET,
+    DESCRIBE_SNAPSHOT_ATTRIBUTE_BUCKET,
     Pacer,
 )
 from snapset.policy import SnapshotRequest, TriggerType
@@ -133,6 +134,8 @@ class Engine:
     wrap: Callable[[SnapshotFn], SnapshotFn] = _as_is
     # The run's share of EC2's DeleteSnapshot bucket, for retention (None: unpaced).
     delete_pacer: Pacer | None = None
+    # Its share of the DescribeSnapshotAttribute bucket, for retention's sharing checks.
+    check_pacer: Pacer | None = None
     # What the caller already knows of this delivery, instead of claiming the run marker: a
     # fan-out batch's first attempt is FIRST, its retries LATER (Step Functions never runs
     # one Map item twice at once, so no marker is needed to stand a duplicate down).
@@ -261,12 +264,13 @@ def build_engine(
     plan, CreateSnapshots through the client without botocore retries, retries within
     `deadline`, and with `idempotency` at most one set per (policy, trigger, instance) across
     deliveries. `wrap` wraps the per-instance function (the CLI's progress bar). CreateSnapshots
-    and retention's DeleteSnapshot calls are paced to `ec2_api_share` of EC2's buckets (None:
+    and retention's DeleteSnapshot and DescribeSnapshotAttribute calls are paced to
+    `ec2_api_share` of EC2's buckets (None:
     unpaced; `ec2_rate_scale` multiplies their refill, for the local AWS's time-scaled profile;
     `pacers_start_full` False for a fan-out worker that follows another on the same share).
     `known_delivery` replaces the run marker's claim when the caller knows (a fan-out batch).
     The handler, the fan-out workers and the CLI all build their engine here."""
-    create_pacer = delete_pacer = None
+    create_pacer = delete_pacer = check_pacer = None
     if ec2_api_share is not None:
         create_pacer = Pacer.share_of(
             CREATE_SNAPSHOTS_BUCKET,
@@ -280,6 +284,12 @@ def build_engine(
             time_scale=ec2_rate_scale,
             start_full=pacers_start_full,
         )
+        check_pacer = Pacer.share_of(
+            DESCRIBE_SNAPSHOT_ATTRIBUTE_BUCKET,
+            ec2_api_share,
+            time_scale=ec2_rate_scale,
+            start_full=pacers_start_full,
+        )
     return Engine(
         clients=clients,
         request=request,
@@ -287,6 +297,7 @@ def build_engine(
         idempotency=idempotency,
         wrap=wrap,
         delete_pacer=delete_pacer,
+        check_pacer=check_pacer,
         known_delivery=known_delivery,
     )
 
@@ -354,5 +365,6 @@ def run_request(
         deadline=deadline,
         pacer=engine.delete_pacer,
         check_workers=max_workers,
+        check_pacer=engine.check_pacer,
     )
     return build_report(policy.name, request.trigger, policy.dry_run, outcomes)

@@ -19,7 +19,7 @@ from snapset.deadline import Deadline
 from snapset.outcomes import InstanceOutcome, InstanceStatus, RetentionResult
 from snapset.pacing import Pacer
 from snapset.policy import SnapshotPolicy, SnapshotRequest, Trigger, TriggerType
-from snapset.retention import apply_retention, with_retention_all
+from snapset.retention import apply_retention, retain_sets, with_retention_all
 from snapset.snapshots import run_lookups, snapshot_instance
 from snapset.targets import describe_instance
 from tests.retention.conftest import NOW, REGION, Aws, logged, managed_tags
@@ -588,3 +588,86 @@ def test_deletions_are_paced_whole_sets_at_a_time_and_the_rest_waits_for_the_nex
     assert (error.code, error.snapshot_id) == ("Timeout", None)
     assert "2 set(s) not deleted yet" in error.message
     assert ids(sets, [0, 1, 2, 3]) <= aws.existing()
+
+
+def _record_checks_and_deletes(
+    aws: Aws, owners: dict[str, str], calls: list[tuple[str, str]]
+) -> None:
+    """Log each sharing check and deletion as (call, instance of the snapshot), in order."""
+    real_check, real_delete = aws.ec2.describe_snapshot_attribute, aws.ec2.delete_snapshot
+
+    def check(**kwargs: Any) -> Any:
+        calls.append(("check", owners[kwargs["SnapshotId"]]))
+        return real_check(**kwargs)
+
+    def delete(**kwargs: Any) -> Any:
+        calls.append(("delete", owners[kwargs["SnapshotId"]]))
+        return real_delete(**kwargs)
+
+    aws.ec2.describe_snapshot_attribute = check
+    aws.ec2.delete_snapshot = delete
+
+
+def test_an_instance_s_sets_are_deleted_before_the_next_instance_s_are_checked(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    a, b = instances[0].instance_id, instances[1].instance_id
+    owners = {
+        sid: inst.instance_id
+        for inst in instances[:2]
+        for sids in history(aws, inst, "nightly", range(1, 4)).values()
+        for sid in sids
+    }
+    calls: list[tuple[str, str]] = []
+    _record_checks_and_deletes(aws, owners, calls)
+    results = retain_sets(aws.ec2, policy(count=1), [a, b], CURRENT, NOW)
+    assert [len(results[i].deleted) for i in (a, b)] == [4, 4]  # d2 and d3, two volumes each
+    # the deletions spend the bucket while the later instances are still being checked
+    assert list(dict.fromkeys(calls)) == [("check", a), ("delete", a), ("check", b), ("delete", b)]
+
+
+def test_out_of_time_only_the_instances_left_unchecked_say_so(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    a, b = instances[0].instance_id, instances[1].instance_id
+    sets = {inst.instance_id: history(aws, inst, "nightly", range(1, 4)) for inst in instances[:2]}
+    owners = {sid: iid for iid, by_day in sets.items() for s in by_day.values() for sid in s}
+    calls: list[tuple[str, str]] = []
+    _record_checks_and_deletes(aws, owners, calls)
+    # time runs out once a's two sets are deleted, before b's are checked
+    deadline = Deadline(at=1.0, clock=lambda: 2.0 if calls.count(("delete", a)) == 4 else 0.0)
+    results = retain_sets(aws.ec2, policy(count=1), [a, b], CURRENT, NOW, deadline=deadline)
+    assert set(results[a].deleted) == ids(sets[a], [2, 3])
+    assert results[a].errors == ()
+    assert (results[b].deleted, results[b].remaining, results[b].kept) == ((), 2, 1)
+    [error] = results[b].errors
+    assert (error.code, error.snapshot_id) == ("Timeout", None)
+    assert (
+        error.message == "out of invocation time: kept 2 set(s) unchecked; the next run continues"
+    )
+    assert ids(sets[b], [1, 2, 3]) <= aws.existing()
+    assert ("check", b) not in calls
+
+
+def test_retention_asks_its_check_pacer_before_each_sharing_check(
+    aws: Aws, instances: list[FleetInstance]
+) -> None:
+    a = instances[0]
+    sets = history(aws, a, "nightly", range(1, 4))
+    # one token a minute, 30 s left: the first snapshot is asked about, then nothing more
+    deadline = Deadline(at=30.0, clock=lambda: 0.0)
+    pacer = Pacer(1 / 60, 1, clock=lambda: 0.0)
+    result = retain_sets(
+        aws.ec2,
+        policy(count=1),
+        [a.instance_id],
+        CURRENT,
+        NOW,
+        deadline=deadline,
+        check_pacer=pacer,
+    )[a.instance_id]
+    assert (result.deleted, result.remaining, result.kept) == ((), 2, 1)
+    assert [e.message for e in result.errors] == [
+        "out of invocation time: kept 2 set(s) unchecked; the next run continues"
+    ]
+    assert ids(sets, [1, 2, 3]) <= aws.existing()

@@ -753,9 +753,10 @@ def test_a_retain_worker_paces_deletions_at_its_part_of_the_share(
     attempt: int,
     deleted: int,
 ) -> None:
-    """At 1% of DeleteSnapshot's bucket (a burst of 1, then one every 20 s) and 2 s of
-    invocation: a first attempt of the first wave spends the burst on one set, a retry starts
-    with an empty bucket; the rest is left for the next run, counted."""
+    """At 1% of DeleteSnapshot's bucket (a burst of 1, then one every 20 s) and of
+    DescribeSnapshotAttribute's (a burst of 1, then one every 10 s) and 2 s of invocation: a
+    first attempt of the first wave spends the bursts on one set, a retry starts with empty
+    buckets; the rest is left for the next run, counted."""
     ids, run = _retaining_run(aws, context, monkeypatch)
     context.remaining_ms = 12_000  # 2 s past the safety margin
     task = {

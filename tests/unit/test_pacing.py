@@ -16,6 +16,7 @@ from snapset.deadline import NEVER, Deadline
 from snapset.pacing import (
     CREATE_SNAPSHOTS_BUCKET,
     DELETE_SNAPSHOT_BUCKET,
+    DESCRIBE_SNAPSHOT_ATTRIBUTE_BUCKET,
     BucketLimit,
     Pacer,
 )
@@ -131,6 +132,7 @@ def test_the_buckets_are_the_published_ones() -> None:
     for name, bucket in (
         ("create_snapshots_bucket", CREATE_SNAPSHOTS_BUCKET),
         ("delete_snapshot_bucket", DELETE_SNAPSHOT_BUCKET),
+        ("unfiltered_describe_bucket", DESCRIBE_SNAPSHOT_ATTRIBUTE_BUCKET),
     ):
         assert bucket == BucketLimit(**limits[name]["value"]), name
 
@@ -141,7 +143,7 @@ def test_a_pacer_needs_a_positive_rate_and_burst(rate: float, burst: int) -> Non
         Pacer(rate, burst)
 
 
-def test_the_engine_paces_create_and_delete_at_the_share() -> None:
+def test_the_engine_paces_create_delete_and_sharing_checks_at_the_share() -> None:
     clients = make_clients(region="us-east-1")
     request = parse_request({"policy": "p", "instance_ids": ["i-0123456789abcdef0"]})
     engine = build_engine(
@@ -151,10 +153,14 @@ def test_the_engine_paces_create_and_delete_at_the_share() -> None:
     assert engine.delete_pacer is not None
     assert (engine.budget.pacer.rate, engine.budget.pacer.burst) == (10.0, 20)
     assert (engine.delete_pacer.rate, engine.delete_pacer.burst) == (10.0, 20)
-    assert engine.budget.pacer is not engine.delete_pacer  # one bucket per API, as EC2's
+    assert engine.check_pacer is not None
+    assert (engine.check_pacer.rate, engine.check_pacer.burst) == (20.0, 10)
+    # one bucket per API, as EC2's
+    assert len({id(engine.budget.pacer), id(engine.delete_pacer), id(engine.check_pacer)}) == 3
     unpaced = build_engine(clients, request, NEVER, idempotency=None, ec2_api_share=None)
     assert unpaced.budget.pacer is None
     assert unpaced.delete_pacer is None
+    assert unpaced.check_pacer is None
 
 
 def test_the_handler_paces_at_the_deployed_share(
