@@ -13,7 +13,8 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping
+import weakref
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -220,11 +221,26 @@ def _parse_tag_specifications(raw: Any) -> dict[str, str]:
     return tags
 
 
-def _resolve_volumes(
-    backend: Any, spec: dict[str, Any], instances: Mapping[str, Any] | None = None
-) -> list[Any]:
-    """Validate the InstanceSpecification; return the volumes to snapshot (device order).
-    `instances` (by id) saves a caller resolving many sets moto's scan of every instance."""
+# moto finds an instance by copying and scanning every reservation, so one CreateSnapshots per
+# instance cost O(fleet) and a night O(fleet squared). Its reservations are only ever added
+# (terminated instances stay, as on AWS for a while), so an index per backend, rebuilt on a
+# miss, is never stale.
+_INSTANCE_INDEX: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def find_instance(backend: Any, instance_id: str) -> Any | None:
+    """The backend's instance with this id, or None."""
+    index = _INSTANCE_INDEX.get(backend)
+    instance = index.get(instance_id) if index is not None else None
+    if instance is None:
+        index = {i.id: i for i in backend.all_instances()}
+        _INSTANCE_INDEX[backend] = index
+        instance = index.get(instance_id)
+    return instance
+
+
+def _resolve_volumes(backend: Any, spec: dict[str, Any]) -> list[Any]:
+    """Validate the InstanceSpecification; return the volumes to snapshot (device order)."""
     instance_id = str(spec.get("InstanceId") or "")
     excluded = _as_list(spec.get("ExcludeDataVolumeIds"))
     if len(excluded) > MAX_EXCLUDED_VOLUMES:
@@ -234,11 +250,7 @@ def _resolve_volumes(
         )
     if not _INSTANCE_ID.match(instance_id):
         raise _ec2_error("InvalidInstanceID.Malformed", f'Invalid id: "{instance_id}"')
-    instance = (
-        instances.get(instance_id)
-        if instances is not None
-        else next((i for i in backend.all_instances() if i.id == instance_id), None)
-    )
+    instance = find_instance(backend, instance_id)
     if instance is None:
         raise _ec2_error(
             "InvalidInstanceID.NotFound", f"The instance ID '{instance_id}' does not exist"
@@ -425,7 +437,6 @@ def seed_sets(
     resolved and validated as CreateSnapshots resolves them. No event is emitted and nothing
     is throttled or counted. Returns the snapshot ids."""
     backend = ec2_backends[account][region]
-    instances = {i.id: i for i in backend.all_instances()}
     made = []
     for n, entry in enumerate(sets):
         spec = {"InstanceId": entry["instance_id"], "ExcludeBootVolume": exclude_boot_volume}
@@ -434,7 +445,7 @@ def seed_sets(
         try:
             for key, value in tags.items():
                 _check_tag(key, value)
-            volumes = _resolve_volumes(backend, spec, instances)
+            volumes = _resolve_volumes(backend, spec)
         except (ServiceException, EC2ClientError) as exc:
             # A control call's bad body is a 400 naming the set (the sets before it stay).
             raise ValueError(f"sets[{n}] ({entry['instance_id']}): {exc}") from exc

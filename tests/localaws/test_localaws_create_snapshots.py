@@ -176,6 +176,29 @@ def test_unknown_instance(ec2: Any) -> None:
     assert _error(exc)[:2] == ("InvalidInstanceID.NotFound", 400)
 
 
+def test_instances_launched_after_a_lookup_are_found_and_unknown_ones_still_are_not(
+    ec2: Any, make_instance: MaybeInstance
+) -> None:
+    """The server finds an instance by id through an index (moto scans every reservation):
+    one made after the index was built, or after a terminated one, is still found."""
+    first = make_instance()
+    ec2.create_snapshots(InstanceSpecification={"InstanceId": first.instance_id})
+    ec2.terminate_instances(InstanceIds=[first.instance_id])
+    later = make_instance()
+    made = ec2.create_snapshots(InstanceSpecification={"InstanceId": later.instance_id})
+    assert {s["VolumeId"] for s in made["Snapshots"]} == {
+        later.root_volume_id,
+        *later.data_volume_ids,
+    }
+    for instance_id, code in (
+        (first.instance_id, "IncorrectState"),
+        ("i-0123456789abcdef0", "InvalidInstanceID.NotFound"),
+    ):
+        with pytest.raises(ClientError) as exc:
+            ec2.create_snapshots(InstanceSpecification={"InstanceId": instance_id})
+        assert _error(exc)[0] == code
+
+
 def test_malformed_instance_id(ec2: Any) -> None:
     for bad_id in ["i-xyz", "0123456789abcdef0", "vol-0123456789abcdef0", "i-0123", ""]:
         with pytest.raises(ClientError) as exc:
