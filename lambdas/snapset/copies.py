@@ -528,7 +528,8 @@ def _no_pacer(region: str) -> Pacer | None:  # noqa: ARG001
 class Copier:
     """What an advance works with besides its sets: the home region's client, a client per
     destination, the claims, the deployed copying policies, and the run's limits (its share
-    of CopySnapshot's and DeleteSnapshot's buckets per region, and its deadline)."""
+    of CopySnapshot's, DeleteSnapshot's and DescribeSnapshotAttribute's buckets per region, and
+    its deadline)."""
 
     home_ec2: EC2Client
     ec2_in: Callable[[str], EC2Client]
@@ -539,6 +540,7 @@ class Copier:
     deadline: Deadline = NEVER
     pacer_for: Callable[[str], Pacer | None] = _no_pacer
     delete_pacer_for: Callable[[str], Pacer | None] = _no_pacer
+    check_pacer_for: Callable[[str], Pacer | None] = _no_pacer
     concurrent_limit: int = MAX_CONCURRENT_COPIES
 
 
@@ -851,6 +853,7 @@ def _retain_copies(
             copier.now,
             deadline=copier.deadline,
             pacer=copier.delete_pacer_for(region),
+            check_pacer=copier.check_pacer_for(region),
             keys=copy_set_tags(copier.home_region),
             retention=retention,
         )

@@ -53,7 +53,7 @@ from snapset.fanout import (
 )
 from snapset.idempotency import DDB_CONFIG, Delivery, claim_delivery, release_delivery
 from snapset.outcomes import InstanceOutcome
-from snapset.pacing import DELETE_SNAPSHOT_BUCKET, Pacer
+from snapset.pacing import DELETE_SNAPSHOT_BUCKET, DESCRIBE_SNAPSHOT_ATTRIBUTE_BUCKET, Pacer
 from snapset.policy import Distribution, SnapshotRequest, Trigger, describe_validation_error
 from snapset.report import (
     MAX_RESPONSE_BYTES,
@@ -178,6 +178,7 @@ def _copier(config: Settings, clients: Clients, context: LambdaContext) -> Copie
         ),
         pacer_for=pacers(COPY_SNAPSHOT_BUCKET),
         delete_pacer_for=pacers(DELETE_SNAPSHOT_BUCKET),
+        check_pacer_for=pacers(DESCRIBE_SNAPSHOT_ATTRIBUTE_BUCKET),
     )
 
 

@@ -33,7 +33,9 @@ from snapset.copies import (
     share_set,
     sweep_copies,
 )
+from snapset.deadline import Deadline
 from snapset.errors import InvalidInput
+from snapset.pacing import Pacer
 from snapset.policy import (
     COPIES_DONE,
     COPIES_NONE,
@@ -553,6 +555,50 @@ def test_destination_retention_lists_this_regions_copies_once_for_all_finished_s
     finished = advance_copies(copier, [TWO, other]).finished
     assert [s.instance_id for s, _ in finished] == [IID, other_iid]
     assert all(r.regions[0].retention is not None for _, r in finished)
+
+
+def test_destination_retention_asks_the_regions_check_pacer_before_each_sharing_check(
+    world: World,
+) -> None:
+    def copy_set(sid: str, trigger: str, days: int) -> dict[str, Any]:
+        tags = {
+            TAG_COPY_POLICY: "nightly",
+            TAG_COPY_TRIGGER_ID: trigger,
+            TAG_COPY_INSTANCE_ID: IID,
+            TAG_COPY_SOURCE_REGION: HOME,
+        }
+        return {
+            "SnapshotId": sid,
+            "State": "completed",
+            "StartTime": WHEN - timedelta(days=days),
+            "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+        }
+
+    world.finds((SNAP_A, "snap-copy-a", "completed"), (SNAP_B, "snap-copy-b", "completed"))
+    older = "snap-00000000000000d02"
+    world.dest_stub.add_response(
+        "describe_snapshots",
+        {"Snapshots": [copy_set("snap-00000000000000d01", "d1", 1), copy_set(older, "d2", 2)]},
+        {"OwnerIds": ["self"], "Filters": ANY, "MaxResults": 1000},
+    )
+    world.dest_stub.add_response(
+        "describe_locked_snapshots", {"Snapshots": []}, {"SnapshotIds": [older]}
+    )
+    world.dest_stub.add_response("describe_images", {"Images": []})
+    # an empty bucket refilling once a minute, 30 s left: d2 (beyond count 1) is not asked
+    # about, so it is kept for the next run, and no DescribeSnapshotAttribute is made
+    copier = world.copier(
+        _policy(CopyRule(region=DEST, retention=Retention(count=1))),
+        deadline=Deadline(at=30.0, clock=lambda: 0.0),
+        check_pacer_for=lambda region: Pacer(1 / 60, 1, start_full=False, clock=lambda: 0.0),
+    )
+    [(_, report)] = advance_copies(copier, [TWO]).finished
+    retention = report.regions[0].retention
+    assert retention is not None
+    assert (retention.deleted, retention.remaining) == ((), 1)
+    assert [e.message for e in retention.errors] == [
+        "out of invocation time: kept 1 set(s) unchecked; the next run continues"
+    ]
 
 
 # --- shares ----------------------------------------------------------------------------------
