@@ -4,6 +4,8 @@ listing without the optional keys protects nothing by mistake and crashes nothin
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -171,3 +173,33 @@ def test_out_of_time_before_the_threads_start_every_set_is_kept() -> None:
         sets = _moto_sets(ec2, 5)
         answers = list(sharing_answers(ec2, sets, Deadline(at=0.0, clock=lambda: 1.0), workers=4))
     assert answers == [None] * 5
+
+
+class _SlowChecks:
+    """A client whose sharing answer takes 20 ms; counts the calls that finished."""
+
+    def __init__(self) -> None:
+        self.finished = 0
+        self._lock = threading.Lock()
+
+    def describe_snapshot_attribute(self, **kwargs: Any) -> dict[str, Any]:
+        time.sleep(0.02)
+        with self._lock:
+            self.finished += 1
+        return {"CreateVolumePermissions": []}
+
+
+def test_closing_the_answers_early_cancels_the_checks_not_yet_started_and_waits_for_the_rest() -> (
+    None
+):
+    ec2 = _SlowChecks()
+    sets = [[f"snap-{n:017x}"] for n in range(50)]
+    answers = sharing_answers(ec2, sets, workers=2)  # type: ignore[arg-type]
+    assert next(answers) == [False]
+    answers.close()
+    at_close = ec2.finished
+    time.sleep(0.1)
+    # the checks under way when the reader stopped had finished when close returned, and the
+    # 40-odd queued ones were never asked
+    assert ec2.finished == at_close
+    assert at_close < 10
