@@ -440,10 +440,9 @@ def retain_sets(
     # Sharing is asked per snapshot, of the sets nothing protects yet, on threads that run
     # ahead of the deletions: an instance's sets are deleted as soon as its own are answered,
     # so the DeleteSnapshot share is spent while later instances are still being checked.
+    # (A failed lock or AMI check protected every candidate, so none is asked about.)
     to_check = {
-        iid: []
-        if failed
-        else [c for c in plan.candidates if not protected.intersection(c.snapshot_ids)]
+        iid: [c for c in plan.candidates if not protected.intersection(c.snapshot_ids)]
         for iid, plan in plans.items()
     }
     answers = sharing_answers(
@@ -533,10 +532,7 @@ def _retain_instance(
     except Exception as exc:
         # A bug must not cost the report of the snapshots just started; nothing more is deleted.
         logger.exception("unexpected error in retention for %s", instance_id)
-        return RetentionResult(
-            errors=(RetentionError(code=UNEXPECTED_ERROR, message=f"{instance_id}: {exc!r}"),),
-            dry_run=dry_run,
-        )
+        return _unexpected([instance_id], exc, dry_run)[instance_id]
     logger.info(
         "retention %s %s: %s %d snapshot(s) of %d set(s), kept %d set(s), %d left, %d error(s)",
         policy.name,

@@ -270,25 +270,19 @@ def build_engine(
     `pacers_start_full` False for a fan-out worker that follows another on the same share).
     `known_delivery` replaces the run marker's claim when the caller knows (a fan-out batch).
     The handler, the fan-out workers and the CLI all build their engine here."""
-    create_pacer = delete_pacer = check_pacer = None
+    create_pacer: Pacer | None = None
+    delete_pacer: Pacer | None = None
+    check_pacer: Pacer | None = None
     if ec2_api_share is not None:
-        create_pacer = Pacer.share_of(
-            CREATE_SNAPSHOTS_BUCKET,
-            ec2_api_share,
-            time_scale=ec2_rate_scale,
-            start_full=pacers_start_full,
-        )
-        delete_pacer = Pacer.share_of(
-            DELETE_SNAPSHOT_BUCKET,
-            ec2_api_share,
-            time_scale=ec2_rate_scale,
-            start_full=pacers_start_full,
-        )
-        check_pacer = Pacer.share_of(
-            DESCRIBE_SNAPSHOT_ATTRIBUTE_BUCKET,
-            ec2_api_share,
-            time_scale=ec2_rate_scale,
-            start_full=pacers_start_full,
+        create_pacer, delete_pacer, check_pacer = (
+            Pacer.share_of(
+                bucket, ec2_api_share, time_scale=ec2_rate_scale, start_full=pacers_start_full
+            )
+            for bucket in (
+                CREATE_SNAPSHOTS_BUCKET,
+                DELETE_SNAPSHOT_BUCKET,
+                DESCRIBE_SNAPSHOT_ATTRIBUTE_BUCKET,
+            )
         )
     return Engine(
         clients=clients,
