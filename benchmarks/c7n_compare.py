@@ -16,10 +16,10 @@ no AWS config files); its wall time is the subprocess's, start-up included. Runs
 * Snapset: ``snapset run --payload P --no-progress`` (the CLI's code path, its default
   ``--max-workers`` 8), P a manual payload targeting ``Backup=nightly`` (``target_tags``),
   CreateSnapshots with ``CopyTagsFromSource=volume`` (the policy default) and Snapset's
-  ``snapset:*`` tags, no retention, no scripts, no SNS topic. The CLI keeps no idempotency
-  record, so every run is handled as a possible redelivery: one DescribeSnapshots listing of
-  the request's sets, then per instance a DescribeSnapshots recheck before its CreateSnapshots
-  (the deployed function skips both on a schedule's first delivery). The CLI paces
+  ``snapset:*`` tags (policy, trigger id, instance id, consistency), no retention, no scripts,
+  no SNS topic. P carries no ``request_id``, so the CLI runs under a trigger id made for this
+  run, which no set can carry yet: a first delivery, with no DescribeSnapshots look-up (a
+  payload with its own ``request_id`` would be treated as a possible redelivery). The CLI paces
   CreateSnapshots to ``--ec2-share`` of EC2's real bucket (burst 100, refill 5/s; share 0.5 by
   default, 0.01 to 1) and has no option that turns pacing off. c7n does not pace, so this
   benchmark runs the CLI's own ``main`` (``python -c``, the console script's start-up) with
@@ -48,6 +48,9 @@ no AWS config files); its wall time is the subprocess's, start-up included. Runs
   sets (or extra snapshots) is shown as such, with its exit code, and the benchmark exits 1.
 * "net ms/inst" takes each tool's start-up out: (median wall - median wall on an empty
   server) / N.
+* "CPU s tool/server": median CPU seconds (user + system) of the tool's process and of the
+  server's during the runs (Linux ``/proc``; "-" elsewhere). Wall on this shared 2-core machine
+  varies by 10-20% from run to run; CPU varies much less and says whose work a gap is.
 
 Caveats. Both tools talk to one moto server process (its handlers serialised by the GIL) on
 the same machine (2 cores here, shared with other work: repeat runs vary by tens of percent),
@@ -55,18 +58,13 @@ so the figures are mostly the server's CPU per call, and a tool's concurrency bu
 against it: this setting favours the tool that makes fewer calls and hides round-trip
 latency, where Snapset's 8 workers count against c7n's 2 (with ``--latency-ms 50`` at
 N = 200, one run, Snapset's wall was 0.84x c7n's).
-moto's costs are not EC2's. moto's DescribeSnapshots scans every snapshot on each call
-(with localaws's tag index, about 10 ms with 40 snapshots and 66 ms with 6,000, measured on
-this shared machine), so the CLI's per-instance recheck grows with the snapshots made so far
-and Snapset's cost per instance is not flat at scale here; on EC2 that look-up is a filtered
-call answered without a scan (a round trip, and a draw on DescribeSnapshots' own rate
-limit). With the look-ups off (``run_lookups(first_delivery=True)``, what the deployed
-function does on a schedule's first delivery; not something the CLI can be told), Snapset's
-wall at N = 500 was c7n's or less (9-10 s against 11 s, one probe, not part of this script):
-the gap is those N + 1 DescribeSnapshots, not the CreateSnapshots path or the workers (2
-workers instead of 8 were no faster here). CreateSnapshots costs moto about 15 ms whatever
-the fleet; DescribeInstances is slow in moto at thousands of instances, a cost per page both
-tools pay.
+moto's costs are not EC2's: the server spends most of a CreateSnapshots call in moto's generic
+request parsing and XML serializer, so every tag in the request and the response costs it
+time (with Snapset's four identity tags per snapshot a call costs 2.3 ms against 1.8 ms
+in-process at 1,000 instances, client and server together), where on EC2 a tag costs nothing
+measurable and the 5/s bucket sets the pace.
+Both tools pay a new TCP connection per call: the server (werkzeug) closes each one.
+DescribeInstances costs moto about 2.4 ms per instance (its serializer), a cost both tools pay.
 Snapset's report (per-instance outcomes, JSON on stdout) and c7n's resources.json and
 metadata in its output directory are each tool's own work and are in their figures.
 
@@ -79,6 +77,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -325,6 +324,8 @@ class Run:
     calls: Mapping[str, int]  # by API; "EC2 total", "other services"
     launch_s: float
     note: str = ""
+    tool_cpu_s: float = 0.0  # the tool's process, user + system
+    server_cpu_s: float | None = None  # the server's, user + system (None: not measurable)
 
     @property
     def ok(self) -> bool:
@@ -353,6 +354,21 @@ def read_counts(stats: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     return calls
 
 
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a running process (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, TypeError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_tool(
     aws: LocalAws, tool: str, n: int, work: Path, *, chunk: int, latency_ms: float = 0.0
 ) -> Run:
@@ -362,6 +378,7 @@ def run_tool(
     fleet = launch_fleet(ec2, n, chunk)
     aws.set_faults(*counting_rules(latency_ms))  # counts from zero (and delays, if asked)
     command = tool_command(tool, work)
+    server_cpu, tool_cpu = process_cpu_seconds(aws.pid), children_cpu_seconds()
     started = time.perf_counter()
     done = subprocess.run(  # noqa: S603 - our own commands
         command,
@@ -372,6 +389,9 @@ def run_tool(
         check=False,
     )
     wall = time.perf_counter() - started
+    tool_cpu = children_cpu_seconds() - tool_cpu
+    server_after = process_cpu_seconds(aws.pid)
+    server_cpu = None if server_cpu is None or server_after is None else server_after - server_cpu
     calls = read_counts(aws.faults()["stats"])
     aws.clear_faults()
     made = count_sets(ec2, fleet)
@@ -382,7 +402,9 @@ def run_tool(
     elif tool != C7N:
         report = json.loads(done.stdout)
         note = f"report status {report.get('status')}, {report.get('summary', {})}"
-    return Run(tool, n, wall, done.returncode, made, calls, fleet.launch_s, note)
+    return Run(
+        tool, n, wall, done.returncode, made, calls, fleet.launch_s, note, tool_cpu, server_cpu
+    )
 
 
 # --- output --------------------------------------------------------------------------------
@@ -410,6 +432,14 @@ def calls_per_instance(run: Run) -> str:
     return text
 
 
+def cpu_medians(runs: Sequence[Run]) -> str:
+    """Median CPU seconds of the tool's process and of the server's during the runs."""
+    tool = statistics.median(r.tool_cpu_s for r in runs)
+    servers = [r.server_cpu_s for r in runs if r.server_cpu_s is not None]
+    server = f"{statistics.median(servers):.2f}" if len(servers) == len(runs) else "-"
+    return f"{tool:.2f}/{server}"
+
+
 def print_table(n: int, by_tool: Mapping[str, Sequence[Run]], startup: Mapping[str, float]) -> None:
     launch = statistics.median(r.launch_s for runs in by_tool.values() for r in runs)
     print(
@@ -418,6 +448,7 @@ def print_table(n: int, by_tool: Mapping[str, Sequence[Run]], startup: Mapping[s
     )
     print(
         f"  {'tool':<16} {'median s':>9} {'ms/inst':>8} {'net ms/inst':>11}  {'runs s':<20} "
+        f"{'CPU s tool/server':>17}  "
         f"{'sets made':<16} EC2 calls per instance [in the run], median run, by API = all EC2"
     )
     medians: dict[str, float] = {}
@@ -430,7 +461,8 @@ def print_table(n: int, by_tool: Mapping[str, Sequence[Run]], startup: Mapping[s
         made = "/".join(f"{r.made.sets}" + ("" if r.ok and not r.exit_code else "!") for r in runs)
         print(
             f"  {tool:<16} {wall:>9.2f} {wall / n * 1e3:>8.2f} {net / n * 1e3:>11.2f}  "
-            f"{each:<20} {made:<16} {calls_per_instance(median_run(runs))}"
+            f"{each:<20} {cpu_medians(runs):>17}  "
+            f"{made:<16} {calls_per_instance(median_run(runs))}"
         )
         for r in runs:
             if not r.ok or r.exit_code:
@@ -467,11 +499,10 @@ def describe_setup(versions: Mapping[str, str], snapset_paced: bool, latency_ms:
         "Backup=nightly, a root and a data volume each), one tool run as a subprocess (wall",
         "includes its process start-up), then its snapshots counted on the server.",
         f"  snapset   `snapset run --payload P --no-progress`, P = {json.dumps(snapset_payload())}",
-        "            (CLI defaults: --max-workers 8, no retention, no scripts, no SNS topic). The",
-        "            CLI keeps no idempotency record, so it treats every run as a possible",
-        "            redelivery: one DescribeSnapshots listing of the request's sets, then per",
-        "            instance a DescribeSnapshots recheck and one CreateSnapshots",
-        "            (CopyTagsFromSource=volume, snapset:* tags in TagSpecifications).",
+        "            (CLI defaults: --max-workers 8, no retention, no scripts, no SNS topic). No",
+        "            request_id, so the run's trigger id is made for it: a first delivery, no",
+        "            DescribeSnapshots look-up; one CreateSnapshots per instance",
+        "            (CopyTagsFromSource=volume, 4 snapset:* tags in TagSpecifications).",
         "            UNPACED: the CLI's main with build_engine(ec2_api_share=None); the CLI",
         "            itself paces CreateSnapshots at --ec2-share (0.01-1, default 0.5) of EC2's",
         "            burst 100 and 5/s refill, and has no option to turn that off.",
@@ -486,7 +517,8 @@ def describe_setup(versions: Mapping[str, str], snapset_paced: bool, latency_ms:
         "            volume, 2 threads, unpaced; the ec2 resource lists every instance and filters",
         "            the tag client-side; one STS GetCallerIdentity).",
         "  net ms/inst: (median wall - median start-up) / N, start-up measured on an empty",
-        "  server. sets made: per run; '!' marks a run that did not make exactly N sets.",
+        "  server. CPU s: median CPU of the tool's process / the server's during a run.",
+        "  sets made: per run; '!' marks a run that did not make exactly N sets.",
     ]
     print("\n".join(lines))
 
