@@ -41,7 +41,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(CODE)
 
 typecheck: $(STAMP)
-	$(BIN)/mypy lambdas/snapset cli/snapset_cli infra localaws scripts app.py
+	$(BIN)/mypy lambdas/snapset cli/snapset_cli infra localaws scripts benchmarks app.py
 
 unit: $(STAMP) $(NPM_STAMP)
 	$(BIN)/pytest -n 2 -q
@@ -65,7 +65,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/api_calls.py
 	$(PY) benchmarks/fan_out_calls.py
 	$(PY) benchmarks/localaws_scale.py
-	$(PY) benchmarks/nightly_budget.py
+	$(PY) benchmarks/nightly_budget.py --fleet 10000 --time-scale 8
 	$(PY) benchmarks/c7n_compare.py
 	$(PY) benchmarks/app_consistent.py
 	$(PY) benchmarks/copy_calls.py
