@@ -341,10 +341,10 @@ def snapshot_items(snapshots: Iterable[Any]) -> list[dict[str, Any]]:
     ]
 
 
-# moto's generic serializer walks botocore's shapes field by field and costs about 1 ms per
-# call here (more with every tag: a tool that tags its sets paid the server for it, which EC2
-# does not charge in any measurable way). The answer is small and fixed, so it is written
-# directly: the same text moto's serializer makes of `snapshot_items` (elements in the
+# moto's generic serializer walks botocore's shapes field by field: 0.4-1.3 ms of a call
+# in-process at 2,000 instances, more with every tag (a tool that tags its sets paid the server
+# for it, which EC2 does not charge in any measurable way). The answer is small and fixed, so
+# it is written directly: the same text moto's serializer makes of `snapshot_items` (elements in the
 # SnapshotInfo shape's order, empty ones self-closed, times in UTC with zeroed milliseconds,
 # `&`, `<` and `>` escaped), which tests/localaws/test_localaws_create_snapshots_render.py
 # compares with moto's own.
