@@ -138,6 +138,28 @@ def ec2(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield boto3.client("ec2", region_name=REGION)
 
 
+def raw_answers(ec2: Any) -> list[tuple[int, str, str]]:
+    """(status, Content-Type, body) of every CreateSnapshots answer the client gets from now."""
+    raw: list[tuple[int, str, str]] = []
+    ec2.meta.events.register(
+        "after-call.ec2.CreateSnapshots",
+        lambda http_response, **_: raw.append(
+            (
+                http_response.status_code,
+                http_response.headers.get("Content-Type", ""),
+                http_response.content.decode(),
+            )
+        ),
+    )
+    return raw
+
+
+def made_snapshots(answer: dict[str, Any]) -> list[Any]:
+    """moto's snapshot objects behind a CreateSnapshots answer, in its order."""
+    backend = ec2_backends[MOTO_ACCOUNT][REGION]
+    return [backend.snapshots[s["SnapshotId"]] for s in answer["Snapshots"]]
+
+
 def test_handlers_raw_answer_is_moto_serializers_text_for_the_snapshots_it_made(
     ec2: Any,
 ) -> None:
@@ -152,17 +174,7 @@ def test_handlers_raw_answer_is_moto_serializers_text_for_the_snapshots_it_made(
         TagSpecifications=[{"ResourceType": "volume", "Tags": [{"Key": "app", "Value": "a&b"}]}],
     )
     instance_id = reservation["Instances"][0]["InstanceId"]
-    raw: list[tuple[int, str, str]] = []
-    ec2.meta.events.register(
-        "after-call.ec2.CreateSnapshots",
-        lambda http_response, **_: raw.append(
-            (
-                http_response.status_code,
-                http_response.headers.get("Content-Type", ""),
-                http_response.content.decode(),
-            )
-        ),
-    )
+    raw = raw_answers(ec2)
     answer = ec2.create_snapshots(
         InstanceSpecification={"InstanceId": instance_id},
         Description="nightly <set>",
@@ -172,8 +184,7 @@ def test_handlers_raw_answer_is_moto_serializers_text_for_the_snapshots_it_made(
         ],
     )
 
-    backend = ec2_backends[MOTO_ACCOUNT][REGION]
-    made = [backend.snapshots[s["SnapshotId"]] for s in answer["Snapshots"]]
+    made = made_snapshots(answer)
     assert len(made) == 2
     [(status, content_type, body)] = raw
     assert (status, content_type) == (200, "text/xml")
@@ -194,16 +205,11 @@ def test_pretty_printed_answers_are_left_to_moto(ec2: Any, monkeypatch: pytest.M
     """MOTO_PRETTIFY_RESPONSES asks for indented XML, which only moto's serializer writes."""
     reservation = ec2.run_instances(ImageId=IMAGE, MinCount=1, MaxCount=1)
     instance_id = reservation["Instances"][0]["InstanceId"]
-    raw: list[str] = []
-    ec2.meta.events.register(
-        "after-call.ec2.CreateSnapshots",
-        lambda http_response, **_: raw.append(http_response.content.decode()),
-    )
+    raw = raw_answers(ec2)
     monkeypatch.setattr(moto_settings, "PRETTIFY_RESPONSES", True)
     answer = ec2.create_snapshots(InstanceSpecification={"InstanceId": instance_id})
 
-    backend = ec2_backends[MOTO_ACCOUNT][REGION]
-    made = [backend.snapshots[s["SnapshotId"]] for s in answer["Snapshots"]]
-    [body] = raw
+    made = made_snapshots(answer)
+    [(_status, _content_type, body)] = raw
     assert body == moto_body(ec2_snapshots.snapshot_items(made))
     assert "\n\t<snapshotSet>" in body  # indented: moto's pretty printer wrote it
