@@ -2,12 +2,13 @@
 """EC2 calls per instance a run makes, by API: a trigger's first delivery, a redelivery, and a
 later night whose retention deletes every instance's oldest set.
 
-For each fleet size N, a fresh in-process moto (`mock_aws`) holds N tagged instances with a root
-and a data volume each; `run_request` runs a tag-targeted policy with `exclude_data_volume_tags`
-and no retention, with the idempotency table the Lambda uses, through the engine the handler and
-the CLI build (`build_engine`). A botocore `before-call` hook counts every call (one per page).
-The redelivery follows a lost record for every instance (as after a crash between CreateSnapshots
-and saving it), so it has to find every set and make none. Then a second night (another
+For each fleet size N, a fresh in-process moto (`mock_aws`, with the local AWS's pagination and
+tag index) holds N tagged instances with a root and a data volume each; `run_request` runs a
+tag-targeted policy with `exclude_data_volume_tags` and no retention, with the idempotency
+table the Lambda uses, through the engine the handler and the CLI build (`build_engine`). A
+botocore `before-call` hook counts every call (one per page). The redelivery follows a lost
+record for every instance (as after a crash between CreateSnapshots and saving it), so it has
+to find every set and make none. Then a second night (another
 trigger, no retention) and a third with `retention: {count: 1}`, which deletes each instance's
 first-night set: D snapshots. Pacing is off (`ec2_api_share=None`): calls are counted, not
 throttled. No timing is asserted; the seconds are moto's.
@@ -37,7 +38,7 @@ os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
 import boto3
 from moto import mock_aws
 
-from localaws import ec2_images
+from localaws import ec2_images, ec2_pagination, ec2_tag_index
 from localaws.ec2_snapshots import SnapshotCompleter, install
 from localaws.events import EventSink
 from localaws.fleet import DEFAULT_IMAGE_ID
@@ -154,6 +155,10 @@ COMPLETER = SnapshotCompleter(EventSink(), lambda: (), delay=None)
 def main() -> int:
     # Snapshot locks and AMI block-device filters, which retention's protection checks ask.
     ec2_images.install()
+    # As the server and the tests have moto: MaxResults and NextToken honoured, so a call is
+    # counted per page as on AWS, and tag lookups by resource id, not a scan of every tag.
+    ec2_tag_index.install()
+    ec2_pagination.install()
     install(COMPLETER)
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
